@@ -1,0 +1,413 @@
+//! The node's configuration file (`node.toml`): parsing, validation with the
+//! line of each error, and the commented template that `init` writes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::core::envelope::EnvelopeLimits;
+use crate::core::ids::OperatorId;
+use crate::core::keys::PublicKey;
+use crate::limits;
+
+/// A validated configuration. Relative paths are resolved against the
+/// folder of the configuration file.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node's operator id.
+    pub operator_id: OperatorId,
+    /// File holding the operator's Ed25519 secret key (hex).
+    pub key_file: PathBuf,
+    /// Folder of the sled database.
+    pub data_dir: PathBuf,
+    /// File of the initial signed trust list.
+    pub trust_list: PathBuf,
+    /// Governance public keys the operator trusts (the trust anchor).
+    pub governance_keys: Vec<PublicKey>,
+    /// How many anchor signatures the initial trust list needs.
+    pub governance_threshold: u32,
+    /// File of the local API credentials (`client add` writes it).
+    pub clients_file: PathBuf,
+    /// Address of the `OperatorPeer` gRPC server (node to node).
+    pub peer_listen: SocketAddr,
+    /// Address of the `OperatorApi` gRPC server (local clients).
+    pub api_listen: SocketAddr,
+    /// Bounds on received envelopes.
+    pub envelope_limits: EnvelopeLimits,
+    /// Lifetime given to messages this node sends, in ms.
+    pub message_lifetime_ms: u64,
+    /// Rulebook version this operator signed up to.
+    pub rulebook_version: String,
+    /// Default `tracing` filter (overridden by `RUST_LOG`).
+    pub log_filter: String,
+}
+
+/// A configuration error, with the key and line it concerns where known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {message}", file.display(), location(*line, key))]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// 1-based line number.
+    pub line: Option<usize>,
+    /// The offending key.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn location(line: Option<usize>, key: &Option<String>) -> String {
+    match (line, key) {
+        (Some(line), Some(key)) => format!(":{line}: key `{key}`"),
+        (Some(line), None) => format!(":{line}"),
+        (None, Some(key)) => format!(": key `{key}`"),
+        (None, None) => String::new(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    operator_id: Spanned<String>,
+    key_file: Spanned<String>,
+    data_dir: Spanned<String>,
+    trust_list: Spanned<String>,
+    #[serde(default = "no_keys")]
+    governance_keys: Spanned<Vec<String>>,
+    #[serde(default = "one")]
+    governance_threshold: Spanned<u32>,
+    #[serde(default = "default_clients_file")]
+    clients_file: Spanned<String>,
+    #[serde(default = "default_rulebook")]
+    rulebook_version: String,
+    listen: RawListen,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+}
+
+fn no_keys() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, Vec::new())
+}
+
+fn one() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+
+fn default_clients_file() -> Spanned<String> {
+    Spanned::new(0..0, "clients.toml".to_owned())
+}
+
+fn default_rulebook() -> String {
+    "mim4-rulebook-1.0".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    peer: Spanned<String>,
+    api: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    message_bytes_max: Option<Spanned<u64>>,
+    clock_skew_ms_max: Option<Spanned<u64>>,
+    message_lifetime_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_filter")]
+    filter: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            filter: default_filter(),
+        }
+    }
+}
+
+fn default_filter() -> String {
+    "info".to_owned()
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates configuration text; `path` names the file in errors and
+    /// anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let line_of = |offset: usize| -> Option<usize> {
+            (offset > 0 || text.starts_with(|c: char| !c.is_whitespace()))
+                .then(|| text[..offset.min(text.len())].matches('\n').count() + 1)
+        };
+        let error = |span: Option<std::ops::Range<usize>>, key: &str, message: String| ConfigError {
+            file: path.to_owned(),
+            line: span.filter(|s| s.end > 0).and_then(|s| line_of(s.start)),
+            key: Some(key.to_owned()),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: e.span().and_then(|s| line_of(s.start)),
+            key: None,
+            message: e.message().to_owned(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Spanned<String>| base.join(p.get_ref());
+
+        let operator_id = OperatorId::new(raw.operator_id.get_ref().clone())
+            .map_err(|e| error(Some(raw.operator_id.span()), "operator_id", e.to_string()))?;
+        let mut governance_keys = Vec::new();
+        for text in raw.governance_keys.get_ref() {
+            let key = PublicKey::from_hex(text).map_err(|e| {
+                error(
+                    Some(raw.governance_keys.span()),
+                    "governance_keys",
+                    format!("{e} (expected 64 hex digits, as `mim4-node governance init` prints)"),
+                )
+            })?;
+            governance_keys.push(key);
+        }
+        if governance_keys.is_empty() {
+            return Err(error(
+                Some(raw.governance_keys.span()),
+                "governance_keys",
+                "no governance key: add the federation's governance public key(s) (hex), \
+                 which your federation publishes, so the node can verify the trust list"
+                    .into(),
+            ));
+        }
+        let threshold = *raw.governance_threshold.get_ref();
+        if threshold == 0 || threshold as usize > governance_keys.len() {
+            return Err(error(
+                Some(raw.governance_threshold.span()),
+                "governance_threshold",
+                format!(
+                    "must be between 1 and the number of governance keys ({})",
+                    governance_keys.len()
+                ),
+            ));
+        }
+        let addr = |value: &Spanned<String>, key: &str| -> Result<SocketAddr, ConfigError> {
+            value.get_ref().parse().map_err(|e| {
+                error(
+                    Some(value.span()),
+                    key,
+                    format!("{e}: expected host:port such as 127.0.0.1:7401"),
+                )
+            })
+        };
+        let peer_listen = addr(&raw.listen.peer, "listen.peer")?;
+        let api_listen = addr(&raw.listen.api, "listen.api")?;
+        if peer_listen == api_listen && peer_listen.port() != 0 {
+            return Err(error(
+                Some(raw.listen.api.span()),
+                "listen.api",
+                "the API and peer servers need different ports".into(),
+            ));
+        }
+
+        let mut envelope_limits = EnvelopeLimits::default();
+        let mut message_lifetime_ms = limits::MESSAGE_LIFETIME_MS_DEFAULT;
+        if let Some(v) = &raw.limits.message_bytes_max {
+            let value = *v.get_ref();
+            if !(1024..=limits::MESSAGE_BYTES_MAX as u64).contains(&value) {
+                return Err(error(
+                    Some(v.span()),
+                    "limits.message_bytes_max",
+                    format!("must be between 1024 and {}", limits::MESSAGE_BYTES_MAX),
+                ));
+            }
+            envelope_limits.message_bytes_max = usize::try_from(value).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = &raw.limits.clock_skew_ms_max {
+            let value = *v.get_ref();
+            if value > 10 * 60 * 1000 {
+                return Err(error(
+                    Some(v.span()),
+                    "limits.clock_skew_ms_max",
+                    "must be at most 600000 (10 minutes)".into(),
+                ));
+            }
+            envelope_limits.clock_skew_ms_max = value;
+        }
+        if let Some(v) = &raw.limits.message_lifetime_ms {
+            let value = *v.get_ref();
+            if !(1_000..=limits::MESSAGE_LIFETIME_MS_MAX).contains(&value) {
+                return Err(error(
+                    Some(v.span()),
+                    "limits.message_lifetime_ms",
+                    format!("must be between 1000 and {}", limits::MESSAGE_LIFETIME_MS_MAX),
+                ));
+            }
+            message_lifetime_ms = value;
+        }
+        if raw.rulebook_version.is_empty() || raw.rulebook_version.len() > 64 {
+            return Err(error(None, "rulebook_version", "must be 1 to 64 characters".into()));
+        }
+        Ok(Self {
+            operator_id,
+            key_file: resolve(&raw.key_file),
+            data_dir: resolve(&raw.data_dir),
+            trust_list: resolve(&raw.trust_list),
+            governance_keys,
+            governance_threshold: threshold,
+            clients_file: resolve(&raw.clients_file),
+            peer_listen,
+            api_listen,
+            envelope_limits,
+            message_lifetime_ms,
+            rulebook_version: raw.rulebook_version,
+            log_filter: raw.log.filter,
+        })
+    }
+}
+
+/// The commented `node.toml` that `mim4-node init` writes.
+pub fn template(
+    operator_id: &OperatorId,
+    peer_listen: SocketAddr,
+    api_listen: SocketAddr,
+    governance_keys: &[PublicKey],
+) -> String {
+    let keys = governance_keys
+        .iter()
+        .map(|k| format!("\"{}\"", k.to_hex()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"# MIM4 operator node configuration.
+# Relative paths are relative to the folder of this file.
+# Check it with: mim4-node config check node.toml
+
+# This operator's id in the federation trust list.
+operator_id = "{operator_id}"
+
+# Ed25519 secret key (hex). Created by `mim4-node init` with mode 0600; never share it.
+key_file = "operator.key"
+
+# sled database: trust list, replay window, inbox, outbox.
+data_dir = "data"
+
+# The signed federation trust list this node starts from. The node keeps the
+# newest valid list it has seen in its database and refreshes it from peers.
+trust_list = "trust-list.pb"
+
+# Governance public keys (hex) you trust to sign the trust list: your trust
+# anchor. Your federation publishes them; `mim4-node governance init` prints one.
+governance_keys = [{keys}]
+governance_threshold = 1
+
+# Credentials of local API clients (written by `mim4-node client add`).
+clients_file = "clients.toml"
+
+# Rulebook version this operator signed up to.
+rulebook_version = "mim4-rulebook-1.0"
+
+[listen]
+# OperatorPeer gRPC server: other operators deliver envelopes here. The address
+# must match the grpc_endpoint of this operator in the trust list.
+peer = "{peer_listen}"
+# OperatorApi gRPC server: cities, citizen apps and admins. Keep it local.
+api = "{api_listen}"
+
+[limits]
+# Largest accepted envelope in bytes, checked before decoding (at most 1 MiB).
+message_bytes_max = {bytes}
+# Tolerated clock difference between operators, in ms.
+clock_skew_ms_max = {skew}
+# Lifetime of messages this node sends, in ms; undelivered messages expire after it.
+message_lifetime_ms = {lifetime}
+
+[log]
+# tracing filter; RUST_LOG overrides it.
+filter = "info"
+"#,
+        bytes = limits::MESSAGE_BYTES_MAX,
+        skew = limits::CLOCK_SKEW_MS_DEFAULT,
+        lifetime = limits::MESSAGE_LIFETIME_MS_DEFAULT,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c";
+
+    fn valid() -> String {
+        format!(
+            "operator_id = \"fi.helsinki\"\nkey_file = \"k\"\ndata_dir = \"d\"\ntrust_list = \"t\"\n\
+             governance_keys = [\"{KEY}\"]\n[listen]\npeer = \"127.0.0.1:1\"\napi = \"127.0.0.1:2\"\n"
+        )
+    }
+
+    fn check(text: &str, expected: Result<(), (Option<usize>, &str)>) {
+        let result = Config::parse(text, Path::new("/etc/mim4/node.toml"));
+        match (result, expected) {
+            (Ok(_), Ok(())) => {}
+            (Err(e), Err((line, needle))) => {
+                assert_eq!(e.line, line, "{e}");
+                assert!(e.to_string().contains(needle), "{e} should mention {needle}");
+            }
+            (result, expected) => panic!("got {result:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_config_resolves_paths_against_its_folder() {
+        let config = Config::parse(&valid(), Path::new("/etc/mim4/node.toml")).unwrap();
+        assert_eq!(config.data_dir, Path::new("/etc/mim4/d"));
+        assert_eq!(config.operator_id.as_str(), "fi.helsinki");
+        check(&valid(), Ok(()));
+    }
+
+    #[test]
+    fn errors_name_the_line_and_key() {
+        check(
+            &valid().replace("fi.helsinki", "Fi Helsinki"),
+            Err((Some(1), "key `operator_id`")),
+        );
+        check(
+            &valid().replace("127.0.0.1:2", "localhost"),
+            Err((Some(8), "key `listen.api`")),
+        );
+        check(&valid().replace(KEY, "abc"), Err((Some(5), "governance_keys")));
+        check(&valid().replace("data_dir", "data_dri"), Err((Some(3), "unknown field")));
+        check(
+            &format!("{}[limits]\nmessage_bytes_max = 99999999\n", valid()),
+            Err((Some(10), "limits.message_bytes_max")),
+        );
+    }
+
+    #[test]
+    fn template_parses() {
+        let key = PublicKey::from_hex(KEY).unwrap();
+        let text = template(
+            &OperatorId::new("se.stockholm").unwrap(),
+            "127.0.0.1:7401".parse().unwrap(),
+            "127.0.0.1:7402".parse().unwrap(),
+            &[key],
+        );
+        let config = Config::parse(&text, Path::new("node.toml")).unwrap();
+        assert_eq!(config.governance_keys, vec![key]);
+    }
+}

@@ -1,0 +1,27 @@
+//! The sans-IO protocol core: identities, envelopes, the trust list, delivery
+//! rules and the outbox scheduler.
+//!
+//! Nothing here performs I/O, reads the clock or draws randomness: time comes
+//! in as `now_ms` arguments and randomness as bytes or values from the caller.
+//! The edges (`transport`, `api`, `store`) and the driver (`node`) carry out
+//! what the core decides, which keeps every rule testable without sockets.
+//!
+//! # Layout
+//! - [`ids`]: operator ids and message ids.
+//! - [`keys`]: Ed25519 keys, key ids and domain-separated signatures.
+//! - [`trust`]: the federation trust list and the rules for accepting a newer one.
+//! - [`envelope`]: sealing and verifying signed envelopes.
+//! - [`delivery`]: exactly-once application, receipts and their checks.
+//! - [`outbox`]: retry scheduling with backoff and bounded concurrency.
+//! - [`wire`]: the one place that converts to and from the protobuf wire types.
+
+pub mod delivery;
+pub mod envelope;
+pub mod ids;
+pub mod keys;
+pub mod outbox;
+pub mod trust;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Core unit tests live here (see core/tests/).

@@ -1,0 +1,433 @@
+//! The one module that knows the wire format: conversions between the
+//! generated `mim4_proto::v1` types and the core's domain types.
+//!
+//! Decoders validate as they convert (lengths, ids, keys, enum values), so a
+//! domain value that exists is well formed. Callers check size limits before
+//! calling a decoder.
+
+use mim4_proto::v1 as pb;
+use prost::Message as _;
+
+use crate::core::envelope::{Envelope, Memo, Payload, Receipt, SignedEnvelope};
+use crate::core::ids::{MessageId, OperatorId};
+use crate::core::keys::{KeyId, PublicKey, SIGNATURE_LEN};
+use crate::core::trust::{
+    GovernanceKey, Member, MemberKey, MemberStatus, Role, SignedTrustList, TrustList,
+    TrustListError,
+};
+use crate::limits;
+
+// ---------------------------------------------------------------------------
+// Envelopes
+// ---------------------------------------------------------------------------
+
+/// Encodes an envelope body.
+pub fn encode_envelope(envelope: &Envelope) -> Vec<u8> {
+    envelope_to_pb(envelope).encode_to_vec()
+}
+
+fn envelope_to_pb(envelope: &Envelope) -> pb::Envelope {
+    use pb::envelope::Payload as P;
+    let payload = match &envelope.payload {
+        Payload::Memo(memo) => P::Memo(memo_to_pb(memo)),
+        Payload::Receipt(receipt) => P::Receipt(pb::Receipt {
+            message_id: receipt.message_id.as_bytes().to_vec(),
+            body_sha256: receipt.body_sha256.to_vec(),
+            outcome: pb::ReceiptOutcome::Applied as i32,
+            applied_at_ms: receipt.applied_at_ms,
+        }),
+        Payload::TrustListUpdate(list) => P::TrustListUpdate(pb::TrustListUpdate {
+            trust_list: Some(signed_trust_list_to_pb(list)),
+        }),
+    };
+    pb::Envelope {
+        protocol_version: envelope.protocol_version,
+        rulebook_version: envelope.rulebook_version.clone(),
+        trust_list_version: envelope.trust_list_version,
+        message_id: envelope.message_id.as_bytes().to_vec(),
+        sender: envelope.sender.to_string(),
+        recipient: envelope.recipient.to_string(),
+        created_at_ms: envelope.created_at_ms,
+        expires_at_ms: envelope.expires_at_ms,
+        in_reply_to: envelope
+            .in_reply_to
+            .map(|id| id.as_bytes().to_vec())
+            .unwrap_or_default(),
+        payload: Some(payload),
+    }
+}
+
+/// Converts a memo to its wire type (also used by the local API).
+pub fn memo_to_pb(memo: &Memo) -> pb::Memo {
+    pb::Memo {
+        subject: memo.subject.clone(),
+        text: memo.text.clone(),
+    }
+}
+
+/// Validates a memo from the wire or the local API.
+pub fn memo_from_pb(memo: pb::Memo) -> Result<Memo, String> {
+    if memo.subject.len() > limits::MEMO_SUBJECT_BYTES_MAX {
+        return Err(format!(
+            "memo subject is {} bytes, more than the {} allowed",
+            memo.subject.len(),
+            limits::MEMO_SUBJECT_BYTES_MAX
+        ));
+    }
+    if memo.text.len() > limits::MEMO_TEXT_BYTES_MAX {
+        return Err(format!(
+            "memo text is {} bytes, more than the {} allowed",
+            memo.text.len(),
+            limits::MEMO_TEXT_BYTES_MAX
+        ));
+    }
+    Ok(Memo {
+        subject: memo.subject,
+        text: memo.text,
+    })
+}
+
+/// Decodes and validates an envelope body.
+pub fn decode_envelope(body: &[u8]) -> Result<Envelope, String> {
+    use pb::envelope::Payload as P;
+    let raw = pb::Envelope::decode(body).map_err(|e| format!("body does not decode: {e}"))?;
+    let message_id = message_id_field(&raw.message_id, "message_id")?;
+    let sender = OperatorId::new(raw.sender).map_err(|e| format!("sender: {e}"))?;
+    let recipient = OperatorId::new(raw.recipient).map_err(|e| format!("recipient: {e}"))?;
+    let in_reply_to = if raw.in_reply_to.is_empty() {
+        None
+    } else {
+        Some(message_id_field(&raw.in_reply_to, "in_reply_to")?)
+    };
+    if raw.rulebook_version.len() > limits::TEXT_FIELD_BYTES_MAX {
+        return Err("rulebook_version is too long".into());
+    }
+    let payload = match raw.payload {
+        None => return Err("no payload (or a payload this node does not know)".into()),
+        Some(P::Memo(memo)) => Payload::Memo(memo_from_pb(memo)?),
+        Some(P::Receipt(receipt)) => {
+            if receipt.outcome != pb::ReceiptOutcome::Applied as i32 {
+                return Err(format!("receipt outcome {} is not known", receipt.outcome));
+            }
+            Payload::Receipt(Receipt {
+                message_id: message_id_field(&receipt.message_id, "receipt.message_id")?,
+                body_sha256: receipt
+                    .body_sha256
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| "receipt.body_sha256 must be 32 bytes".to_owned())?,
+                applied_at_ms: receipt.applied_at_ms,
+            })
+        }
+        Some(P::TrustListUpdate(update)) => {
+            let list = update
+                .trust_list
+                .ok_or_else(|| "trust_list_update carries no trust list".to_owned())?;
+            Payload::TrustListUpdate(signed_trust_list_from_pb(list).map_err(|e| e.to_string())?)
+        }
+    };
+    Ok(Envelope {
+        protocol_version: raw.protocol_version,
+        rulebook_version: raw.rulebook_version,
+        trust_list_version: raw.trust_list_version,
+        message_id,
+        sender,
+        recipient,
+        created_at_ms: raw.created_at_ms,
+        expires_at_ms: raw.expires_at_ms,
+        in_reply_to,
+        payload,
+    })
+}
+
+
+fn message_id_field(bytes: &[u8], field: &str) -> Result<MessageId, String> {
+    MessageId::from_slice(bytes)
+        .ok_or_else(|| format!("{field} must be {} bytes, got {}", MessageId::LEN, bytes.len()))
+}
+
+/// Encodes a signed envelope.
+pub fn encode_signed_envelope(signed: &SignedEnvelope) -> Vec<u8> {
+    signed_envelope_to_pb(signed).encode_to_vec()
+}
+
+/// Converts a signed envelope to its wire type.
+pub fn signed_envelope_to_pb(signed: &SignedEnvelope) -> pb::SignedEnvelope {
+    pb::SignedEnvelope {
+        body: signed.body.clone(),
+        signature: signed.signature.clone(),
+        key_id: signed.key_id.to_string(),
+    }
+}
+
+/// Decodes a signed envelope (not verified).
+pub fn decode_signed_envelope(bytes: &[u8]) -> Result<SignedEnvelope, String> {
+    let raw = pb::SignedEnvelope::decode(bytes)
+        .map_err(|e| format!("signed envelope does not decode: {e}"))?;
+    if raw.signature.len() != SIGNATURE_LEN {
+        return Err(format!(
+            "signature must be {SIGNATURE_LEN} bytes, got {}",
+            raw.signature.len()
+        ));
+    }
+    if raw.key_id.is_empty() || raw.key_id.len() > 64 {
+        return Err("key_id must be 1 to 64 bytes".into());
+    }
+    Ok(SignedEnvelope {
+        body: raw.body,
+        signature: raw.signature,
+        key_id: KeyId::from_wire(&raw.key_id),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Trust list
+// ---------------------------------------------------------------------------
+
+/// Encodes a trust list body.
+pub fn encode_trust_list(list: &TrustList) -> Vec<u8> {
+    let raw = pb::TrustList {
+        federation_id: list.federation_id.clone(),
+        version: list.version,
+        issued_at_ms: list.issued_at_ms,
+        valid_until_ms: list.valid_until_ms,
+        rulebook_version: list.rulebook_version.clone(),
+        governance_keys: list
+            .governance_keys
+            .iter()
+            .map(|g| pb::GovernanceKey {
+                key_id: g.public_key.key_id().to_string(),
+                public_key: g.public_key.to_bytes().to_vec(),
+            })
+            .collect(),
+        threshold: list.threshold,
+        members: list.members.iter().map(member_to_pb).collect(),
+    };
+    raw.encode_to_vec()
+}
+
+fn member_to_pb(member: &Member) -> pb::Member {
+    pb::Member {
+        operator_id: member.operator_id.to_string(),
+        name: member.name.clone(),
+        country: member.country.clone(),
+        roles: member.roles.iter().map(|r| role_to_pb(*r) as i32).collect(),
+        keys: member
+            .keys
+            .iter()
+            .map(|k| pb::MemberKey {
+                key_id: k.public_key.key_id().to_string(),
+                public_key: k.public_key.to_bytes().to_vec(),
+                not_before_ms: k.not_before_ms,
+                not_after_ms: k.not_after_ms.unwrap_or(0),
+            })
+            .collect(),
+        grpc_endpoint: member.grpc_endpoint.clone(),
+        p2p_addrs: member.p2p_addrs.clone(),
+        status: status_to_pb(member.status) as i32,
+        sectors: member.sectors.clone(),
+    }
+}
+
+/// Converts a role to its wire enum.
+pub fn role_to_pb(role: Role) -> pb::Role {
+    match role {
+        Role::Operator => pb::Role::Operator,
+        Role::Source => pb::Role::Source,
+        Role::Consumer => pb::Role::Consumer,
+    }
+}
+
+/// Converts a status to its wire enum.
+pub fn status_to_pb(status: MemberStatus) -> pb::MemberStatus {
+    match status {
+        MemberStatus::Active => pb::MemberStatus::Active,
+        MemberStatus::Suspended => pb::MemberStatus::Suspended,
+        MemberStatus::Revoked => pb::MemberStatus::Revoked,
+    }
+}
+
+/// Decodes and validates a trust list body.
+pub fn decode_trust_list(body: &[u8]) -> Result<TrustList, TrustListError> {
+    if body.len() > limits::TRUST_LIST_BYTES_MAX {
+        return Err(TrustListError::Oversized {
+            size: body.len(),
+            max: limits::TRUST_LIST_BYTES_MAX,
+        });
+    }
+    let raw =
+        pb::TrustList::decode(body).map_err(|e| TrustListError::Malformed(e.to_string()))?;
+    let invalid = |text: String| TrustListError::Invalid(text);
+    if raw.federation_id.is_empty() || raw.federation_id.len() > limits::TEXT_FIELD_BYTES_MAX {
+        return Err(invalid("federation_id must be 1 to 512 bytes".into()));
+    }
+    if raw.governance_keys.is_empty() || raw.governance_keys.len() > limits::GOVERNANCE_KEYS_MAX {
+        return Err(invalid(format!(
+            "a list names 1 to {} governance keys, this one {}",
+            limits::GOVERNANCE_KEYS_MAX,
+            raw.governance_keys.len()
+        )));
+    }
+    let mut governance_keys = Vec::with_capacity(raw.governance_keys.len());
+    for g in raw.governance_keys {
+        let public_key = PublicKey::from_bytes(&g.public_key)
+            .map_err(|e| invalid(format!("governance key {}: {e}", g.key_id)))?;
+        if public_key.key_id().as_str() != g.key_id {
+            return Err(invalid(format!(
+                "governance key id {} does not match its key",
+                g.key_id
+            )));
+        }
+        governance_keys.push(GovernanceKey { public_key });
+    }
+    if raw.threshold == 0 || raw.threshold as usize > governance_keys.len() {
+        return Err(invalid(format!(
+            "threshold {} must be between 1 and the {} governance keys",
+            raw.threshold,
+            governance_keys.len()
+        )));
+    }
+    if raw.members.len() > limits::MEMBERS_MAX {
+        return Err(invalid(format!(
+            "{} members, more than the {} allowed",
+            raw.members.len(),
+            limits::MEMBERS_MAX
+        )));
+    }
+    let mut members = Vec::with_capacity(raw.members.len());
+    let mut seen_ids = std::collections::BTreeSet::new();
+    for m in raw.members {
+        let member = member_from_pb(m).map_err(invalid)?;
+        if !seen_ids.insert(member.operator_id.clone()) {
+            return Err(invalid(format!("member {} is listed twice", member.operator_id)));
+        }
+        members.push(member);
+    }
+    Ok(TrustList {
+        federation_id: raw.federation_id,
+        version: raw.version,
+        issued_at_ms: raw.issued_at_ms,
+        valid_until_ms: raw.valid_until_ms,
+        rulebook_version: raw.rulebook_version,
+        governance_keys,
+        threshold: raw.threshold,
+        members,
+    })
+}
+
+fn member_from_pb(m: pb::Member) -> Result<Member, String> {
+    let operator_id = OperatorId::new(m.operator_id).map_err(|e| e.to_string())?;
+    let text_ok = |s: &String| s.len() <= limits::TEXT_FIELD_BYTES_MAX;
+    if !text_ok(&m.name) || !text_ok(&m.country) || !text_ok(&m.grpc_endpoint) {
+        return Err(format!("member {operator_id}: a text field is too long"));
+    }
+    if m.p2p_addrs.len() > 16 || !m.p2p_addrs.iter().all(text_ok) {
+        return Err(format!("member {operator_id}: too many or too long p2p addresses"));
+    }
+    if m.sectors.len() > 32 || !m.sectors.iter().all(text_ok) {
+        return Err(format!("member {operator_id}: too many or too long sectors"));
+    }
+    if m.keys.is_empty() || m.keys.len() > limits::KEYS_PER_MEMBER_MAX {
+        return Err(format!(
+            "member {operator_id} has {} keys, 1 to {} allowed",
+            m.keys.len(),
+            limits::KEYS_PER_MEMBER_MAX
+        ));
+    }
+    let mut keys = Vec::with_capacity(m.keys.len());
+    for k in m.keys {
+        let public_key = PublicKey::from_bytes(&k.public_key)
+            .map_err(|e| format!("member {operator_id} key {}: {e}", k.key_id))?;
+        if public_key.key_id().as_str() != k.key_id {
+            return Err(format!(
+                "member {operator_id}: key id {} does not match its key",
+                k.key_id
+            ));
+        }
+        keys.push(MemberKey {
+            public_key,
+            not_before_ms: k.not_before_ms,
+            not_after_ms: (k.not_after_ms != 0).then_some(k.not_after_ms),
+        });
+    }
+    let mut roles = Vec::with_capacity(m.roles.len());
+    for r in m.roles {
+        roles.push(match pb::Role::try_from(r) {
+            Ok(pb::Role::Operator) => Role::Operator,
+            Ok(pb::Role::Source) => Role::Source,
+            Ok(pb::Role::Consumer) => Role::Consumer,
+            _ => return Err(format!("member {operator_id}: unknown role {r}")),
+        });
+    }
+    let status = match pb::MemberStatus::try_from(m.status) {
+        Ok(pb::MemberStatus::Active) => MemberStatus::Active,
+        Ok(pb::MemberStatus::Suspended) => MemberStatus::Suspended,
+        Ok(pb::MemberStatus::Revoked) => MemberStatus::Revoked,
+        _ => return Err(format!("member {operator_id}: unknown status {}", m.status)),
+    };
+    Ok(Member {
+        operator_id,
+        name: m.name,
+        country: m.country,
+        roles,
+        keys,
+        grpc_endpoint: m.grpc_endpoint,
+        p2p_addrs: m.p2p_addrs,
+        status,
+        sectors: m.sectors,
+    })
+}
+
+/// Encodes a signed trust list.
+pub fn encode_signed_trust_list(signed: &SignedTrustList) -> Vec<u8> {
+    signed_trust_list_to_pb(signed).encode_to_vec()
+}
+
+/// Converts a signed trust list to its wire type.
+pub fn signed_trust_list_to_pb(signed: &SignedTrustList) -> pb::SignedTrustList {
+    pb::SignedTrustList {
+        body: signed.body.clone(),
+        signatures: signed
+            .signatures
+            .iter()
+            .map(|(key_id, signature)| pb::GovernanceSignature {
+                key_id: key_id.to_string(),
+                signature: signature.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Decodes a signed trust list (signatures not yet checked).
+pub fn decode_signed_trust_list(bytes: &[u8]) -> Result<SignedTrustList, TrustListError> {
+    if bytes.len() > limits::TRUST_LIST_BYTES_MAX {
+        return Err(TrustListError::Oversized {
+            size: bytes.len(),
+            max: limits::TRUST_LIST_BYTES_MAX,
+        });
+    }
+    let raw = pb::SignedTrustList::decode(bytes)
+        .map_err(|e| TrustListError::Malformed(e.to_string()))?;
+    signed_trust_list_from_pb(raw)
+}
+
+/// Validates a signed trust list from its wire type.
+pub fn signed_trust_list_from_pb(
+    raw: pb::SignedTrustList,
+) -> Result<SignedTrustList, TrustListError> {
+    if raw.signatures.len() > limits::GOVERNANCE_KEYS_MAX {
+        return Err(TrustListError::Invalid(format!(
+            "{} signatures, more than the {} allowed",
+            raw.signatures.len(),
+            limits::GOVERNANCE_KEYS_MAX
+        )));
+    }
+    Ok(SignedTrustList {
+        body: raw.body,
+        signatures: raw
+            .signatures
+            .into_iter()
+            .map(|s| (KeyId::from_wire(&s.key_id), s.signature))
+            .collect(),
+    })
+}

@@ -1,0 +1,31 @@
+//! The federation node for personal data operators under OASC MIM4.
+//!
+//! Each operator runs one node. Nodes exchange signed envelopes over gRPC,
+//! keep their state in sled, and accept only members of the federation's
+//! signed trust list. See `ARCHITECTURE.md` at the repository root for the
+//! map and the flow of one message.
+//!
+//! # Layout
+//! - [`core`]: the sans-IO protocol (envelopes, trust list, delivery rules, outbox scheduling).
+//! - [`store`]: sled persistence with group-committed flushes.
+//! - [`transport`]: node-to-node transports (gRPC).
+//! - [`api`]: the local `OperatorApi` and its credentials.
+//! - [`node`]: the driver that runs servers and the delivery loop.
+//! - [`config`]: `node.toml`.
+//! - [`identity`]: key files.
+//! - [`trust_draft`]: governance's editable trust-list draft.
+//! - [`limits`]: every limit, with its reason.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod config;
+pub mod core;
+pub mod identity;
+pub mod limits;
+pub mod node;
+pub mod store;
+pub mod transport;
+pub mod trust_draft;
+
+pub use config::Config;
+pub use node::{start, NodeHandle};

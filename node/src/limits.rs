@@ -1,0 +1,88 @@
+//! Every limit of the node in one place, each with the reason for its value.
+//!
+//! Limits bound memory and work per peer and per client, so that a hostile or
+//! broken party cannot exhaust the node. Values that an operator may tune are
+//! defaults for `[limits]` in `node.toml` (see [`crate::config::Limits`]);
+//! the rest are fixed here.
+
+/// Largest accepted signed envelope, in bytes, checked before any decoding.
+///
+/// 1 MiB holds any single protocol message; bulk transfers (operator switch
+/// bundles) are chunked below it. Also fed to tonic's `max_decoding_message_size`
+/// and `max_encoding_message_size`. Memory cost: one buffer of this size per
+/// in-flight request.
+pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Largest accepted signed trust list, in bytes.
+///
+/// A federation of 1,000 members with 3 keys each encodes to about 250 KiB;
+/// 4 MiB leaves room for the attribute catalogue and service registry.
+pub const TRUST_LIST_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Most members a trust list may name; bounds lookup tables built from it.
+pub const MEMBERS_MAX: usize = 10_000;
+
+/// Most keys per member; rotation needs two, three leaves room for an emergency key.
+pub const KEYS_PER_MEMBER_MAX: usize = 8;
+
+/// Most governance keys (n of k-of-n) and governance signatures a list may carry.
+pub const GOVERNANCE_KEYS_MAX: usize = 32;
+
+/// Longest operator id, in bytes (`fi.helsinki`, `se.arbetsformedlingen`).
+pub const OPERATOR_ID_BYTES_MAX: usize = 64;
+
+/// Longest free-text field in a trust list (names, endpoints), in bytes.
+pub const TEXT_FIELD_BYTES_MAX: usize = 512;
+
+/// Longest memo subject, in bytes.
+pub const MEMO_SUBJECT_BYTES_MAX: usize = 200;
+
+/// Longest memo text, in bytes: administrative notes, not bulk data.
+pub const MEMO_TEXT_BYTES_MAX: usize = 64 * 1024;
+
+/// Default tolerated clock difference between operators, in milliseconds.
+///
+/// NTP keeps servers within tens of milliseconds; 30 s tolerates a badly
+/// synchronised host without widening the replay window much.
+pub const CLOCK_SKEW_MS_DEFAULT: u64 = 30_000;
+
+/// Default and largest lifetime of a message (expires_at - created_at), in ms.
+///
+/// The replay window (seen message ids kept in sled) must cover this, so the
+/// lifetime bounds that table: at 1,000 messages/s a day is 86.4 M ids of
+/// about 80 bytes, 7 GB, which is the ceiling; typical federations send far
+/// fewer. A day lets the outbox ride out a peer's overnight outage.
+pub const MESSAGE_LIFETIME_MS_DEFAULT: u64 = 24 * 60 * 60 * 1000;
+
+/// Largest lifetime a node accepts on a received message, in ms (7 days).
+pub const MESSAGE_LIFETIME_MS_MAX: u64 = 7 * 24 * 60 * 60 * 1000;
+
+/// First outbox retry delay, in ms.
+pub const RETRY_DELAY_MS_INITIAL: u64 = 200;
+
+/// Longest outbox retry delay, in ms: a peer back from an outage is reached within a minute.
+pub const RETRY_DELAY_MS_MAX: u64 = 60_000;
+
+/// Deliveries in flight to one peer at once; more wait in the outbox (in sled, not memory).
+pub const IN_FLIGHT_PER_PEER_MAX: usize = 32;
+
+/// Deliveries in flight in total.
+pub const IN_FLIGHT_TOTAL_MAX: usize = 256;
+
+/// Deadline of one delivery attempt, in ms; a slow peer is retried later.
+pub const DELIVERY_TIMEOUT_MS: u64 = 10_000;
+
+/// Concurrent gRPC streams per connection, on both the peer and API ports.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 128;
+
+/// Concurrent requests served by one gRPC server; more queue in the transport.
+pub const CONCURRENT_REQUESTS_MAX: usize = 512;
+
+/// Most messages one `ListMessages` call returns.
+pub const LIST_MESSAGES_MAX: u32 = 1_000;
+
+/// Depth of the queue that wakes the delivery loop; a full queue only means a wake-up is already pending.
+pub const OUTBOX_WAKE_QUEUE: usize = 1_024;
+
+/// Most API clients in `clients.toml`; bounds the credential table.
+pub const API_CLIENTS_MAX: usize = 10_000;

@@ -1,0 +1,810 @@
+//! The driver: owns the node's state, runs the servers and the delivery loop,
+//! and carries out what the core decides.
+//!
+//! One message, received: `transport::grpc` hands the bytes to
+//! [`Shared::receive`], which verifies them with the core, checks the replay
+//! table, applies the payload and records it atomically in sled, flushes,
+//! and returns the signed receipt. One message, sent: [`Shared::send`] seals an
+//! envelope, stores it in the outbox, flushes, and wakes the delivery loop,
+//! which retries with backoff until a valid receipt comes back.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::{Rng as _, RngCore as _};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument as _};
+
+use crate::api::clients::Clients;
+use crate::config::Config;
+use crate::core::delivery::{self, Expected, SenderContext};
+use crate::core::envelope::{Payload, RejectReason, Rejection, Verifier};
+use crate::core::ids::{MessageId, OperatorId};
+use crate::core::keys::SecretKey;
+use crate::core::outbox::{Backoff, Scheduler};
+use crate::core::trust::{MemberStatus, SignedTrustList, TrustListError, VerifiedTrustList};
+use crate::limits;
+use crate::store::{self, Outgoing, OutgoingState, Store};
+use crate::transport::grpc::PeerClients;
+use crate::{api, identity, transport};
+
+/// Errors starting or running a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key file cannot be used.
+    #[error("operator key: {0}")]
+    Key(#[from] identity::Error),
+    /// The database cannot be opened or written.
+    #[error("store: {0}")]
+    Store(#[from] store::Error),
+    /// The trust list file cannot be read.
+    #[error("trust list {path}: {reason}")]
+    TrustListFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The trust list does not verify or does not fit this node.
+    #[error("trust list: {0}")]
+    TrustList(#[from] TrustListError),
+    /// This operator is not in the trust list, or its key is not listed.
+    #[error("{0}")]
+    NotAMember(String),
+    /// A listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A server task failed.
+    #[error("server failed: {0}")]
+    Server(String),
+}
+
+/// Why a received envelope was not applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The envelope failed verification or replay checks.
+    #[error("{rejection}")]
+    Rejected {
+        /// What and why.
+        rejection: Rejection,
+        /// For a replay: the receipt stored when the message was first applied.
+        receipt: Option<Vec<u8>>,
+    },
+    /// The envelope is valid but its payload cannot be applied.
+    #[error("message {message_id} from {sender} cannot be applied: {reason}")]
+    Unusable {
+        /// Message id.
+        message_id: MessageId,
+        /// Sender.
+        sender: OperatorId,
+        /// Why.
+        reason: String,
+    },
+    /// The node failed to store it; the sender should retry.
+    #[error("storage failure, retry later: {0}")]
+    Store(#[from] store::Error),
+}
+
+/// Errors of [`Shared::send`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The recipient is not an active member.
+    #[error("{0} is not an active member of the federation")]
+    UnknownRecipient(OperatorId),
+    /// A node does not send to itself.
+    #[error("a node does not send messages to itself")]
+    ToSelf,
+    /// The envelope would exceed the size limit.
+    #[error("message is {size} bytes, more than the {max} allowed")]
+    TooLarge {
+        /// Size.
+        size: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The node could not store the message.
+    #[error("storage failure: {0}")]
+    Store(#[from] store::Error),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A newly stored outgoing message, announced to the delivery loop.
+#[derive(Debug)]
+struct Enqueued {
+    id: MessageId,
+    recipient: OperatorId,
+    expires_at_ms: u64,
+}
+
+/// State shared by the servers and the delivery loop.
+#[derive(Debug)]
+pub struct Shared {
+    config: Config,
+    key: SecretKey,
+    store: Store,
+    trust: RwLock<Arc<VerifiedTrustList>>,
+    clients: Clients,
+    peers: PeerClients,
+    enqueued: mpsc::Sender<Enqueued>,
+    started: Instant,
+    /// Highest trust-list version offered to each peer, so an older peer gets one update per version.
+    offered: Mutex<HashMap<OperatorId, u64>>,
+    /// Trust-list fetches running, one per peer at most.
+    fetching: Mutex<std::collections::HashSet<OperatorId>>,
+    /// Background tasks (trust-list offers and fetches); taken at shutdown.
+    tasks: Mutex<Option<JoinSet<()>>>,
+}
+
+/// A running node. Dropping it does not stop it: call [`NodeHandle::shutdown`].
+#[derive(Debug)]
+pub struct NodeHandle {
+    /// Address of the `OperatorPeer` server.
+    pub peer_addr: SocketAddr,
+    /// Address of the `OperatorApi` server.
+    pub api_addr: SocketAddr,
+    /// The node's state (for in-process tests and tools).
+    pub shared: Arc<Shared>,
+    tasks: JoinSet<Result<(), Error>>,
+    cancel: CancellationToken,
+}
+
+impl NodeHandle {
+    /// Stops the servers and the delivery loop, and flushes the store.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.cancel.cancel();
+        let mut result = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            match joined {
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => result = Err(Error::Server(e.to_string())),
+                Ok(Ok(())) => {}
+            }
+        }
+        let background = self.shared.tasks.lock().ok().and_then(|mut t| t.take());
+        if let Some(mut background) = background {
+            background.shutdown().await;
+        }
+        self.shared.store.flush_blocking()?;
+        result
+    }
+
+    /// Waits until a server task ends (an error) or `cancel` fires.
+    pub async fn wait(mut self, stop: CancellationToken) -> Result<(), Error> {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            Some(joined) = self.tasks.join_next() => {
+                let outcome = match joined {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(Error::Server(e.to_string())),
+                };
+                outcome?;
+            }
+        }
+        self.shutdown().await
+    }
+}
+
+/// Starts a node: opens the store, loads the trust list, binds both servers
+/// and starts the delivery loop. Returns once both servers listen.
+pub async fn start(config: Config) -> Result<NodeHandle, Error> {
+    let key = identity::read_secret_key(&config.key_file)?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::TrustListFile {
+        path: config.data_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let store = Store::open(&config.data_dir)?;
+    let trust = load_trust_list(&config, &store)?;
+    check_membership(&config, &key, &trust)?;
+
+    let peer_listener = tokio::net::TcpListener::bind(config.peer_listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.peer_listen,
+            source,
+        })?;
+    let api_listener = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.api_listen,
+            source,
+        })?;
+    let peer_addr = local_addr(&peer_listener, config.peer_listen)?;
+    let api_addr = local_addr(&api_listener, config.api_listen)?;
+
+    let cancel = CancellationToken::new();
+    let (enqueued_tx, enqueued_rx) = mpsc::channel(limits::OUTBOX_WAKE_QUEUE);
+    let shared = Arc::new(Shared {
+        peers: PeerClients::new(config.envelope_limits.message_bytes_max),
+        clients: Clients::new(config.clients_file.clone()),
+        config,
+        key,
+        store,
+        trust: RwLock::new(Arc::new(trust)),
+        enqueued: enqueued_tx,
+        started: Instant::now(),
+        offered: Mutex::new(HashMap::new()),
+        fetching: Mutex::new(std::collections::HashSet::new()),
+        tasks: Mutex::new(Some(JoinSet::new())),
+    });
+    let me = shared.config.operator_id.clone();
+    info!(operator = %me, %peer_addr, %api_addr, trust_list_version = shared.trust().version(), "node started");
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(transport::grpc::serve(
+        shared.clone(),
+        peer_listener,
+        cancel.clone(),
+    ));
+    tasks.spawn(api::serve(shared.clone(), api_listener, cancel.clone()));
+    let driver = DeliveryLoop::new(shared.clone(), enqueued_rx)?;
+    tasks.spawn(
+        driver
+            .run(cancel.clone())
+            .instrument(info_span!("outbox", operator = %me)),
+    );
+    tasks.spawn(prune_loop(shared.clone(), cancel.clone()));
+    Ok(NodeHandle {
+        peer_addr,
+        api_addr,
+        shared,
+        tasks,
+        cancel,
+    })
+}
+
+fn local_addr(listener: &tokio::net::TcpListener, addr: SocketAddr) -> Result<SocketAddr, Error> {
+    listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// The newest of: the list stored in the database, the list in the file.
+/// Each must verify against the configured governance keys; the stored list
+/// counts only when it is newer (the file may be an old copy after an update).
+fn load_trust_list(config: &Config, store: &Store) -> Result<VerifiedTrustList, Error> {
+    let file_error = |reason: String| Error::TrustListFile {
+        path: config.trust_list.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(&config.trust_list).map_err(|e| file_error(e.to_string()))?;
+    let signed = SignedTrustList::decode(&bytes)?;
+    let from_file = VerifiedTrustList::verify_with_anchor(
+        signed,
+        &config.governance_keys,
+        config.governance_threshold,
+    )?;
+    let stored = match store.trust_list()? {
+        Some(bytes) => {
+            // The stored list was verified before it was stored; verify again
+            // after reading it back (paired check) against the file's list.
+            let signed = SignedTrustList::decode(&bytes)?;
+            match from_file.check_update(signed, 0) {
+                Ok(newer) => Some(newer),
+                Err(TrustListError::NotNewer { .. }) => None,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => None,
+    };
+    let list = stored.unwrap_or(from_file);
+    store.set_trust_list(&list.signed().encode())?;
+    store.flush_blocking()?;
+    Ok(list)
+}
+
+fn check_membership(config: &Config, key: &SecretKey, trust: &VerifiedTrustList) -> Result<(), Error> {
+    let me = &config.operator_id;
+    let member = trust.member(me).ok_or_else(|| {
+        Error::NotAMember(format!(
+            "operator {me} is not in trust list version {}; ask governance to add it \
+             (mim4-node trust add-member) and install the signed list",
+            trust.version()
+        ))
+    })?;
+    if member.key(&key.public().key_id()).is_none() {
+        return Err(Error::NotAMember(format!(
+            "the key in {} (id {}) is not one of {me}'s keys in trust list version {}",
+            config.key_file.display(),
+            key.public().key_id(),
+            trust.version()
+        )));
+    }
+    if member.status != MemberStatus::Active {
+        warn!(operator = %me, status = member.status.as_str(), "this operator is not active in the trust list; peers will refuse its messages");
+    }
+    Ok(())
+}
+
+impl Shared {
+    /// This node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// This node's operator id.
+    pub fn operator_id(&self) -> &OperatorId {
+        &self.config.operator_id
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The API credential table.
+    pub fn clients(&self) -> &Clients {
+        &self.clients
+    }
+
+    /// The trust list in force.
+    pub fn trust(&self) -> Arc<VerifiedTrustList> {
+        match self.trust.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Time since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn sender_context(&self, trust_list_version: u64) -> SenderContext<'_> {
+        SenderContext {
+            me: &self.config.operator_id,
+            rulebook_version: &self.config.rulebook_version,
+            trust_list_version,
+            lifetime_ms: self.config.message_lifetime_ms,
+        }
+    }
+
+    /// Verifies, applies and durably records a received envelope, and returns
+    /// the encoded signed receipt. Cancel-safe up to the flush: if the caller
+    /// goes away after the write, the write is still flushed by the next one.
+    pub async fn receive(self: &Arc<Self>, bytes: &[u8]) -> Result<Vec<u8>, Refusal> {
+        let now = now_ms();
+        let trust = self.trust();
+        let verifier = Verifier {
+            me: &self.config.operator_id,
+            trust: &trust,
+            limits: self.config.envelope_limits,
+        };
+        let verified = verifier.verify(bytes, now).map_err(|rejection| {
+            warn!(message_id = ?rejection.message_id.map(|id| id.to_string()), sender = ?rejection.sender.as_ref().map(|s| s.to_string()), reason = %rejection.reason, "envelope refused");
+            Refusal::Rejected {
+                rejection,
+                receipt: None,
+            }
+        })?;
+        let envelope = verified.envelope();
+        let span = info_span!("receive", message_id = %envelope.message_id, sender = %envelope.sender, kind = envelope.payload.kind());
+        let _entered = span.enter();
+        let replay = |reason: RejectReason, receipt: Option<Vec<u8>>| {
+            warn!(%reason, "envelope refused");
+            Refusal::Rejected {
+                rejection: Rejection {
+                    message_id: Some(envelope.message_id),
+                    sender: Some(envelope.sender.clone()),
+                    reason,
+                },
+                receipt,
+            }
+        };
+        let prior = self.store.applied(&envelope.message_id)?;
+        if let Err(reason) = delivery::check_replay(&verified, prior.as_ref().map(|(a, _)| a)) {
+            let receipt = matches!(reason, RejectReason::Replayed { .. })
+                .then(|| prior.map(|(_, r)| r))
+                .flatten();
+            return Err(replay(reason, receipt));
+        }
+
+        // Apply the payload (deciding only; the write happens below, atomically).
+        let mut new_trust = None;
+        match &envelope.payload {
+            Payload::Memo(_) => {}
+            Payload::Receipt(_) => {
+                return Err(Refusal::Unusable {
+                    message_id: envelope.message_id,
+                    sender: envelope.sender.clone(),
+                    reason: "receipts travel in Deliver responses, not as messages".into(),
+                })
+            }
+            Payload::TrustListUpdate(signed) => match trust.check_update(signed.clone(), now) {
+                Ok(newer) => new_trust = Some(newer),
+                Err(TrustListError::NotNewer { current, got }) => {
+                    debug!(current, got, "trust-list update not newer; acknowledged without effect");
+                }
+                Err(e) => {
+                    return Err(Refusal::Unusable {
+                        message_id: envelope.message_id,
+                        sender: envelope.sender.clone(),
+                        reason: format!("trust-list update refused: {e}"),
+                    })
+                }
+            },
+        }
+
+        let mut receipt_id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut receipt_id);
+        let receipt = self
+            .sender_context(trust.version())
+            .receipt(MessageId::from_bytes(receipt_id), &verified, now)
+            .seal(&self.key);
+        let recorded = self.store.record_applied(
+            envelope.message_id,
+            &envelope.sender,
+            verified.body_sha256(),
+            envelope.expires_at_ms,
+            now,
+            bytes,
+            &receipt.bytes,
+            new_trust.as_ref().map(|t| t.signed().encode()).as_deref(),
+        )?;
+        if recorded.is_none() {
+            // A concurrent copy of the same message won the race; answer as a replay.
+            let stored = self.store.applied(&envelope.message_id)?;
+            let first = stored.as_ref().map_or(now, |(a, _)| a.applied_at_ms);
+            return Err(replay(
+                RejectReason::Replayed {
+                    first_applied_at_ms: first,
+                },
+                stored.map(|(_, r)| r),
+            ));
+        }
+        self.store.durable().await?;
+        info!("applied");
+
+        if let Some(newer) = new_trust {
+            self.install_trust(newer);
+        }
+        self.reconcile_trust_version(&envelope.sender, envelope.trust_list_version);
+        Ok(receipt.bytes)
+    }
+
+    /// Puts a verified (and stored) trust list in force.
+    fn install_trust(&self, newer: VerifiedTrustList) {
+        let version = newer.version();
+        match self.trust.write() {
+            Ok(mut guard) => *guard = Arc::new(newer),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(newer),
+        }
+        info!(version, "trust list updated");
+    }
+
+    /// Installs a newer signed trust list (admin API) and offers it to every peer.
+    pub async fn install_trust_list(self: &Arc<Self>, bytes: &[u8]) -> Result<u64, Error> {
+        let signed = SignedTrustList::decode(bytes)?;
+        let newer = self.trust().check_update(signed, now_ms())?;
+        self.store.set_trust_list(&newer.signed().encode())?;
+        self.store.durable().await?;
+        let version = newer.version();
+        self.install_trust(newer);
+        let peers: Vec<OperatorId> = self
+            .trust()
+            .list()
+            .members
+            .iter()
+            .filter(|m| m.status == MemberStatus::Active && &m.operator_id != self.operator_id())
+            .map(|m| m.operator_id.clone())
+            .collect();
+        for peer in peers {
+            self.offer_trust_list(peer).await;
+        }
+        Ok(version)
+    }
+
+    async fn offer_trust_list(self: &Arc<Self>, peer: OperatorId) {
+        let trust = self.trust();
+        let version = trust.version();
+        {
+            let Ok(mut offered) = self.offered.lock() else {
+                return;
+            };
+            if offered.get(&peer).is_some_and(|&v| v >= version) {
+                return;
+            }
+            offered.insert(peer.clone(), version);
+        }
+        let payload = Payload::TrustListUpdate(trust.signed().clone());
+        match self.send(peer.clone(), payload).await {
+            Ok(id) => info!(%peer, version, message_id = %id, "offered trust list"),
+            Err(e) => warn!(%peer, version, error = %e, "could not offer trust list"),
+        }
+    }
+
+    /// Compares a peer's trust-list version with ours: offer ours to an older
+    /// peer, fetch from a newer one.
+    fn reconcile_trust_version(self: &Arc<Self>, peer: &OperatorId, peer_version: u64) {
+        let ours = self.trust().version();
+        if peer_version == ours {
+            return;
+        }
+        let Ok(mut guard) = self.tasks.lock() else {
+            return;
+        };
+        // `None` once shutdown has taken the set: start nothing new.
+        let Some(set) = guard.as_mut() else {
+            return;
+        };
+        let shared = self.clone();
+        let peer = peer.clone();
+        if peer_version < ours {
+            set.spawn(async move { shared.offer_trust_list(peer).await });
+        } else {
+            let started = self
+                .fetching
+                .lock()
+                .map(|mut f| f.insert(peer.clone()))
+                .unwrap_or(false);
+            if started {
+                set.spawn(async move {
+                    shared.fetch_trust_list(&peer).await;
+                    if let Ok(mut f) = shared.fetching.lock() {
+                        f.remove(&peer);
+                    }
+                });
+            }
+        }
+        // Reap finished background tasks so the set stays small.
+        while set.try_join_next().is_some() {}
+    }
+
+    async fn fetch_trust_list(self: &Arc<Self>, peer: &OperatorId) {
+        let Some(endpoint) = self.trust().member(peer).map(|m| m.grpc_endpoint.clone()) else {
+            return;
+        };
+        let bytes = match self.peers.fetch_trust_list(&endpoint).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                warn!(%peer, error = %e, "trust-list fetch failed");
+                return;
+            }
+        };
+        let result = async {
+            let signed = SignedTrustList::decode(&bytes)?;
+            let newer = self.trust().check_update(signed, now_ms())?;
+            self.store.set_trust_list(&newer.signed().encode())?;
+            self.store.durable().await?;
+            Ok::<_, Error>(newer)
+        }
+        .await;
+        match result {
+            Ok(newer) => self.install_trust(newer),
+            Err(Error::TrustList(TrustListError::NotNewer { .. })) => {}
+            Err(e) => warn!(%peer, error = %e, "trust list fetched from peer refused"),
+        }
+    }
+
+    /// Seals a message to `recipient`, stores it durably in the outbox and
+    /// hands it to the delivery loop. Returns once it is durable.
+    pub async fn send(self: &Arc<Self>, recipient: OperatorId, payload: Payload) -> Result<MessageId, SendError> {
+        if &recipient == self.operator_id() {
+            return Err(SendError::ToSelf);
+        }
+        let trust = self.trust();
+        if !trust
+            .member(&recipient)
+            .is_some_and(|m| m.status == MemberStatus::Active)
+        {
+            return Err(SendError::UnknownRecipient(recipient));
+        }
+        let now = now_ms();
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let envelope = self.sender_context(trust.version()).envelope(
+            MessageId::from_bytes(id),
+            recipient.clone(),
+            now,
+            None,
+            payload,
+        );
+        let sealed = envelope.seal(&self.key);
+        if sealed.bytes.len() > self.config.envelope_limits.message_bytes_max {
+            return Err(SendError::TooLarge {
+                size: sealed.bytes.len(),
+                max: self.config.envelope_limits.message_bytes_max,
+            });
+        }
+        let outgoing = Outgoing {
+            recipient: recipient.clone(),
+            envelope_sha256: sha256(&sealed.bytes),
+            envelope: sealed.bytes,
+            body_sha256: sealed.body_sha256,
+            expires_at_ms: envelope.expires_at_ms,
+            state: OutgoingState::Pending,
+            attempts: 0,
+            last_error: None,
+            receipt: None,
+        };
+        self.store.enqueue(sealed.message_id, &outgoing)?;
+        self.store.durable().await?;
+        debug!(message_id = %sealed.message_id, %recipient, "stored in outbox");
+        self.enqueued
+            .send(Enqueued {
+                id: sealed.message_id,
+                recipient,
+                expires_at_ms: envelope.expires_at_ms,
+            })
+            .await
+            .map_err(|_| SendError::ShuttingDown)?;
+        Ok(sealed.message_id)
+    }
+
+    /// One delivery attempt: send the stored bytes, check the receipt, mark delivered.
+    async fn deliver_once(self: Arc<Self>, id: MessageId) -> Result<(), String> {
+        let outgoing = self
+            .store
+            .outgoing(&id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "message vanished from the outbox".to_owned())?;
+        if outgoing.state != OutgoingState::Pending {
+            return Ok(());
+        }
+        let trust = self.trust();
+        let endpoint = trust
+            .member(&outgoing.recipient)
+            .map(|m| m.grpc_endpoint.clone())
+            .ok_or_else(|| format!("{} is no longer in the trust list", outgoing.recipient))?;
+        let receipt = self
+            .peers
+            .deliver(&endpoint, outgoing.envelope.clone())
+            .await?;
+        let expected = Expected {
+            message_id: id,
+            recipient: &outgoing.recipient,
+            body_sha256: outgoing.body_sha256,
+        };
+        let (verified, _) = delivery::check_receipt(
+            &self.config.operator_id,
+            &trust,
+            self.config.envelope_limits,
+            &receipt,
+            &expected,
+            now_ms(),
+        )
+        .map_err(|e| e.to_string())?;
+        self.store
+            .update_outgoing(&id, |o| {
+                o.state = OutgoingState::Delivered;
+                o.receipt = Some(receipt.clone());
+                o.last_error = None;
+            })
+            .map_err(|e| e.to_string())?;
+        info!(message_id = %id, recipient = %outgoing.recipient, "delivered; receipt verified");
+        self.reconcile_trust_version(&outgoing.recipient, verified.envelope().trust_list_version);
+        Ok(())
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// Runs the outbox: starts attempts when due, records outcomes, expires the undeliverable.
+struct DeliveryLoop {
+    shared: Arc<Shared>,
+    scheduler: Scheduler,
+    enqueued: mpsc::Receiver<Enqueued>,
+    attempts: JoinSet<(MessageId, Result<(), String>)>,
+}
+
+impl DeliveryLoop {
+    fn new(shared: Arc<Shared>, enqueued: mpsc::Receiver<Enqueued>) -> Result<Self, Error> {
+        let mut scheduler = Scheduler::new(
+            Backoff {
+                initial_ms: limits::RETRY_DELAY_MS_INITIAL,
+                max_ms: limits::RETRY_DELAY_MS_MAX,
+            },
+            limits::IN_FLIGHT_PER_PEER_MAX,
+            limits::IN_FLIGHT_TOTAL_MAX,
+        );
+        let pending = shared.store.pending()?;
+        if !pending.is_empty() {
+            info!(count = pending.len(), "resuming delivery of pending messages");
+        }
+        let now = now_ms();
+        for (id, outgoing) in pending {
+            scheduler.handle_enqueued(id, outgoing.recipient, outgoing.expires_at_ms, outgoing.attempts, now);
+        }
+        Ok(Self {
+            shared,
+            scheduler,
+            enqueued,
+            attempts: JoinSet::new(),
+        })
+    }
+
+    async fn run(mut self, cancel: CancellationToken) -> Result<(), Error> {
+        loop {
+            let now = now_ms();
+            while let Some(id) = self.scheduler.poll_expired(now) {
+                warn!(message_id = %id, "message expired before a receipt came back");
+                self.shared.store.update_outgoing(&id, |o| {
+                    o.state = OutgoingState::Expired;
+                })?;
+            }
+            while let Some((id, recipient)) = self.scheduler.poll_due(now) {
+                let shared = self.shared.clone();
+                self.attempts.spawn(
+                    async move {
+                        let timeout = Duration::from_millis(limits::DELIVERY_TIMEOUT_MS);
+                        let outcome = match tokio::time::timeout(timeout, shared.deliver_once(id)).await {
+                            Ok(outcome) => outcome,
+                            Err(_) => Err(format!("no answer within {} ms", limits::DELIVERY_TIMEOUT_MS)),
+                        };
+                        (id, outcome)
+                    }
+                    .instrument(info_span!("deliver", message_id = %id, %recipient)),
+                );
+            }
+            let sleep_ms = self
+                .scheduler
+                .poll_timeout()
+                .map_or(60_000, |t| t.saturating_sub(now).max(1));
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                Some(event) = self.enqueued.recv() => {
+                    self.scheduler.handle_enqueued(event.id, event.recipient, event.expires_at_ms, 0, now_ms());
+                }
+                Some(joined) = self.attempts.join_next() => {
+                    match joined {
+                        Ok((id, Ok(()))) => self.scheduler.handle_attempt_succeeded(id),
+                        Ok((id, Err(error))) => {
+                            let jitter: f64 = rand::thread_rng().gen();
+                            let attempts = self.scheduler.handle_attempt_failed(id, now_ms(), jitter);
+                            debug!(message_id = %id, attempts, %error, "delivery attempt failed; will retry");
+                            self.shared.store.update_outgoing(&id, |o| {
+                                o.attempts = attempts;
+                                o.last_error = Some(error.clone());
+                            })?;
+                        }
+                        Err(e) => warn!(error = %e, "delivery task failed"),
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+            }
+        }
+        self.attempts.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Deletes replay-table entries whose messages have expired (plus the clock
+/// skew), in bounded batches, once a minute.
+async fn prune_loop(shared: Arc<Shared>, cancel: CancellationToken) -> Result<(), Error> {
+    const BATCH: usize = 10_000;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        let before = now_ms().saturating_sub(shared.config.envelope_limits.clock_skew_ms_max);
+        let pruned = shared.store.prune_seen(before, BATCH)?;
+        if pruned > 0 {
+            debug!(pruned, "pruned expired message ids from the replay window");
+        }
+    }
+}

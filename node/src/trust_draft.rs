@@ -1,0 +1,246 @@
+//! The editable trust-list draft (`trust-draft.toml`) that governance keeps,
+//! and its conversion to a signed list.
+//!
+//! Governance edits the draft with `mim4-node trust add-member/add-key/suspend`
+//! (or by hand), then `trust sign` turns it into the next signed version. The
+//! draft records the last signed version so versions only go up.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::ids::OperatorId;
+use crate::core::keys::{PublicKey, SecretKey};
+use crate::core::trust::{
+    GovernanceKey, Member, MemberKey, MemberStatus, Role, SignedTrustList, TrustList,
+};
+
+/// Errors of draft handling.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The draft file cannot be read or written.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The draft breaks a rule.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A member key in the draft.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DraftKey {
+    /// Public key, 64 hex digits.
+    pub public_key: String,
+    /// Valid from (ms since the epoch).
+    #[serde(default)]
+    pub not_before_ms: u64,
+    /// Valid until (ms since the epoch), if it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after_ms: Option<u64>,
+}
+
+/// A member in the draft.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DraftMember {
+    /// Operator id.
+    pub operator_id: String,
+    /// Name.
+    pub name: String,
+    /// Country code.
+    pub country: String,
+    /// Roles: operator, source, consumer.
+    pub roles: Vec<String>,
+    /// gRPC endpoint of its peer server.
+    pub grpc_endpoint: String,
+    /// libp2p multiaddrs.
+    #[serde(default)]
+    pub p2p_addrs: Vec<String>,
+    /// active, suspended or revoked.
+    #[serde(default = "active")]
+    pub status: String,
+    /// Sector labels.
+    #[serde(default)]
+    pub sectors: Vec<String>,
+    /// Signing keys.
+    #[serde(rename = "key")]
+    pub keys: Vec<DraftKey>,
+}
+
+fn active() -> String {
+    "active".into()
+}
+
+/// The draft.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Draft {
+    /// Federation name.
+    pub federation_id: String,
+    /// Last signed version (0 before the first signature).
+    pub version: u64,
+    /// Rulebook version.
+    pub rulebook_version: String,
+    /// Signatures a list needs.
+    pub threshold: u32,
+    /// Governance public keys, hex.
+    pub governance_keys: Vec<String>,
+    /// Members.
+    #[serde(default, rename = "member")]
+    pub members: Vec<DraftMember>,
+}
+
+impl Draft {
+    /// An empty draft for a new federation.
+    pub fn new(federation_id: &str, governance_keys: &[PublicKey]) -> Self {
+        Self {
+            federation_id: federation_id.to_owned(),
+            version: 0,
+            rulebook_version: "mim4-rulebook-1.0".into(),
+            threshold: 1,
+            governance_keys: governance_keys.iter().map(PublicKey::to_hex).collect(),
+            members: Vec::new(),
+        }
+    }
+
+    /// Reads a draft file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| Error::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes the draft file.
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
+        let body = toml::to_string(self).map_err(|e| Error::Invalid(e.to_string()))?;
+        let text = format!(
+            "# MIM4 federation trust-list draft. Edit with `mim4-node trust ...`, then\n\
+             # `mim4-node trust sign` makes the next signed version.\n\n{body}"
+        );
+        std::fs::write(path, text).map_err(|e| Error::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Adds a member; refuses a duplicate id.
+    pub fn add_member(&mut self, member: DraftMember) -> Result<(), Error> {
+        if self.members.iter().any(|m| m.operator_id == member.operator_id) {
+            return Err(Error::Invalid(format!(
+                "member {} is already in the draft",
+                member.operator_id
+            )));
+        }
+        self.members.push(member);
+        Ok(())
+    }
+
+    /// The member with this id, to edit.
+    pub fn member_mut(&mut self, operator_id: &str) -> Result<&mut DraftMember, Error> {
+        self.members
+            .iter_mut()
+            .find(|m| m.operator_id == operator_id)
+            .ok_or_else(|| Error::Invalid(format!("no member {operator_id} in the draft")))
+    }
+
+    /// Converts to the core's trust list with the given version and times.
+    pub fn to_trust_list(
+        &self,
+        version: u64,
+        issued_at_ms: u64,
+        valid_until_ms: u64,
+    ) -> Result<TrustList, Error> {
+        let bad = |what: String| Error::Invalid(what);
+        let governance_keys = self
+            .governance_keys
+            .iter()
+            .map(|k| {
+                PublicKey::from_hex(k)
+                    .map(|public_key| GovernanceKey { public_key })
+                    .map_err(|e| bad(format!("governance key {k}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut members = Vec::with_capacity(self.members.len());
+        for m in &self.members {
+            let operator_id =
+                OperatorId::new(m.operator_id.clone()).map_err(|e| bad(e.to_string()))?;
+            let roles = m
+                .roles
+                .iter()
+                .map(|r| {
+                    Role::parse(r).ok_or_else(|| {
+                        bad(format!("{operator_id}: role {r:?} is not operator, source or consumer"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let status = match m.status.as_str() {
+                "active" => MemberStatus::Active,
+                "suspended" => MemberStatus::Suspended,
+                "revoked" => MemberStatus::Revoked,
+                other => {
+                    return Err(bad(format!(
+                        "{operator_id}: status {other:?} is not active, suspended or revoked"
+                    )))
+                }
+            };
+            let keys = m
+                .keys
+                .iter()
+                .map(|k| {
+                    Ok(MemberKey {
+                        public_key: PublicKey::from_hex(&k.public_key)
+                            .map_err(|e| bad(format!("{operator_id} key: {e}")))?,
+                        not_before_ms: k.not_before_ms,
+                        not_after_ms: k.not_after_ms,
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            members.push(Member {
+                operator_id,
+                name: m.name.clone(),
+                country: m.country.clone(),
+                roles,
+                keys,
+                grpc_endpoint: m.grpc_endpoint.clone(),
+                p2p_addrs: m.p2p_addrs.clone(),
+                status,
+                sectors: m.sectors.clone(),
+            });
+        }
+        let list = TrustList {
+            federation_id: self.federation_id.clone(),
+            version,
+            issued_at_ms,
+            valid_until_ms,
+            rulebook_version: self.rulebook_version.clone(),
+            governance_keys,
+            threshold: self.threshold,
+            members,
+        };
+        // Round-trip through the wire decoder so a draft that signs is a list that verifies.
+        crate::core::wire::decode_trust_list(&crate::core::wire::encode_trust_list(&list))
+            .map_err(|e| bad(e.to_string()))
+    }
+
+    /// Signs the next version with `keys`, bumping the draft's version.
+    pub fn sign_next(
+        &mut self,
+        keys: &[&SecretKey],
+        now_ms: u64,
+        valid_for_ms: u64,
+    ) -> Result<SignedTrustList, Error> {
+        let version = self.version + 1;
+        let list = self.to_trust_list(version, now_ms, now_ms.saturating_add(valid_for_ms))?;
+        self.version = version;
+        Ok(list.sign(keys))
+    }
+}
