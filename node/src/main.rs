@@ -1,1 +1,495 @@
-fn main() {}
+//! `mim4-node`: run a MIM4 operator node and manage its keys, credentials and
+//! the federation trust list.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use mim4_node::api::clients::{self, ClientRole};
+use mim4_node::config::{self, Config};
+use mim4_node::core::ids::OperatorId;
+use mim4_node::core::keys::{PublicKey, SecretKey};
+use mim4_node::core::trust::{SignedTrustList, VerifiedTrustList};
+use mim4_node::identity;
+use mim4_node::node::now_ms;
+use mim4_node::trust_draft::{Draft, DraftKey, DraftMember};
+use rand::RngCore as _;
+use tokio_util::sync::CancellationToken;
+
+/// Federation node for MIM4 personal data operators.
+#[derive(Parser, Debug)]
+#[command(name = "mim4-node", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create an operator key and a commented node.toml in DIR.
+    Init(InitArgs),
+    /// Run the node.
+    Run {
+        /// The node's configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Credentials of local API clients (cities, citizen apps, admins).
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// The federation's governance key.
+    #[command(subcommand)]
+    Governance(GovernanceCommand),
+    /// The federation trust list: edit a draft, sign, show.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    /// Operator id, e.g. fi.helsinki.
+    #[arg(long)]
+    operator: String,
+    /// Folder to create the key and node.toml in.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Address of the peer (node-to-node) gRPC server.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    peer_listen: SocketAddr,
+    /// Address of the local API gRPC server.
+    #[arg(long, default_value = "127.0.0.1:7402")]
+    api_listen: SocketAddr,
+    /// Governance public key (hex) to trust; repeat for several.
+    #[arg(long = "governance-key")]
+    governance_keys: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate a configuration file, naming the key and line of each error.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientCommand {
+    /// Create a credential; it is printed once and stored only as a hash.
+    Add {
+        /// The node's configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Client id, e.g. helsinki-early-education.
+        #[arg(long)]
+        id: String,
+        /// service, citizen-app or admin.
+        #[arg(long)]
+        role: String,
+        /// For services: the service id it acts as (fi.helsinki/early-education).
+        #[arg(long)]
+        service_id: Option<String>,
+    },
+    /// List clients.
+    List {
+        /// The node's configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Revoke a client; takes effect on its next call.
+    Revoke {
+        /// The node's configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Client id.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GovernanceCommand {
+    /// Create a governance key (governance.key, mode 0600, and governance.pub) in DIR.
+    Init {
+        /// Folder for the key files.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TrustCommand {
+    /// Start a trust-list draft for a new federation.
+    New {
+        /// Federation name, e.g. oasc-mim4.
+        #[arg(long)]
+        federation: String,
+        /// Governance public key file(s) (governance.pub).
+        #[arg(long = "governance-pub", required = true)]
+        governance_pubs: Vec<PathBuf>,
+        /// The draft file to create.
+        #[arg(long)]
+        draft: PathBuf,
+    },
+    /// Add a member to the draft.
+    AddMember {
+        /// The draft file.
+        #[arg(long)]
+        draft: PathBuf,
+        /// Operator id.
+        #[arg(long)]
+        operator: String,
+        /// Human-readable name.
+        #[arg(long)]
+        name: String,
+        /// ISO 3166-1 alpha-2 country code.
+        #[arg(long)]
+        country: String,
+        /// Role: operator, source or consumer (repeatable).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// The operator's public key file (operator.pub from `init`).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// gRPC endpoint of its peer server, e.g. http://127.0.0.1:7401.
+        #[arg(long)]
+        grpc: String,
+        /// Sector label (repeatable).
+        #[arg(long = "sector")]
+        sectors: Vec<String>,
+    },
+    /// Add a key to a member (rotation: add the new key, later end the old one).
+    AddKey {
+        /// The draft file.
+        #[arg(long)]
+        draft: PathBuf,
+        /// Operator id.
+        #[arg(long)]
+        operator: String,
+        /// The new public key file.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Valid from (ms since the epoch); default now.
+        #[arg(long)]
+        not_before_ms: Option<u64>,
+    },
+    /// End the validity of a member's key at a given instant.
+    EndKey {
+        /// The draft file.
+        #[arg(long)]
+        draft: PathBuf,
+        /// Operator id.
+        #[arg(long)]
+        operator: String,
+        /// The public key file of the key to end.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// End of validity (ms since the epoch).
+        #[arg(long)]
+        not_after_ms: u64,
+    },
+    /// Suspend a member (its messages are refused once the list is signed and spread).
+    Suspend {
+        /// The draft file.
+        #[arg(long)]
+        draft: PathBuf,
+        /// Operator id.
+        #[arg(long)]
+        operator: String,
+    },
+    /// Sign the next version of the draft.
+    Sign {
+        /// The draft file (its version is bumped).
+        #[arg(long)]
+        draft: PathBuf,
+        /// Governance secret key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Output: the signed trust list.
+        #[arg(long)]
+        out: PathBuf,
+        /// Days the list stays valid.
+        #[arg(long, default_value_t = 365)]
+        valid_days: u64,
+    },
+    /// Show a signed trust list, verifying its signatures against its own governance keys.
+    Show {
+        /// The signed trust list file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init(args) => init(args),
+        Command::Run { config } => run(&config),
+        Command::Config(ConfigCommand::Check { file }) => {
+            let config = Config::load(&file)?;
+            println!(
+                "{}: ok (operator {}, peer {}, api {})",
+                file.display(),
+                config.operator_id,
+                config.peer_listen,
+                config.api_listen
+            );
+            Ok(())
+        }
+        Command::Client(command) => client(command),
+        Command::Governance(GovernanceCommand::Init { dir }) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let key = SecretKey::generate(&mut rand::rngs::OsRng);
+            identity::write_secret_key(&dir.join("governance.key"), &key)?;
+            identity::write_public_key(&dir.join("governance.pub"), &key.public())?;
+            println!("governance key created in {}", dir.display());
+            println!("public key: {}", key.public().to_hex());
+            println!("give the public key to every operator (governance_keys in node.toml)");
+            Ok(())
+        }
+        Command::Trust(command) => trust(command),
+    }
+}
+
+fn init(args: InitArgs) -> anyhow::Result<()> {
+    let operator = OperatorId::new(args.operator)?;
+    let governance_keys = args
+        .governance_keys
+        .iter()
+        .map(|k| PublicKey::from_hex(k).with_context(|| format!("governance key {k}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let config_path = args.dir.join("node.toml");
+    if config_path.exists() {
+        bail!("{} exists already; init never overwrites", config_path.display());
+    }
+    let key = SecretKey::generate(&mut rand::rngs::OsRng);
+    identity::write_secret_key(&args.dir.join("operator.key"), &key)?;
+    identity::write_public_key(&args.dir.join("operator.pub"), &key.public())?;
+    std::fs::write(
+        &config_path,
+        config::template(&operator, args.peer_listen, args.api_listen, &governance_keys),
+    )
+    .with_context(|| format!("writing {}", config_path.display()))?;
+    println!("operator {operator} initialised in {}", args.dir.display());
+    println!("  public key: {} (key id {})", key.public().to_hex(), key.public().key_id());
+    println!("  next: send operator.pub to governance to be added to the trust list,");
+    println!("        put the signed trust list at trust-list.pb, then");
+    println!("        mim4-node run --config {}", config_path.display());
+    Ok(())
+}
+
+fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let handle = mim4_node::start(config).await?;
+        let stop = CancellationToken::new();
+        let wait = handle.wait(stop.clone());
+        tokio::pin!(wait);
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = &mut wait => return Ok(result?),
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+        stop.cancel();
+        wait.await?;
+        Ok(())
+    })
+}
+
+fn client(command: ClientCommand) -> anyhow::Result<()> {
+    match command {
+        ClientCommand::Add {
+            config,
+            id,
+            role,
+            service_id,
+        } => {
+            let config = Config::load(&config)?;
+            let role = ClientRole::parse(&role)
+                .with_context(|| format!("role {role:?} is not service, citizen-app or admin"))?;
+            if role == ClientRole::Service && service_id.is_none() {
+                eprintln!("note: a service client without --service-id can only send messages, not request data");
+            }
+            let mut secret = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut secret);
+            let credential = clients::add(&config.clients_file, &id, role, service_id, secret, now_ms())?;
+            println!("{credential}");
+            eprintln!("client {id} ({role}) added; the credential above is shown only once");
+        }
+        ClientCommand::List { config } => {
+            let config = Config::load(&config)?;
+            let entries = clients::list(&config.clients_file)?;
+            println!("{:<32} {:<12} {:<36} {}", "ID", "ROLE", "SERVICE", "STATUS");
+            for c in entries {
+                println!(
+                    "{:<32} {:<12} {:<36} {}",
+                    c.id,
+                    c.role.as_str(),
+                    c.service_id.as_deref().unwrap_or("-"),
+                    if c.revoked { "revoked" } else { "active" }
+                );
+            }
+        }
+        ClientCommand::Revoke { config, id } => {
+            let config = Config::load(&config)?;
+            clients::revoke(&config.clients_file, &id)?;
+            println!("client {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+fn trust(command: TrustCommand) -> anyhow::Result<()> {
+    match command {
+        TrustCommand::New {
+            federation,
+            governance_pubs,
+            draft,
+        } => {
+            if draft.exists() {
+                bail!("{} exists already", draft.display());
+            }
+            let keys = governance_pubs
+                .iter()
+                .map(|p| identity::read_public_key(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            Draft::new(&federation, &keys).save(&draft)?;
+            println!("draft for federation {federation} written to {}", draft.display());
+        }
+        TrustCommand::AddMember {
+            draft,
+            operator,
+            name,
+            country,
+            roles,
+            key_file,
+            grpc,
+            sectors,
+        } => {
+            let mut d = Draft::load(&draft)?;
+            let key = identity::read_public_key(&key_file)?;
+            d.add_member(DraftMember {
+                operator_id: operator.clone(),
+                name,
+                country,
+                roles,
+                grpc_endpoint: grpc,
+                p2p_addrs: Vec::new(),
+                status: "active".into(),
+                sectors,
+                keys: vec![DraftKey {
+                    public_key: key.to_hex(),
+                    not_before_ms: 0,
+                    not_after_ms: None,
+                }],
+            })?;
+            // Validate before saving, so a draft on disk always converts.
+            d.to_trust_list(d.version + 1, 0, 1)?;
+            d.save(&draft)?;
+            println!("added {operator} to {}", draft.display());
+        }
+        TrustCommand::AddKey {
+            draft,
+            operator,
+            key_file,
+            not_before_ms,
+        } => {
+            let mut d = Draft::load(&draft)?;
+            let key = identity::read_public_key(&key_file)?;
+            d.member_mut(&operator)?.keys.push(DraftKey {
+                public_key: key.to_hex(),
+                not_before_ms: not_before_ms.unwrap_or_else(now_ms),
+                not_after_ms: None,
+            });
+            d.to_trust_list(d.version + 1, 0, 1)?;
+            d.save(&draft)?;
+            println!("added key {} to {operator}", key.key_id());
+        }
+        TrustCommand::EndKey {
+            draft,
+            operator,
+            key_file,
+            not_after_ms,
+        } => {
+            let mut d = Draft::load(&draft)?;
+            let key = identity::read_public_key(&key_file)?;
+            let member = d.member_mut(&operator)?;
+            let entry = member
+                .keys
+                .iter_mut()
+                .find(|k| k.public_key == key.to_hex())
+                .with_context(|| format!("{operator} has no key {}", key.key_id()))?;
+            entry.not_after_ms = Some(not_after_ms);
+            d.save(&draft)?;
+            println!("key {} of {operator} ends at {not_after_ms} ms", key.key_id());
+        }
+        TrustCommand::Suspend { draft, operator } => {
+            let mut d = Draft::load(&draft)?;
+            d.member_mut(&operator)?.status = "suspended".into();
+            d.save(&draft)?;
+            println!("{operator} suspended in the draft; sign and install to take effect");
+        }
+        TrustCommand::Sign {
+            draft,
+            key,
+            out,
+            valid_days,
+        } => {
+            let mut d = Draft::load(&draft)?;
+            let key = identity::read_secret_key(&key)?;
+            let signed = d.sign_next(&[&key], now_ms(), valid_days * 24 * 60 * 60 * 1000)?;
+            std::fs::write(&out, signed.encode()).with_context(|| format!("writing {}", out.display()))?;
+            d.save(&draft)?;
+            println!("signed trust list version {} written to {}", d.version, out.display());
+        }
+        TrustCommand::Show { file } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let signed = SignedTrustList::decode(&bytes)?;
+            let body = mim4_node::core::wire::decode_trust_list(&signed.body)?;
+            let anchor: Vec<PublicKey> = body.governance_keys.iter().map(|g| g.public_key).collect();
+            let verified = VerifiedTrustList::verify_with_anchor(signed, &anchor, body.threshold)?;
+            let list = verified.list();
+            println!("federation {}  version {}  rulebook {}", list.federation_id, list.version, list.rulebook_version);
+            println!(
+                "issued {} ms, valid until {} ms ({}), threshold {} of {} governance key(s): signatures verify",
+                list.issued_at_ms,
+                list.valid_until_ms,
+                if verified.is_current(now_ms()) { "current" } else { "EXPIRED" },
+                list.threshold,
+                list.governance_keys.len()
+            );
+            println!("{:<24} {:<8} {:<10} {:<30} {}", "OPERATOR", "COUNTRY", "STATUS", "GRPC", "KEYS");
+            for m in &list.members {
+                let keys: Vec<String> = m.keys.iter().map(|k| k.public_key.key_id().to_string()).collect();
+                println!(
+                    "{:<24} {:<8} {:<10} {:<30} {}",
+                    m.operator_id,
+                    m.country,
+                    m.status.as_str(),
+                    m.grpc_endpoint,
+                    keys.join(",")
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -688,6 +688,7 @@ impl Shared {
         self.store
             .update_outgoing(&id, |o| {
                 o.state = OutgoingState::Delivered;
+                o.attempts = o.attempts.saturating_add(1);
                 o.receipt = Some(receipt.clone());
                 o.last_error = None;
             })
