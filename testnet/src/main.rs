@@ -1,1 +1,349 @@
-fn main() {}
+//! `mim4-testnet`: a local MIM4 federation of real `mim4-node` processes.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use mim4_node::core::ids::OperatorId;
+use mim4_node::node::now_ms;
+use mim4_testnet::{node_binary, receipts, Federation, DEFAULT_OPERATORS};
+use serde::Serialize;
+
+/// Run a local MIM4 federation and its demo scenarios.
+#[derive(Parser, Debug)]
+#[command(name = "mim4-testnet", version, about, long_about = None)]
+struct Cli {
+    /// Folder of the testnet (keys, configs, databases, logs).
+    #[arg(long, global = true, default_value = ".mim4-testnet")]
+    dir: PathBuf,
+    /// The mim4-node binary (default: beside this one, built if missing).
+    #[arg(long, global = true)]
+    node_bin: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create (if needed) and start the federation; idempotent.
+    Up {
+        /// Number of operators (1 to 8).
+        #[arg(long, default_value_t = 3)]
+        operators: usize,
+    },
+    /// Show each operator: addresses, process, health and counters.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an operator's log (all operators if none is named).
+    Logs {
+        /// Operator id.
+        operator: Option<String>,
+        /// Lines from the end.
+        #[arg(long, short = 'n', default_value_t = 40)]
+        lines: usize,
+    },
+    /// Stop every node this testnet started (also after a crash of this tool).
+    Down,
+    /// Stop everything and delete the testnet folder.
+    Reset,
+    /// Bring the federation up if needed, then have every operator send a signed
+    /// message to every other and verify each signed receipt.
+    Demo {
+        /// Operators to create if no testnet exists yet.
+        #[arg(long, default_value_t = 3)]
+        operators: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up { operators } => {
+                let federation = up(&cli.dir, cli.node_bin.as_deref(), operators).await?;
+                print_table(&federation);
+                println!("\nnext: mim4-testnet demo | status | logs OPERATOR | down");
+                Ok(())
+            }
+            Command::Status { json } => status(&cli.dir, json).await,
+            Command::Logs { operator, lines } => logs(&cli.dir, operator.as_deref(), lines),
+            Command::Down => {
+                let Some(mut federation) = Federation::open(&cli.dir)? else {
+                    println!("no testnet in {}", cli.dir.display());
+                    return Ok(());
+                };
+                let stopped = federation.stop_all()?;
+                println!("stopped {stopped} node(s); data kept in {}", cli.dir.display());
+                Ok(())
+            }
+            Command::Reset => {
+                if let Some(mut federation) = Federation::open(&cli.dir)? {
+                    federation.stop_all()?;
+                }
+                if cli.dir.exists() {
+                    std::fs::remove_dir_all(&cli.dir)
+                        .with_context(|| format!("removing {}", cli.dir.display()))?;
+                }
+                println!("testnet in {} removed", cli.dir.display());
+                Ok(())
+            }
+            Command::Demo { operators } => {
+                let federation = up(&cli.dir, cli.node_bin.as_deref(), operators).await?;
+                print_table(&federation);
+                demo(&federation).await
+            }
+        }
+    })
+}
+
+/// Opens or creates the testnet and starts every node that is not running.
+async fn up(dir: &Path, node_bin: Option<&Path>, operators: usize) -> anyhow::Result<Federation> {
+    if !(1..=DEFAULT_OPERATORS.len()).contains(&operators) {
+        bail!("--operators must be between 1 and {}", DEFAULT_OPERATORS.len());
+    }
+    let node_bin = node_binary::find(node_bin)?;
+    let mut federation = match Federation::open(dir)? {
+        Some(mut existing) => {
+            if existing.node_bin() != node_bin {
+                existing.set_node_bin(node_bin)?;
+            }
+            existing
+        }
+        None => Federation::create(dir, &DEFAULT_OPERATORS[..operators], node_bin)?,
+    };
+    let ids: Vec<String> = federation.operators().iter().map(|o| o.id.clone()).collect();
+    let already = ids.iter().filter(|id| federation.is_running(id)).count();
+    if already == ids.len() {
+        println!("testnet in {} is already running", federation.dir().display());
+        return Ok(federation);
+    }
+    let bar = progress(ids.len() as u64, "starting nodes");
+    federation.start_all()?;
+    for id in &ids {
+        bar.set_message(format!("waiting for {id}"));
+        federation.wait_ready(id, Duration::from_secs(60)).await?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!("{} operator(s) running in {}", ids.len(), federation.dir().display());
+    Ok(federation)
+}
+
+fn progress(len: u64, message: &str) -> indicatif::ProgressBar {
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(len)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:20}] {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(message.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+fn print_table(federation: &Federation) {
+    println!(
+        "\n{:<24} {:<22} {:<22} {:<8} {}",
+        "OPERATOR", "PEER (gRPC)", "API (gRPC)", "PID", "DATA DIR"
+    );
+    for op in federation.operators() {
+        println!(
+            "{:<24} {:<22} {:<22} {:<8} {}",
+            op.id,
+            op.peer_addr.to_string(),
+            op.api_addr.to_string(),
+            op.pid.map_or("-".into(), |p| p.to_string()),
+            op.dir.join("data").display()
+        );
+    }
+}
+
+#[derive(Serialize)]
+struct OperatorStatus {
+    operator: String,
+    peer_addr: String,
+    api_addr: String,
+    pid: Option<u32>,
+    running: bool,
+    healthy: bool,
+    trust_list_version: Option<u64>,
+    peers: Option<u32>,
+    received: Option<u64>,
+    outbox_pending: Option<u64>,
+    outbox_delivered: Option<u64>,
+    error: Option<String>,
+}
+
+async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
+    let Some(federation) = Federation::open(dir)? else {
+        if json {
+            println!("{{\"running\":false,\"operators\":[]}}");
+        } else {
+            println!("no testnet in {} (start one with `mim4-testnet up`)", dir.display());
+        }
+        return Ok(());
+    };
+    let mut rows = Vec::new();
+    for op in federation.operators() {
+        let running = federation.is_running(&op.id);
+        let answer = if running {
+            match federation.admin(&op.id).await {
+                Ok(client) => client.status().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            Err("not running".into())
+        };
+        let (status, error) = match answer {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(e)),
+        };
+        rows.push(OperatorStatus {
+            operator: op.id.clone(),
+            peer_addr: op.peer_addr.to_string(),
+            api_addr: op.api_addr.to_string(),
+            pid: op.pid.filter(|_| running),
+            running,
+            healthy: status.is_some(),
+            trust_list_version: status.as_ref().map(|s| s.trust_list_version),
+            peers: status.as_ref().map(|s| s.peers),
+            received: status.as_ref().map(|s| s.messages_received),
+            outbox_pending: status.as_ref().map(|s| s.outbox_pending),
+            outbox_delivered: status.as_ref().map(|s| s.outbox_delivered),
+            error,
+        });
+    }
+    if json {
+        let all_running = rows.iter().all(|r| r.healthy);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "dir": federation.dir(),
+                "running": all_running,
+                "operators": rows,
+            }))?
+        );
+        return Ok(());
+    }
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    println!(
+        "{:<24} {:<22} {:<8} {:<8} {:>5} {:>6} {:>9} {:>8} {:>10}",
+        "OPERATOR", "API", "PID", "HEALTH", "TRUST", "PEERS", "RECEIVED", "PENDING", "DELIVERED"
+    );
+    for r in rows {
+        println!(
+            "{:<24} {:<22} {:<8} {:<8} {:>5} {:>6} {:>9} {:>8} {:>10}",
+            r.operator,
+            r.api_addr,
+            dash(r.pid.map(|p| p.to_string())),
+            if r.healthy { "ok" } else if r.running { "failing" } else { "down" },
+            dash(r.trust_list_version.map(|v| format!("v{v}"))),
+            dash(r.peers.map(|v| v.to_string())),
+            dash(r.received.map(|v| v.to_string())),
+            dash(r.outbox_pending.map(|v| v.to_string())),
+            dash(r.outbox_delivered.map(|v| v.to_string())),
+        );
+    }
+    Ok(())
+}
+
+fn logs(dir: &Path, operator: Option<&str>, lines: usize) -> anyhow::Result<()> {
+    let federation =
+        Federation::open(dir)?.with_context(|| format!("no testnet in {}", dir.display()))?;
+    for op in federation.operators() {
+        if operator.is_some_and(|o| o != op.id) {
+            continue;
+        }
+        println!("==> {} ({}) <==", op.id, op.log_path().display());
+        let text = std::fs::read_to_string(op.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        for line in &all[all.len().saturating_sub(lines)..] {
+            println!("{line}");
+        }
+    }
+    if let Some(name) = operator {
+        federation.operator(name)?;
+    }
+    Ok(())
+}
+
+/// Every operator sends a memo to every other; each signed receipt is fetched
+/// and verified against the trust list. Fails if any is missing or invalid.
+async fn demo(federation: &Federation) -> anyhow::Result<()> {
+    let trust = federation.trust_list()?;
+    let ids: Vec<String> = federation.operators().iter().map(|o| o.id.clone()).collect();
+    println!("\nEvery operator sends a signed message to every other ({} messages):", ids.len() * ids.len().saturating_sub(1));
+    let mut sent = Vec::new();
+    for from in &ids {
+        let client = federation.admin(from).await?;
+        for to in ids.iter().filter(|to| *to != from) {
+            let text = format!("Hello {to}, this is {from}. Testing the federation.");
+            let id = client
+                .send_message(to, "testnet demo", &text)
+                .await
+                .with_context(|| format!("{from} sending to {to}"))?;
+            sent.push((from.clone(), to.clone(), client.clone(), id));
+        }
+    }
+    let color = std::io::stdout().is_terminal();
+    let (ok_mark, bad_mark) = if color {
+        ("\x1b[32m✓\x1b[0m", "\x1b[31m✗\x1b[0m")
+    } else {
+        ("ok", "FAILED")
+    };
+    println!(
+        "\n{:<24}    {:<24} {:<34} {:<18} {}",
+        "FROM", "TO", "RECEIPT ID", "SIGNED BY KEY", "VERIFIED"
+    );
+    let mut failures = 0;
+    for (from, to, client, id) in sent {
+        let outcome = match client.wait_delivered(id, Duration::from_secs(60)).await {
+            Ok(outgoing) => receipts::check(
+                &trust,
+                &OperatorId::new(from.clone())?,
+                &OperatorId::new(to.clone())?,
+                &outgoing.envelope,
+                &outgoing.receipt,
+                now_ms(),
+            ),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(checked) => println!(
+                "{from:<24} -> {to:<24} {:<34} {:<18} {ok_mark}",
+                checked.receipt_id.to_string(),
+                checked.key_id.to_string()
+            ),
+            Err(e) => {
+                failures += 1;
+                println!("{from:<24} -> {to:<24} {:<34} {:<18} {bad_mark} {e}", "-", "-");
+            }
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} receipt(s) missing or invalid");
+    }
+    println!("\nAll receipts verified against trust list v{}. The federation keeps running:", trust.version());
+    println!("  mim4-testnet status      # health and counters");
+    println!("  mim4-testnet logs fi.helsinki");
+    println!(
+        "  cargo run -p mim4-sdk --example send_memo -- {} \"$(cat {})\" {}",
+        federation.operators()[0].api_url(),
+        federation.operators()[0].dir.join("admin.credential").display(),
+        ids.get(1).map_or("se.stockholm", String::as_str)
+    );
+    println!("  mim4-testnet down        # stop every node");
+    Ok(())
+}

@@ -27,6 +27,11 @@ use crate::limits;
 /// The protocol version this node speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// SHA-256 of an envelope body: what receipts quote and stores check.
+pub fn body_sha256(body: &[u8]) -> [u8; 32] {
+    Sha256::digest(body).into()
+}
+
 /// The header and payload of a node-to-node message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
@@ -121,7 +126,7 @@ impl Envelope {
     pub fn seal(&self, key: &SecretKey) -> Sealed {
         let body = wire::encode_envelope(self);
         let signature = key.sign(ENVELOPE_DOMAIN, &body);
-        let body_sha256 = Sha256::digest(&body).into();
+        let body_sha256 = body_sha256(&body);
         let signed = SignedEnvelope {
             body,
             signature: signature.to_vec(),
@@ -271,11 +276,10 @@ impl Verifier<'_> {
                 skew_ms_max: self.limits.clock_skew_ms_max,
             }));
         }
-        let body_sha256 = Sha256::digest(&signed.body).into();
         Ok(VerifiedEnvelope {
             envelope,
             key_id: signed.key_id,
-            body_sha256,
+            body_sha256: body_sha256(&signed.body),
         })
     }
 }

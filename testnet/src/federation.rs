@@ -1,0 +1,472 @@
+//! The launcher: operators on disk, their `mim4-node` processes, and the
+//! state file that lets any later command find them again.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use mim4_node::api::clients::{self, ClientRole};
+use mim4_node::config;
+use mim4_node::core::ids::OperatorId;
+use mim4_node::core::keys::SecretKey;
+use mim4_node::core::trust::{SignedTrustList, VerifiedTrustList};
+use mim4_node::identity;
+use mim4_node::node::now_ms;
+use mim4_node::trust_draft::{Draft, DraftKey, DraftMember};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+
+/// Name of the state file in the testnet folder.
+const STATE_FILE: &str = "testnet.json";
+/// Federation name of every testnet.
+const FEDERATION_ID: &str = "mim4-testnet";
+
+/// An operator to create.
+#[derive(Clone, Copy, Debug)]
+pub struct OperatorSpec {
+    /// Operator id.
+    pub id: &'static str,
+    /// Name.
+    pub name: &'static str,
+    /// Country code.
+    pub country: &'static str,
+    /// Roles.
+    pub roles: &'static [&'static str],
+    /// Sector labels.
+    pub sectors: &'static [&'static str],
+}
+
+/// Real-looking operators, in the order the testnet uses them.
+pub const DEFAULT_OPERATORS: &[OperatorSpec] = &[
+    OperatorSpec { id: "fi.helsinki", name: "City of Helsinki", country: "FI", roles: &["operator", "consumer"], sectors: &["education", "social"] },
+    OperatorSpec { id: "fi.incomeregister", name: "Finnish Income Register", country: "FI", roles: &["source"], sectors: &["registry"] },
+    OperatorSpec { id: "se.stockholm", name: "City of Stockholm", country: "SE", roles: &["operator", "consumer"], sectors: &["social"] },
+    OperatorSpec { id: "se.arbetsformedlingen", name: "Arbetsförmedlingen", country: "SE", roles: &["consumer"], sectors: &["employment"] },
+    OperatorSpec { id: "se.transportstyrelsen", name: "Swedish Transport Agency", country: "SE", roles: &["source"], sectors: &["registry"] },
+    OperatorSpec { id: "fr.iledefrance", name: "Région Île-de-France", country: "FR", roles: &["operator", "consumer"], sectors: &["education", "employment"] },
+    OperatorSpec { id: "fr.visions", name: "Visions (skills records)", country: "FR", roles: &["operator", "source"], sectors: &["education"] },
+    OperatorSpec { id: "nl.eindhoven", name: "City of Eindhoven", country: "NL", roles: &["operator", "consumer"], sectors: &["social"] },
+];
+
+/// One operator of the testnet as remembered in the state file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OperatorState {
+    /// Operator id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Country.
+    pub country: String,
+    /// Its folder (key, config, database, log, admin credential).
+    pub dir: PathBuf,
+    /// Peer gRPC address.
+    pub peer_addr: SocketAddr,
+    /// API gRPC address.
+    pub api_addr: SocketAddr,
+    /// Process id while running.
+    pub pid: Option<u32>,
+}
+
+impl OperatorState {
+    /// Its `node.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("node.toml")
+    }
+
+    /// Its log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("node.log")
+    }
+
+    /// URL of its local API.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api_addr)
+    }
+
+    /// Its admin credential.
+    pub fn admin_credential(&self) -> anyhow::Result<String> {
+        let path = self.dir.join("admin.credential");
+        Ok(fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_owned())
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct State {
+    federation_id: String,
+    node_bin: PathBuf,
+    operators: Vec<OperatorState>,
+}
+
+/// A testnet folder and the processes started from it.
+#[derive(Debug)]
+pub struct Federation {
+    dir: PathBuf,
+    state: State,
+    /// Children started by this process, so they can be reaped (no zombies).
+    children: BTreeMap<String, Child>,
+}
+
+impl Federation {
+    /// Creates a new federation of `specs` in `dir` (which must not hold one):
+    /// a governance key, each operator's key, config and admin credential, and
+    /// a signed trust list naming them all on free loopback ports.
+    pub fn create(dir: &Path, specs: &[OperatorSpec], node_bin: PathBuf) -> anyhow::Result<Self> {
+        if dir.join(STATE_FILE).exists() {
+            bail!("{} already holds a testnet; use `down`/`reset` first", dir.display());
+        }
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
+        let governance = SecretKey::generate(&mut rand::rngs::OsRng);
+        let gov_dir = dir.join("governance");
+        fs::create_dir_all(&gov_dir)?;
+        identity::write_secret_key(&gov_dir.join("governance.key"), &governance)?;
+        identity::write_public_key(&gov_dir.join("governance.pub"), &governance.public())?;
+
+        let ports = free_ports(specs.len() * 2)?;
+        let mut draft = Draft::new(FEDERATION_ID, &[governance.public()]);
+        let mut operators = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let id = OperatorId::new(spec.id)?;
+            let op_dir = dir.join(spec.id);
+            fs::create_dir_all(&op_dir)?;
+            let key = SecretKey::generate(&mut rand::rngs::OsRng);
+            identity::write_secret_key(&op_dir.join("operator.key"), &key)?;
+            identity::write_public_key(&op_dir.join("operator.pub"), &key.public())?;
+            let peer_addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i]));
+            let api_addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1]));
+            fs::write(
+                op_dir.join("node.toml"),
+                config::template(&id, peer_addr, api_addr, &[governance.public()]),
+            )?;
+            let mut secret = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut secret);
+            let credential = clients::add(
+                &op_dir.join("clients.toml"),
+                "testnet-admin",
+                ClientRole::Admin,
+                None,
+                secret,
+                now_ms(),
+            )?;
+            write_private(&op_dir.join("admin.credential"), &credential)?;
+            draft.add_member(DraftMember {
+                operator_id: spec.id.to_owned(),
+                name: spec.name.to_owned(),
+                country: spec.country.to_owned(),
+                roles: spec.roles.iter().map(|r| (*r).to_owned()).collect(),
+                grpc_endpoint: format!("http://{peer_addr}"),
+                p2p_addrs: Vec::new(),
+                status: "active".into(),
+                sectors: spec.sectors.iter().map(|s| (*s).to_owned()).collect(),
+                keys: vec![DraftKey {
+                    public_key: key.public().to_hex(),
+                    not_before_ms: 0,
+                    not_after_ms: None,
+                }],
+            })?;
+            operators.push(OperatorState {
+                id: spec.id.to_owned(),
+                name: spec.name.to_owned(),
+                country: spec.country.to_owned(),
+                dir: op_dir,
+                peer_addr,
+                api_addr,
+                pid: None,
+            });
+        }
+        let signed = draft.sign_next(&[&governance], now_ms(), 365 * 24 * 60 * 60 * 1000)?;
+        draft.save(&gov_dir.join("trust-draft.toml"))?;
+        let bytes = signed.encode();
+        fs::write(dir.join("trust-list.pb"), &bytes)?;
+        for op in &operators {
+            fs::write(op.dir.join("trust-list.pb"), &bytes)?;
+        }
+        let federation = Self {
+            dir,
+            state: State {
+                federation_id: FEDERATION_ID.into(),
+                node_bin,
+                operators,
+            },
+            children: BTreeMap::new(),
+        };
+        federation.save()?;
+        Ok(federation)
+    }
+
+    /// Opens the testnet in `dir`, if there is one.
+    pub fn open(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = dir.join(STATE_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let state: State = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a testnet state file", path.display()))?;
+        Ok(Some(Self {
+            dir: dir.canonicalize()?,
+            state,
+            children: BTreeMap::new(),
+        }))
+    }
+
+    /// The testnet folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The operators.
+    pub fn operators(&self) -> &[OperatorState] {
+        &self.state.operators
+    }
+
+    /// The operator with this id.
+    pub fn operator(&self, id: &str) -> anyhow::Result<&OperatorState> {
+        self.state
+            .operators
+            .iter()
+            .find(|o| o.id == id)
+            .with_context(|| format!("no operator {id} in this testnet"))
+    }
+
+    /// The node binary this testnet runs.
+    pub fn node_bin(&self) -> &Path {
+        &self.state.node_bin
+    }
+
+    /// Uses another node binary from now on (e.g. after a rebuild elsewhere).
+    pub fn set_node_bin(&mut self, node_bin: PathBuf) -> anyhow::Result<()> {
+        self.state.node_bin = node_bin;
+        self.save()
+    }
+
+    /// The federation's signed trust list, verified against the testnet's governance key.
+    pub fn trust_list(&self) -> anyhow::Result<VerifiedTrustList> {
+        let bytes = fs::read(self.dir.join("trust-list.pb"))?;
+        let anchor = identity::read_public_key(&self.dir.join("governance").join("governance.pub"))?;
+        Ok(VerifiedTrustList::verify_with_anchor(
+            SignedTrustList::decode(&bytes)?,
+            &[anchor],
+            1,
+        )?)
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        let path = self.dir.join(STATE_FILE);
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        fs::write(&tmp, serde_json::to_vec_pretty(&self.state)?)?;
+        fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Whether the operator's recorded process is alive and is really its node.
+    pub fn is_running(&self, id: &str) -> bool {
+        self.operator(id)
+            .ok()
+            .and_then(|op| op.pid.map(|pid| (op, pid)))
+            .is_some_and(|(op, pid)| process_is_node(pid, &op.config_path()))
+    }
+
+    /// Starts the operator's node unless it runs already. Returns its pid.
+    pub fn start(&mut self, id: &str) -> anyhow::Result<u32> {
+        if self.is_running(id) {
+            return self.operator(id)?.pid.context("running without a pid");
+        }
+        let op = self.operator(id)?.clone();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(op.log_path())
+            .with_context(|| format!("opening {}", op.log_path().display()))?;
+        let child = Command::new(&self.state.node_bin)
+            .arg("run")
+            .arg("--config")
+            .arg(op.config_path())
+            .env("RUST_LOG", std::env::var("MIM4_NODE_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C in the tool's terminal does not kill the nodes,
+            // so `up` can return and leave the federation running.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", self.state.node_bin.display()))?;
+        let pid = child.id();
+        self.children.insert(op.id.clone(), child);
+        self.set_pid(id, Some(pid))?;
+        Ok(pid)
+    }
+
+    fn set_pid(&mut self, id: &str, pid: Option<u32>) -> anyhow::Result<()> {
+        if let Some(op) = self.state.operators.iter_mut().find(|o| o.id == id) {
+            op.pid = pid;
+        }
+        self.save()
+    }
+
+    /// Starts every node that is not running.
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<String> = self.state.operators.iter().map(|o| o.id.clone()).collect();
+        for id in ids {
+            self.start(&id)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to the operator's node and waits (up to `wait`) for it to exit.
+    /// Returns whether it was running.
+    pub fn stop(&mut self, id: &str, signal: Signal, wait: Duration) -> anyhow::Result<bool> {
+        let op = self.operator(id)?.clone();
+        let Some(pid) = op.pid else {
+            return Ok(false);
+        };
+        if !process_is_node(pid, &op.config_path()) {
+            self.reap(id);
+            self.set_pid(id, None)?;
+            return Ok(false);
+        }
+        let target = Pid::from_raw(i32::try_from(pid)?);
+        let _ = signal::kill(target, signal);
+        let deadline = Instant::now() + wait;
+        while process_is_node(pid, &op.config_path()) {
+            self.reap(id);
+            if Instant::now() >= deadline {
+                let _ = signal::kill(target, Signal::SIGKILL);
+            }
+            if Instant::now() >= deadline + Duration::from_secs(5) {
+                bail!("{id} (pid {pid}) did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.reap(id);
+        self.set_pid(id, None)?;
+        Ok(true)
+    }
+
+    /// Kills the operator's node with SIGKILL (a crash).
+    pub fn kill(&mut self, id: &str) -> anyhow::Result<bool> {
+        self.stop(id, Signal::SIGKILL, Duration::from_secs(5))
+    }
+
+    /// Stops every node (SIGTERM, then SIGKILL after 10 s). Returns how many ran.
+    pub fn stop_all(&mut self) -> anyhow::Result<usize> {
+        let ids: Vec<String> = self.state.operators.iter().map(|o| o.id.clone()).collect();
+        let mut stopped = 0;
+        for id in ids {
+            if self.stop(&id, Signal::SIGTERM, Duration::from_secs(10))? {
+                stopped += 1;
+            }
+        }
+        Ok(stopped)
+    }
+
+    fn reap(&mut self, id: &str) {
+        if let Some(child) = self.children.get_mut(id) {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.children.remove(id);
+            }
+        }
+    }
+
+    /// An admin client of the operator's local API.
+    pub async fn admin(&self, id: &str) -> anyhow::Result<mim4_sdk::Client> {
+        let op = self.operator(id)?;
+        Ok(mim4_sdk::Client::connect(&op.api_url(), &op.admin_credential()?).await?)
+    }
+
+    /// Waits until the operator's node answers `GetStatus`, or fails after `timeout`.
+    pub async fn wait_ready(&mut self, id: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(client) = self.admin(id).await {
+                if client.status().await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if !self.is_running(id) {
+                self.reap(id);
+                let log = self.operator(id)?.log_path();
+                bail!(
+                    "{id} exited during start-up; last log lines:\n{}",
+                    tail(&log, 15)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!("{id} not ready after {} s", timeout.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Federation {
+    /// Reaps children that have already exited; running nodes are left running
+    /// (that is what `up` is for) and `down` finds them through the state file.
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.try_wait();
+        }
+    }
+}
+
+/// The last `lines` lines of a file.
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Whether `pid` is a live (not zombie) process running with `config` on its command line.
+fn process_is_node(pid: u32, config: &Path) -> bool {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let Ok(stat) = fs::read_to_string(proc_dir.join("stat")) else {
+        return false;
+    };
+    // The state is the first field after the parenthesised command name.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    if matches!(state, Some("Z" | "X")) {
+        return false;
+    }
+    let Ok(cmdline) = fs::read(proc_dir.join("cmdline")) else {
+        return false;
+    };
+    let config = config.as_os_str().as_encoded_bytes();
+    cmdline.split(|&b| b == 0).any(|arg| arg == config)
+}
+
+/// `count` distinct free loopback ports (all bound at once, then released).
+fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("finding free loopback ports")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(file, "{text}")?;
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! A local MIM4 federation of real `mim4-node` processes: the launcher that
+//! the `mim4-testnet` tool, the crash tests and the demo share.
+//!
+//! # Layout
+//! - [`Federation`]: creates operators (keys, configs, a signed trust list,
+//!   admin credentials), starts, kills and restarts their processes, and
+//!   remembers them in `DIR/testnet.json` so that a later command (or a later
+//!   run after a crash of the tool) can find and stop them.
+//! - [`receipts`]: checks the signed receipts of a round of messages.
+//! - [`node_binary`]: finds (or builds) the `mim4-node` binary.
+#![warn(missing_docs)]
+
+mod federation;
+pub mod node_binary;
+pub mod receipts;
+
+pub use federation::{Federation, OperatorSpec, OperatorState, DEFAULT_OPERATORS};
