@@ -506,7 +506,8 @@ impl Shared {
             .list()
             .members
             .iter()
-            .filter(|m| m.status == MemberStatus::Active && &m.operator_id != self.operator_id())
+            // Suspended members get the list too, so they learn of their own status.
+            .filter(|m| m.status != MemberStatus::Revoked && &m.operator_id != self.operator_id())
             .map(|m| m.operator_id.clone())
             .collect();
         for peer in peers {
@@ -604,10 +605,12 @@ impl Shared {
             return Err(SendError::ToSelf);
         }
         let trust = self.trust();
-        if !trust
-            .member(&recipient)
-            .is_some_and(|m| m.status == MemberStatus::Active)
-        {
+        // Notices go to active members; a trust-list update also reaches suspended ones.
+        let reachable = |status| match &payload {
+            Payload::TrustListUpdate(_) => status != MemberStatus::Revoked,
+            _ => status == MemberStatus::Active,
+        };
+        if !trust.member(&recipient).is_some_and(|m| reachable(m.status)) {
             return Err(SendError::UnknownRecipient(recipient));
         }
         let now = now_ms();

@@ -279,7 +279,8 @@ impl Store {
         receipt: &[u8],
         new_trust_list: Option<&[u8]>,
     ) -> Result<Option<u64>> {
-        let seq = self.db.generate_id()?;
+        // Sequence numbers start at 1 so that `after_seq = 0` means "from the start".
+        let seq = self.db.generate_id()?.saturating_add(1);
         let seen = encode(&Seen {
             sender: sender.clone(),
             body_sha256,

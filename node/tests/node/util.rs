@@ -1,0 +1,174 @@
+//! A federation of in-process nodes on 127.0.0.1 with real sled databases in a
+//! temporary folder: the one helper every fast integration test uses.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use mim4_node::api::clients::{self, ClientRole};
+use mim4_node::config::Config;
+use mim4_node::core::envelope::EnvelopeLimits;
+use mim4_node::core::ids::OperatorId;
+use mim4_node::core::keys::SecretKey;
+use mim4_node::identity;
+use mim4_node::limits;
+use mim4_node::node::now_ms;
+use mim4_node::trust_draft::{Draft, DraftKey, DraftMember};
+use mim4_node::NodeHandle;
+
+pub const OPERATORS: &[&str] = &["fi.helsinki", "fi.incomeregister", "se.stockholm", "fr.iledefrance"];
+
+pub struct TestNet {
+    pub dir: tempfile::TempDir,
+    pub governance: SecretKey,
+    pub keys: Vec<SecretKey>,
+    pub configs: Vec<Config>,
+    pub draft: Draft,
+    pub nodes: Vec<Option<NodeHandle>>,
+    credentials: Vec<String>,
+}
+
+impl TestNet {
+    /// `n` operators with keys, configs on free loopback ports, admin
+    /// credentials and a signed trust list v1 naming them all. Nothing runs yet.
+    pub fn new(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let governance = SecretKey::from_bytes(&[0x60; 32]).unwrap();
+        let mut draft = Draft::new("test-federation", &[governance.public()]);
+        let listeners: Vec<TcpListener> = (0..2 * n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        drop(listeners);
+        let mut keys = Vec::new();
+        let mut configs = Vec::new();
+        let mut credentials = Vec::new();
+        for (i, id) in OPERATORS.iter().take(n).enumerate() {
+            let op_dir = dir.path().join(id);
+            std::fs::create_dir_all(&op_dir).unwrap();
+            let key = SecretKey::generate(&mut rand::rngs::OsRng);
+            identity::write_secret_key(&op_dir.join("operator.key"), &key).unwrap();
+            let peer_listen = SocketAddr::from(([127, 0, 0, 1], ports[2 * i]));
+            let api_listen = SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1]));
+            draft
+                .add_member(DraftMember {
+                    operator_id: (*id).to_owned(),
+                    name: format!("Operator {id}"),
+                    country: id[..2].to_uppercase(),
+                    roles: vec!["operator".into()],
+                    grpc_endpoint: format!("http://{peer_listen}"),
+                    p2p_addrs: vec![],
+                    status: "active".into(),
+                    sectors: vec![],
+                    keys: vec![DraftKey {
+                        public_key: key.public().to_hex(),
+                        not_before_ms: 0,
+                        not_after_ms: None,
+                    }],
+                })
+                .unwrap();
+            let clients_file = op_dir.join("clients.toml");
+            credentials.push(
+                clients::add(&clients_file, "admin", ClientRole::Admin, None, [i as u8 + 1; 32], 0)
+                    .unwrap(),
+            );
+            configs.push(Config {
+                operator_id: OperatorId::new(*id).unwrap(),
+                key_file: op_dir.join("operator.key"),
+                data_dir: op_dir.join("data"),
+                trust_list: op_dir.join("trust-list.pb"),
+                governance_keys: vec![governance.public()],
+                governance_threshold: 1,
+                clients_file,
+                peer_listen,
+                api_listen,
+                envelope_limits: EnvelopeLimits::default(),
+                message_lifetime_ms: limits::MESSAGE_LIFETIME_MS_DEFAULT,
+                rulebook_version: "mim4-rulebook-1.0".into(),
+                log_filter: "info".into(),
+            });
+            keys.push(key);
+        }
+        let mut net = Self {
+            dir,
+            governance,
+            keys,
+            configs,
+            draft,
+            nodes: (0..n).map(|_| None).collect(),
+            credentials,
+        };
+        let v1 = net.sign_next(|_| {});
+        for config in &net.configs {
+            std::fs::write(&config.trust_list, &v1).unwrap();
+        }
+        net
+    }
+
+    /// Applies `edit` to the draft and signs the next version; returns its encoding.
+    pub fn sign_next(&mut self, edit: impl FnOnce(&mut Draft)) -> Vec<u8> {
+        edit(&mut self.draft);
+        self.draft
+            .sign_next(&[&self.governance], now_ms(), 24 * 60 * 60 * 1000)
+            .unwrap()
+            .encode()
+    }
+
+    /// Starts node `i` in this process.
+    pub async fn start(&mut self, i: usize) {
+        let handle = mim4_node::start(self.configs[i].clone()).await.unwrap();
+        self.nodes[i] = Some(handle);
+    }
+
+    /// Starts every node.
+    pub async fn start_all(&mut self) {
+        for i in 0..self.configs.len() {
+            self.start(i).await;
+        }
+    }
+
+    /// Stops node `i` cleanly.
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(handle) = self.nodes[i].take() {
+            handle.shutdown().await.unwrap();
+        }
+    }
+
+    /// An admin SDK client of node `i`.
+    pub async fn admin(&self, i: usize) -> mim4_sdk::Client {
+        mim4_sdk::Client::connect(&self.api_url(i), &self.credentials[i]).await.unwrap()
+    }
+
+    pub fn api_url(&self, i: usize) -> String {
+        format!("http://{}", self.configs[i].api_listen)
+    }
+
+    pub fn peer_url(&self, i: usize) -> String {
+        format!("http://{}", self.configs[i].peer_listen)
+    }
+
+    pub fn id(&self, i: usize) -> OperatorId {
+        self.configs[i].operator_id.clone()
+    }
+
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+}
+
+/// Polls `probe` until it returns `Some`, failing after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
