@@ -1,0 +1,150 @@
+//! Real `mim4-node` processes on loopback, killed with SIGKILL mid-stream.
+//!
+//! Results are counted as Jepsen's total-queue checker does: attempted,
+//! acknowledged, applied; lost = acknowledged but not applied, duplicated =
+//! applied more than once, unexpected = applied but never attempted. The
+//! applied set is read from every node's sled store offline, after the nodes
+//! have stopped, not from the nodes' own counters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mim4_node::core::envelope::Payload;
+use mim4_node::core::wire;
+use mim4_node::store::{OutgoingState, Store};
+use mim4_testnet::{node_binary, Federation, DEFAULT_OPERATORS};
+
+#[derive(Default, Debug)]
+struct Ledger {
+    attempted: BTreeSet<String>,
+    acknowledged: BTreeSet<String>,
+}
+
+/// Memo texts applied at `operator`, read from its store offline.
+fn applied_tags(federation: &Federation, operator: &str) -> Vec<String> {
+    let dir = federation.operator(operator).unwrap().dir.join("data");
+    let store = Store::open(&dir).expect("every database opens after the crash");
+    store
+        .incoming(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            let signed = wire::decode_signed_envelope(&m.envelope).unwrap();
+            match wire::decode_envelope(&signed.body).unwrap().payload {
+                Payload::Memo(memo) => memo.text,
+                other => format!("non-memo {}", other.kind()),
+            }
+        })
+        .collect()
+}
+
+/// Three nodes; every pair exchanges memos while two senders stream to the
+/// receiver, which is killed with SIGKILL mid-stream and restarted. In the
+/// end every acknowledged memo is applied exactly once, none is lost and none
+/// is unexpected, and every sender holds a receipt for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_killed_mid_stream_loses_and_duplicates_nothing() {
+    const PER_SENDER: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let node_bin = node_binary::find(None).unwrap();
+    let mut federation = Federation::create(dir.path(), &DEFAULT_OPERATORS[..3], node_bin).unwrap();
+    federation.start_all().unwrap();
+    let ids: Vec<String> = federation.operators().iter().map(|o| o.id.clone()).collect();
+    for id in &ids {
+        federation.wait_ready(id, Duration::from_secs(60)).await.unwrap();
+    }
+    let receiver = ids[1].clone();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut sent_ids = Vec::new();
+
+    // Every pair first exchanges one memo.
+    for from in &ids {
+        let client = federation.admin(from).await.unwrap();
+        for to in ids.iter().filter(|to| *to != from) {
+            let tag = format!("pair {from}->{to}");
+            ledger.lock().unwrap().attempted.insert(tag.clone());
+            let id = client.send_message(to, "pair", &tag).await.unwrap();
+            ledger.lock().unwrap().acknowledged.insert(tag);
+            sent_ids.push((client.clone(), id));
+        }
+    }
+
+    // Two senders stream to the receiver; the API call returns once the memo is durable
+    // in the sender's outbox, which is what "acknowledged" means here.
+    let mut senders = tokio::task::JoinSet::new();
+    for from in [ids[0].clone(), ids[2].clone()] {
+        let client = federation.admin(&from).await.unwrap();
+        let ledger = ledger.clone();
+        let receiver = receiver.clone();
+        senders.spawn(async move {
+            let mut sent = Vec::new();
+            for n in 0..PER_SENDER {
+                let tag = format!("stream {from} #{n}");
+                ledger.lock().unwrap().attempted.insert(tag.clone());
+                if let Ok(id) = client.send_message(&receiver, "stream", &tag).await {
+                    ledger.lock().unwrap().acknowledged.insert(tag);
+                    sent.push((client.clone(), id));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent
+        });
+    }
+
+    // Kill the receiver once a third of the stream is acknowledged, keep it
+    // down while more piles up in the outboxes, then restart it.
+    let threshold = PER_SENDER * 2 / 3;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ledger.lock().unwrap().acknowledged.len() < threshold {
+        assert!(tokio::time::Instant::now() < deadline, "stream did not start");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(federation.kill(&receiver).unwrap(), "receiver was running");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    federation.start(&receiver).unwrap();
+    federation.wait_ready(&receiver, Duration::from_secs(60)).await.unwrap();
+
+    while let Some(sent) = senders.join_next().await {
+        sent_ids.extend(sent.unwrap());
+    }
+    for (client, id) in &sent_ids {
+        let outgoing = client.wait_delivered(*id, Duration::from_secs(90)).await.unwrap();
+        assert_eq!(outgoing.state, mim4_sdk::Delivery::Delivered, "{id}");
+    }
+    assert_eq!(federation.stop_all().unwrap(), 3);
+
+    // Offline check of every store.
+    let ledger = ledger.lock().unwrap();
+    let mut applied: BTreeMap<String, usize> = BTreeMap::new();
+    for id in &ids {
+        for tag in applied_tags(&federation, id) {
+            *applied.entry(tag).or_default() += 1;
+        }
+    }
+    let lost: Vec<_> = ledger.acknowledged.iter().filter(|t| !applied.contains_key(*t)).collect();
+    let duplicated: Vec<_> = applied.iter().filter(|(_, &n)| n > 1).collect();
+    let unexpected: Vec<_> = applied.keys().filter(|t| !ledger.attempted.contains(*t)).collect();
+    println!(
+        "attempted {}, acknowledged {}, applied {}, lost {}, duplicated {}, unexpected {}",
+        ledger.attempted.len(),
+        ledger.acknowledged.len(),
+        applied.len(),
+        lost.len(),
+        duplicated.len(),
+        unexpected.len()
+    );
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert!(duplicated.is_empty(), "duplicated: {duplicated:?}");
+    assert!(unexpected.is_empty(), "unexpected: {unexpected:?}");
+    assert_eq!(ledger.acknowledged.len(), 6 + 2 * PER_SENDER, "every send was acknowledged");
+
+    // Every sender's outbox holds a receipt for every message, read offline too.
+    for id in &ids {
+        let store = Store::open(&federation.operator(id).unwrap().dir.join("data")).unwrap();
+        for (message_id, outgoing) in store.all_outgoing().unwrap() {
+            assert_eq!(outgoing.state, OutgoingState::Delivered, "{id} {message_id}");
+            assert!(outgoing.receipt.is_some(), "{id} {message_id} has no receipt");
+        }
+    }
+}
