@@ -11,7 +11,7 @@
 //! - [`transport`]: node-to-node transports (gRPC).
 //! - [`api`]: the local `OperatorApi` and its credentials.
 //! - [`node`]: the driver that runs servers and the delivery loop.
-//! - [`config`]: `node.toml`.
+//! - [`config`]: the `node.toml` file.
 //! - [`identity`]: key files.
 //! - [`trust_draft`]: governance's editable trust-list draft.
 //! - [`limits`]: every limit, with its reason.

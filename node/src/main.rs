@@ -338,7 +338,7 @@ fn client(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::List { config } => {
             let config = Config::load(&config)?;
             let entries = clients::list(&config.clients_file)?;
-            println!("{:<32} {:<12} {:<36} {}", "ID", "ROLE", "SERVICE", "STATUS");
+            println!("{:<32} {:<12} {:<36} STATUS", "ID", "ROLE", "SERVICE");
             for c in entries {
                 println!(
                     "{:<32} {:<12} {:<36} {}",
@@ -477,7 +477,7 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
                 list.threshold,
                 list.governance_keys.len()
             );
-            println!("{:<24} {:<8} {:<10} {:<30} {}", "OPERATOR", "COUNTRY", "STATUS", "GRPC", "KEYS");
+            println!("{:<24} {:<8} {:<10} {:<30} KEYS", "OPERATOR", "COUNTRY", "STATUS", "GRPC");
             for m in &list.members {
                 let keys: Vec<String> = m.keys.iter().map(|k| k.public_key.key_id().to_string()).collect();
                 println!(

@@ -155,8 +155,8 @@ fn progress(len: u64, message: &str) -> indicatif::ProgressBar {
 
 fn print_table(federation: &Federation) {
     println!(
-        "\n{:<24} {:<22} {:<22} {:<8} {}",
-        "OPERATOR", "PEER (gRPC)", "API (gRPC)", "PID", "DATA DIR"
+        "\n{:<24} {:<22} {:<22} {:<8} DATA DIR",
+        "OPERATOR", "PEER (gRPC)", "API (gRPC)", "PID"
     );
     for op in federation.operators() {
         println!(
@@ -304,8 +304,8 @@ async fn demo(federation: &Federation) -> anyhow::Result<()> {
         ("ok", "FAILED")
     };
     println!(
-        "\n{:<24}    {:<24} {:<34} {:<18} {}",
-        "FROM", "TO", "RECEIPT ID", "SIGNED BY KEY", "VERIFIED"
+        "\n{:<24}    {:<24} {:<34} {:<18} VERIFIED",
+        "FROM", "TO", "RECEIPT ID", "SIGNED BY KEY"
     );
     let mut failures = 0;
     for (from, to, client, id) in sent {

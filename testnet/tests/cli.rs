@@ -1,5 +1,8 @@
 //! The `mim4-testnet` tool as a tester uses it: `up`, `status`, `demo`, `down`.
 
+// Helpers outside #[test] functions panic on failure too; that is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -6,6 +6,9 @@
 //! applied set is read from every node's sled store offline, after the nodes
 //! have stopped, not from the nodes' own counters.
 
+// Helpers outside #[test] functions panic on failure too; that is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -15,22 +15,22 @@ use mim4_node::node::now_ms;
 use mim4_node::trust_draft::{Draft, DraftKey, DraftMember};
 use mim4_node::NodeHandle;
 
-pub const OPERATORS: &[&str] = &["fi.helsinki", "fi.incomeregister", "se.stockholm", "fr.iledefrance"];
+pub(crate) const OPERATORS: &[&str] = &["fi.helsinki", "fi.incomeregister", "se.stockholm", "fr.iledefrance"];
 
-pub struct TestNet {
-    pub dir: tempfile::TempDir,
-    pub governance: SecretKey,
-    pub keys: Vec<SecretKey>,
-    pub configs: Vec<Config>,
-    pub draft: Draft,
-    pub nodes: Vec<Option<NodeHandle>>,
+pub(crate) struct TestNet {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) governance: SecretKey,
+    pub(crate) keys: Vec<SecretKey>,
+    pub(crate) configs: Vec<Config>,
+    pub(crate) draft: Draft,
+    pub(crate) nodes: Vec<Option<NodeHandle>>,
     credentials: Vec<String>,
 }
 
 impl TestNet {
     /// `n` operators with keys, configs on free loopback ports, admin
     /// credentials and a signed trust list v1 naming them all. Nothing runs yet.
-    pub fn new(n: usize) -> Self {
+    pub(crate) fn new(n: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let governance = SecretKey::from_bytes(&[0x60; 32]).unwrap();
         let mut draft = Draft::new("test-federation", &[governance.public()]);
@@ -105,7 +105,7 @@ impl TestNet {
     }
 
     /// Applies `edit` to the draft and signs the next version; returns its encoding.
-    pub fn sign_next(&mut self, edit: impl FnOnce(&mut Draft)) -> Vec<u8> {
+    pub(crate) fn sign_next(&mut self, edit: impl FnOnce(&mut Draft)) -> Vec<u8> {
         edit(&mut self.draft);
         self.draft
             .sign_next(&[&self.governance], now_ms(), 24 * 60 * 60 * 1000)
@@ -114,43 +114,43 @@ impl TestNet {
     }
 
     /// Starts node `i` in this process.
-    pub async fn start(&mut self, i: usize) {
+    pub(crate) async fn start(&mut self, i: usize) {
         let handle = mim4_node::start(self.configs[i].clone()).await.unwrap();
         self.nodes[i] = Some(handle);
     }
 
     /// Starts every node.
-    pub async fn start_all(&mut self) {
+    pub(crate) async fn start_all(&mut self) {
         for i in 0..self.configs.len() {
             self.start(i).await;
         }
     }
 
     /// Stops node `i` cleanly.
-    pub async fn stop(&mut self, i: usize) {
+    pub(crate) async fn stop(&mut self, i: usize) {
         if let Some(handle) = self.nodes[i].take() {
             handle.shutdown().await.unwrap();
         }
     }
 
     /// An admin SDK client of node `i`.
-    pub async fn admin(&self, i: usize) -> mim4_sdk::Client {
+    pub(crate) async fn admin(&self, i: usize) -> mim4_sdk::Client {
         mim4_sdk::Client::connect(&self.api_url(i), &self.credentials[i]).await.unwrap()
     }
 
-    pub fn api_url(&self, i: usize) -> String {
+    pub(crate) fn api_url(&self, i: usize) -> String {
         format!("http://{}", self.configs[i].api_listen)
     }
 
-    pub fn peer_url(&self, i: usize) -> String {
+    pub(crate) fn peer_url(&self, i: usize) -> String {
         format!("http://{}", self.configs[i].peer_listen)
     }
 
-    pub fn id(&self, i: usize) -> OperatorId {
+    pub(crate) fn id(&self, i: usize) -> OperatorId {
         self.configs[i].operator_id.clone()
     }
 
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         for i in 0..self.nodes.len() {
             self.stop(i).await;
         }
@@ -158,7 +158,7 @@ impl TestNet {
 }
 
 /// Polls `probe` until it returns `Some`, failing after `deadline`.
-pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
