@@ -1,0 +1,401 @@
+//! The `mim4-node` command line as an operator and governance use it.
+
+// Helpers outside #[test] functions panic on failure too; that is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn node(args: &[&str], cwd: &Path) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_mim4-node"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    eprintln!(
+        "$ mim4-node {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn ok(args: &[&str], cwd: &Path) -> String {
+    let output = node(args, cwd);
+    assert!(output.status.success(), "mim4-node {args:?} failed");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn fails(args: &[&str], cwd: &Path) -> String {
+    let output = node(args, cwd);
+    assert!(!output.status.success(), "mim4-node {args:?} should fail");
+    String::from_utf8(output.stderr).unwrap()
+}
+
+/// `init` writes a 0600 key and a commented config that `config check`
+/// accepts; governance builds, signs and shows a trust list naming the
+/// operator; clients are added, listed and revoked.
+#[test]
+fn operator_and_governance_workflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&["governance", "init", "--dir", "gov"], d);
+    let gov_pub = std::fs::read_to_string(d.join("gov/governance.pub")).unwrap();
+    ok(
+        &[
+            "init",
+            "--operator",
+            "fi.helsinki",
+            "--dir",
+            "hel",
+            "--governance-key",
+            gov_pub.trim(),
+        ],
+        d,
+    );
+    for key in ["hel/operator.key", "gov/governance.key"] {
+        let mode = std::fs::metadata(d.join(key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let config = std::fs::read_to_string(d.join("hel/node.toml")).unwrap();
+    assert!(
+        config.lines().filter(|l| l.starts_with('#')).count() >= 10,
+        "commented"
+    );
+    assert!(ok(&["config", "check", "hel/node.toml"], d).contains("ok (operator fi.helsinki"));
+    assert!(fails(&["init", "--operator", "fi.helsinki", "--dir", "hel"], d).contains("exists"));
+
+    ok(
+        &[
+            "trust",
+            "new",
+            "--federation",
+            "cli-test",
+            "--governance-pub",
+            "gov/governance.pub",
+            "--draft",
+            "draft.toml",
+        ],
+        d,
+    );
+    ok(
+        &[
+            "trust",
+            "add-member",
+            "--draft",
+            "draft.toml",
+            "--operator",
+            "fi.helsinki",
+            "--name",
+            "City of Helsinki",
+            "--country",
+            "FI",
+            "--role",
+            "operator",
+            "--key-file",
+            "hel/operator.pub",
+            "--grpc",
+            "http://127.0.0.1:7401",
+        ],
+        d,
+    );
+    assert!(fails(
+        &[
+            "trust",
+            "add-member",
+            "--draft",
+            "draft.toml",
+            "--operator",
+            "fi.helsinki",
+            "--name",
+            "again",
+            "--country",
+            "FI",
+            "--role",
+            "operator",
+            "--key-file",
+            "hel/operator.pub",
+            "--grpc",
+            "http://127.0.0.1:7401",
+        ],
+        d
+    )
+    .contains("already"));
+    assert!(fails(
+        &[
+            "trust",
+            "add-member",
+            "--draft",
+            "draft.toml",
+            "--operator",
+            "se.x",
+            "--name",
+            "x",
+            "--country",
+            "SE",
+            "--role",
+            "king",
+            "--key-file",
+            "hel/operator.pub",
+            "--grpc",
+            "http://x",
+        ],
+        d
+    )
+    .contains("role"));
+    assert!(ok(
+        &[
+            "trust",
+            "sign",
+            "--draft",
+            "draft.toml",
+            "--key",
+            "gov/governance.key",
+            "--out",
+            "v1.pb"
+        ],
+        d
+    )
+    .contains("version 1"));
+    ok(
+        &[
+            "trust",
+            "suspend",
+            "--draft",
+            "draft.toml",
+            "--operator",
+            "fi.helsinki",
+        ],
+        d,
+    );
+    assert!(ok(
+        &[
+            "trust",
+            "sign",
+            "--draft",
+            "draft.toml",
+            "--key",
+            "gov/governance.key",
+            "--out",
+            "v2.pb"
+        ],
+        d
+    )
+    .contains("version 2"));
+    let shown = ok(&["trust", "show", "v1.pb"], d);
+    assert!(
+        shown.contains("version 1") && shown.contains("signatures verify"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("fi.helsinki") && shown.contains("active"),
+        "{shown}"
+    );
+    assert!(ok(&["trust", "show", "v2.pb"], d).contains("suspended"));
+
+    // A trust list altered after signing is refused by `show`.
+    let mut bytes = std::fs::read(d.join("v1.pb")).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x01;
+    std::fs::write(d.join("forged.pb"), bytes).unwrap();
+    fails(&["trust", "show", "forged.pb"], d);
+
+    let credential = ok(
+        &[
+            "client",
+            "add",
+            "-c",
+            "hel/node.toml",
+            "--id",
+            "edu",
+            "--role",
+            "service",
+        ],
+        d,
+    );
+    assert!(credential.trim().starts_with("mim4:edu:"), "{credential}");
+    assert!(fails(
+        &[
+            "client",
+            "add",
+            "-c",
+            "hel/node.toml",
+            "--id",
+            "edu",
+            "--role",
+            "admin"
+        ],
+        d
+    )
+    .contains("exists"));
+    assert!(fails(
+        &[
+            "client",
+            "add",
+            "-c",
+            "hel/node.toml",
+            "--id",
+            "x",
+            "--role",
+            "root"
+        ],
+        d
+    )
+    .contains("role"));
+    ok(
+        &["client", "revoke", "-c", "hel/node.toml", "--id", "edu"],
+        d,
+    );
+    let listed = ok(&["client", "list", "-c", "hel/node.toml"], d);
+    assert!(
+        listed.contains("edu") && listed.contains("revoked"),
+        "{listed}"
+    );
+    let clients = std::fs::read_to_string(d.join("hel/clients.toml")).unwrap();
+    let secret = credential.trim().rsplit(':').next().unwrap();
+    assert!(
+        !clients.contains(secret),
+        "the secret itself is never stored"
+    );
+}
+
+/// `config check` names the line and key of each error and exits non-zero.
+#[test]
+fn config_check_names_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let check = |text: &str, needles: &[&str]| {
+        std::fs::write(d.join("node.toml"), text).unwrap();
+        let error = fails(&["config", "check", "node.toml"], d);
+        for needle in needles {
+            assert!(
+                error.contains(needle),
+                "{error:?} should contain {needle:?}"
+            );
+        }
+    };
+    let key = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c";
+    let base = format!(
+        "operator_id = \"fi.helsinki\"\nkey_file = \"k\"\ndata_dir = \"d\"\ntrust_list = \"t\"\n\
+         governance_keys = [\"{key}\"]\n[listen]\npeer = \"127.0.0.1:1\"\napi = \"127.0.0.1:2\"\n"
+    );
+    check(
+        &base.replace("fi.helsinki", "FI HELSINKI"),
+        &["node.toml:1", "operator_id"],
+    );
+    check(
+        &base.replace("127.0.0.1:1", "nowhere"),
+        &["node.toml:7", "listen.peer"],
+    );
+    check(&base.replace(key, ""), &["node.toml:5", "governance_keys"]);
+    check(
+        &base.replace("trust_list", "trust_lisst"),
+        &["node.toml:4", "unknown field"],
+    );
+    check(&base.replace("[listen]", "[listen"), &["node.toml:6"]);
+    let missing = fails(&["config", "check", "absent.toml"], d);
+    assert!(
+        missing.contains("absent.toml") && missing.contains("cannot read"),
+        "{missing}"
+    );
+}
+
+/// `run` refuses to start with a clear message when the operator is not in
+/// the trust list or the key file is readable by others.
+#[test]
+fn run_refuses_an_operator_outside_the_trust_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&["governance", "init", "--dir", "gov"], d);
+    let gov_pub = std::fs::read_to_string(d.join("gov/governance.pub")).unwrap();
+    ok(
+        &[
+            "init",
+            "--operator",
+            "fi.helsinki",
+            "--dir",
+            "hel",
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--governance-key",
+            gov_pub.trim(),
+        ],
+        d,
+    );
+    ok(
+        &[
+            "init",
+            "--operator",
+            "se.stockholm",
+            "--dir",
+            "sto",
+            "--governance-key",
+            gov_pub.trim(),
+        ],
+        d,
+    );
+    ok(
+        &[
+            "trust",
+            "new",
+            "--federation",
+            "f",
+            "--governance-pub",
+            "gov/governance.pub",
+            "--draft",
+            "draft.toml",
+        ],
+        d,
+    );
+    ok(
+        &[
+            "trust",
+            "add-member",
+            "--draft",
+            "draft.toml",
+            "--operator",
+            "se.stockholm",
+            "--name",
+            "S",
+            "--country",
+            "SE",
+            "--role",
+            "operator",
+            "--key-file",
+            "sto/operator.pub",
+            "--grpc",
+            "http://127.0.0.1:1",
+        ],
+        d,
+    );
+    ok(
+        &[
+            "trust",
+            "sign",
+            "--draft",
+            "draft.toml",
+            "--key",
+            "gov/governance.key",
+            "--out",
+            "hel/trust-list.pb",
+        ],
+        d,
+    );
+    let error = fails(&["run", "--config", "hel/node.toml"], d);
+    assert!(
+        error.contains("fi.helsinki is not in trust list version 1"),
+        "{error}"
+    );
+
+    std::fs::set_permissions(
+        d.join("hel/operator.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let error = fails(&["run", "--config", "hel/node.toml"], d);
+    assert!(error.contains("chmod 600"), "{error}");
+}
