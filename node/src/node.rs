@@ -323,12 +323,24 @@ fn check_membership(config: &Config, key: &SecretKey, trust: &VerifiedTrustList)
             trust.version()
         ))
     })?;
-    if member.key(&key.public().key_id()).is_none() {
+    let Some(listed) = member.key(&key.public().key_id()) else {
         return Err(Error::NotAMember(format!(
             "the key in {} (id {}) is not one of {me}'s keys in trust list version {}",
             config.key_file.display(),
             key.public().key_id(),
             trust.version()
+        )));
+    };
+    if !listed.is_valid_at(now_ms()) {
+        return Err(Error::NotAMember(format!(
+            "the key in {} (id {}) is outside its validity window in trust list version {} \
+             (from {} ms until {}); peers would refuse every message: switch key_file to \
+             {me}'s current key",
+            config.key_file.display(),
+            key.public().key_id(),
+            trust.version(),
+            listed.not_before_ms,
+            listed.not_after_ms.map_or("no end".to_owned(), |t| format!("{t} ms")),
         )));
     }
     if member.status != MemberStatus::Active {

@@ -1,5 +1,11 @@
 //! Integration tests of in-process nodes on loopback (real sled, real gRPC).
 
+// Helpers outside #[test] functions panic on failure too; that is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod util;
 
 mod exchange;
+mod hostile;
+mod api_access;
+mod rotation;

@@ -1,0 +1,189 @@
+//! Key rotation without downtime: governance adds a second key for an
+//! operator, the operator restarts on it while peers still accept the old
+//! one, and a later trust list ends the old key.
+
+use std::time::Duration;
+
+use mim4_node::core::delivery::SenderContext;
+use mim4_node::core::envelope::{Memo, Payload};
+use mim4_node::core::ids::MessageId;
+use mim4_node::core::keys::SecretKey;
+use mim4_node::core::wire;
+use mim4_node::identity;
+use mim4_node::node::now_ms;
+use mim4_node::trust_draft::DraftKey;
+use mim4_proto::v1 as pb;
+use pb::operator_peer_client::OperatorPeerClient;
+use tonic::Code;
+
+use crate::util::{eventually, TestNet, OPERATORS};
+
+/// How long any wait in this test may take before it fails.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Installs `list` at node 0 through its admin API and waits until every
+/// node reports `version`.
+async fn install_everywhere(net: &TestNet, list: Vec<u8>, version: u64) {
+    assert_eq!(
+        net.admin(0).await.install_trust_list(list).await.unwrap(),
+        version
+    );
+    for i in 0..net.nodes.len() {
+        let client = net.admin(i).await;
+        eventually(
+            &format!("node {i} on trust list v{version}"),
+            DEADLINE,
+            || {
+                let client = client.clone();
+                async move {
+                    let status = client.status().await.ok()?;
+                    (status.trust_list_version == version).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+/// Sends a memo from node 0 to node 1 through the API, waits for its receipt,
+/// and returns the id of the key that signed the envelope as sent.
+async fn memo_through_the_api(net: &TestNet, subject: &str) -> String {
+    let client = net.admin(0).await;
+    let id = client
+        .send_message(net.id(1).as_str(), subject, "")
+        .await
+        .unwrap();
+    let outgoing = eventually(&format!("memo {subject:?} delivered"), DEADLINE, || {
+        let client = client.clone();
+        async move {
+            let outgoing = client.outgoing(id).await.ok()?;
+            (outgoing.state == mim4_sdk::Delivery::Delivered).then_some(outgoing)
+        }
+    })
+    .await;
+    assert!(!outgoing.receipt.is_empty());
+    let listed = net.admin(1).await.messages(0, 1000).await.unwrap();
+    assert!(
+        listed.iter().any(|m| m.message_id == id.0),
+        "memo {id} not listed at node 1"
+    );
+    wire::decode_signed_envelope(&outgoing.envelope)
+        .unwrap()
+        .key_id
+        .to_string()
+}
+
+/// Delivers a memo from node 0 to node 1 signed by hand with `key`.
+async fn deliver_signed_by(net: &TestNet, key: &SecretKey) -> Result<Vec<u8>, tonic::Status> {
+    let sealed = SenderContext {
+        me: &net.id(0),
+        rulebook_version: "mim4-rulebook-1.0",
+        trust_list_version: net
+            .admin(0)
+            .await
+            .status()
+            .await
+            .unwrap()
+            .trust_list_version,
+        lifetime_ms: 60 * 60 * 1000,
+    }
+    .envelope(
+        MessageId::from_bytes(rand::random()),
+        net.id(1),
+        now_ms(),
+        None,
+        Payload::Memo(Memo {
+            subject: "signed by hand".into(),
+            text: String::new(),
+        }),
+    )
+    .seal(key);
+    let mut client = OperatorPeerClient::connect(net.peer_url(1)).await.unwrap();
+    client
+        .deliver(pb::DeliverRequest {
+            envelope: sealed.bytes,
+        })
+        .await
+        .map(|response| response.into_inner().receipt)
+}
+
+/// An operator rotates its key without downtime: with both keys listed (v2)
+/// it restarts on the new key and its memos are delivered, while envelopes
+/// signed with the old key are still accepted; once v3 ends the old key,
+/// those are refused as Unauthenticated ("not valid") and the new key still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_overlaps_then_ends_the_old_key() {
+    let mut net = TestNet::new(2);
+    net.start_all().await;
+    let old_key = SecretKey::from_bytes(&net.keys[0].to_bytes()[..]).unwrap();
+    let new_key = SecretKey::generate(&mut rand::rngs::OsRng);
+    assert_eq!(
+        memo_through_the_api(&net, "before").await,
+        old_key.public().key_id().to_string()
+    );
+
+    // v2: a second key for node 0, valid from now, the old one unchanged.
+    let v2 = net.sign_next(|draft| {
+        draft.member_mut(OPERATORS[0]).unwrap().keys.push(DraftKey {
+            public_key: new_key.public().to_hex(),
+            not_before_ms: now_ms(),
+            not_after_ms: None,
+        });
+    });
+    install_everywhere(&net, v2, 2).await;
+
+    // Restart node 0 on the new key, from a new key file.
+    net.stop(0).await;
+    let key_file = net.dir.path().join(OPERATORS[0]).join("operator-2.key");
+    identity::write_secret_key(&key_file, &new_key).unwrap();
+    net.configs[0].key_file = key_file;
+    net.start(0).await;
+    assert_eq!(
+        net.admin(0)
+            .await
+            .status()
+            .await
+            .unwrap()
+            .trust_list_version,
+        2
+    );
+
+    let signer = memo_through_the_api(&net, "after restart").await;
+    assert_eq!(signer, new_key.public().key_id().to_string());
+    let receipt = deliver_signed_by(&net, &old_key).await.unwrap();
+    assert!(!receipt.is_empty());
+
+    // v3: the old key ended a second ago.
+    let old_hex = old_key.public().to_hex();
+    let v3 = net.sign_next(|draft| {
+        let member = draft.member_mut(OPERATORS[0]).unwrap();
+        let old = member
+            .keys
+            .iter_mut()
+            .find(|k| k.public_key == old_hex)
+            .unwrap();
+        old.not_after_ms = Some(now_ms() - 1000);
+    });
+    install_everywhere(&net, v3, 3).await;
+
+    let status = deliver_signed_by(&net, &old_key).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("not valid"), "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&old_key.public().key_id().to_string()),
+        "{status:?}"
+    );
+
+    let signer = memo_through_the_api(&net, "after the old key ended").await;
+    assert_eq!(signer, new_key.public().key_id().to_string());
+
+    // Restarting node 0 on the ended key is refused at start, with the reason.
+    net.stop(0).await;
+    let mut config = net.configs[0].clone();
+    config.key_file = net.dir.path().join(OPERATORS[0]).join("operator.key");
+    let error = mim4_node::start(config).await.unwrap_err().to_string();
+    assert!(error.contains("outside its validity window"), "{error}");
+    net.shutdown().await;
+}
