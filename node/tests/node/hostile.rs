@@ -360,3 +360,23 @@ async fn garbage_bytes_are_invalid_argument() {
     }
     net.shutdown().await;
 }
+
+/// The replay window survives a restart: an envelope applied before node 0
+/// stopped is refused as a replay after it starts again, with the original
+/// receipt, and is still listed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_after_restart_is_refused() {
+    let mut net = TestNet::new(2);
+    net.start(0).await;
+    let envelope = valid_memo(&net, 1, 0, "before the restart");
+    let receipt = deliver(&net, 0, envelope.clone()).await.unwrap();
+    net.stop(0).await;
+    net.start(0).await;
+    let status = deliver(&net, 0, envelope).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(status.message().contains("already applied"), "{status:?}");
+    assert_eq!(status.details(), receipt.as_slice());
+    let listed = net.admin(0).await.messages(0, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    net.shutdown().await;
+}
