@@ -54,13 +54,17 @@ impl ApiService {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
-        let caller = self.shared.clients().authenticate(credential).map_err(|e| {
-            warn!(call, error = %e, "API call refused: authentication");
-            match e {
-                AuthError::File(_) => Status::internal(e.to_string()),
-                _ => Status::unauthenticated(e.to_string()),
-            }
-        })?;
+        let caller = self
+            .shared
+            .clients()
+            .authenticate(credential)
+            .map_err(|e| {
+                warn!(call, error = %e, "API call refused: authentication");
+                match e {
+                    AuthError::File(_) => Status::internal(e.to_string()),
+                    _ => Status::unauthenticated(e.to_string()),
+                }
+            })?;
         if !allowed.contains(&caller.role) {
             warn!(call, client = %caller.id, role = %caller.role, "API call refused: role not allowed");
             let roles: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
@@ -75,7 +79,11 @@ impl ApiService {
     }
 }
 
-const ANY: &[ClientRole] = &[ClientRole::Service, ClientRole::CitizenApp, ClientRole::Admin];
+const ANY: &[ClientRole] = &[
+    ClientRole::Service,
+    ClientRole::CitizenApp,
+    ClientRole::Admin,
+];
 const SENDERS: &[ClientRole] = &[ClientRole::Service, ClientRole::Admin];
 const ADMIN: &[ClientRole] = &[ClientRole::Admin];
 
@@ -134,7 +142,11 @@ impl OperatorApi for ApiService {
                 country: m.country.clone(),
                 status: wire::status_to_pb(m.status) as i32,
                 grpc_endpoint: m.grpc_endpoint.clone(),
-                roles: m.roles.iter().map(|r| wire::role_to_pb(*r) as i32).collect(),
+                roles: m
+                    .roles
+                    .iter()
+                    .map(|r| wire::role_to_pb(*r) as i32)
+                    .collect(),
             })
             .collect();
         Ok(Response::new(pb::ListPeersResponse { peers }))
@@ -263,7 +275,9 @@ pub(crate) async fn serve(
 ) -> Result<(), Error> {
     let service = OperatorApiServer::new(ApiService { shared })
         .max_decoding_message_size(limits::TRUST_LIST_BYTES_MAX + 64)
-        .max_encoding_message_size(limits::LIST_MESSAGES_MAX as usize * (limits::MESSAGE_BYTES_MAX / 8));
+        .max_encoding_message_size(
+            limits::LIST_MESSAGES_MAX as usize * (limits::MESSAGE_BYTES_MAX / 8),
+        );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<OperatorApiServer<ApiService>>()

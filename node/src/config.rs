@@ -158,12 +158,13 @@ impl Config {
             (offset > 0 || text.starts_with(|c: char| !c.is_whitespace()))
                 .then(|| text[..offset.min(text.len())].matches('\n').count() + 1)
         };
-        let error = |span: Option<std::ops::Range<usize>>, key: &str, message: String| ConfigError {
-            file: path.to_owned(),
-            line: span.filter(|s| s.end > 0).and_then(|s| line_of(s.start)),
-            key: Some(key.to_owned()),
-            message,
-        };
+        let error =
+            |span: Option<std::ops::Range<usize>>, key: &str, message: String| ConfigError {
+                file: path.to_owned(),
+                line: span.filter(|s| s.end > 0).and_then(|s| line_of(s.start)),
+                key: Some(key.to_owned()),
+                message,
+            };
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             file: path.to_owned(),
             line: e.span().and_then(|s| line_of(s.start)),
@@ -255,13 +256,20 @@ impl Config {
                 return Err(error(
                     Some(v.span()),
                     "limits.message_lifetime_ms",
-                    format!("must be between 1000 and {}", limits::MESSAGE_LIFETIME_MS_MAX),
+                    format!(
+                        "must be between 1000 and {}",
+                        limits::MESSAGE_LIFETIME_MS_MAX
+                    ),
                 ));
             }
             message_lifetime_ms = value;
         }
         if raw.rulebook_version.is_empty() || raw.rulebook_version.len() > 64 {
-            return Err(error(None, "rulebook_version", "must be 1 to 64 characters".into()));
+            return Err(error(
+                None,
+                "rulebook_version",
+                "must be 1 to 64 characters".into(),
+            ));
         }
         Ok(Self {
             operator_id,
@@ -366,7 +374,10 @@ mod tests {
             (Ok(_), Ok(())) => {}
             (Err(e), Err((line, needle))) => {
                 assert_eq!(e.line, line, "{e}");
-                assert!(e.to_string().contains(needle), "{e} should mention {needle}");
+                assert!(
+                    e.to_string().contains(needle),
+                    "{e} should mention {needle}"
+                );
             }
             (result, expected) => panic!("got {result:?}, expected {expected:?}"),
         }
@@ -390,8 +401,14 @@ mod tests {
             &valid().replace("127.0.0.1:2", "localhost"),
             Err((Some(8), "key `listen.api`")),
         );
-        check(&valid().replace(KEY, "abc"), Err((Some(5), "governance_keys")));
-        check(&valid().replace("data_dir", "data_dri"), Err((Some(3), "unknown field")));
+        check(
+            &valid().replace(KEY, "abc"),
+            Err((Some(5), "governance_keys")),
+        );
+        check(
+            &valid().replace("data_dir", "data_dri"),
+            Err((Some(3), "unknown field")),
+        );
         check(
             &format!("{}[limits]\nmessage_bytes_max = 99999999\n", valid()),
             Err((Some(10), "limits.message_bytes_max")),

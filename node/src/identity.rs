@@ -82,7 +82,10 @@ pub fn read_secret_key(path: &Path) -> Result<SecretKey, Error> {
         path: shown.clone(),
         source: KeyError::NotHex(e.to_string()),
     })?);
-    SecretKey::from_bytes(&bytes).map_err(|source| Error::BadKey { path: shown, source })
+    SecretKey::from_bytes(&bytes).map_err(|source| Error::BadKey {
+        path: shown,
+        source,
+    })
 }
 
 /// Reads a public key file (64 hex digits).
@@ -92,7 +95,10 @@ pub fn read_public_key(path: &Path) -> Result<PublicKey, Error> {
         path: shown.clone(),
         source,
     })?;
-    PublicKey::from_hex(&text).map_err(|source| Error::BadKey { path: shown, source })
+    PublicKey::from_hex(&text).map_err(|source| Error::BadKey {
+        path: shown,
+        source,
+    })
 }
 
 /// Writes a public key file (64 hex digits).
@@ -116,7 +122,10 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(read_secret_key(&path).unwrap().public(), key.public());
-        assert!(matches!(write_secret_key(&path, &key), Err(Error::Exists(_))));
+        assert!(matches!(
+            write_secret_key(&path, &key),
+            Err(Error::Exists(_))
+        ));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(read_secret_key(&path), Err(Error::TooOpen { .. })));
     }

@@ -265,18 +265,30 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let config_path = args.dir.join("node.toml");
     if config_path.exists() {
-        bail!("{} exists already; init never overwrites", config_path.display());
+        bail!(
+            "{} exists already; init never overwrites",
+            config_path.display()
+        );
     }
     let key = SecretKey::generate(&mut rand::rngs::OsRng);
     identity::write_secret_key(&args.dir.join("operator.key"), &key)?;
     identity::write_public_key(&args.dir.join("operator.pub"), &key.public())?;
     std::fs::write(
         &config_path,
-        config::template(&operator, args.peer_listen, args.api_listen, &governance_keys),
+        config::template(
+            &operator,
+            args.peer_listen,
+            args.api_listen,
+            &governance_keys,
+        ),
     )
     .with_context(|| format!("writing {}", config_path.display()))?;
     println!("operator {operator} initialised in {}", args.dir.display());
-    println!("  public key: {} (key id {})", key.public().to_hex(), key.public().key_id());
+    println!(
+        "  public key: {} (key id {})",
+        key.public().to_hex(),
+        key.public().key_id()
+    );
     println!("  next: send operator.pub to governance to be added to the trust list,");
     println!("        put the signed trust list at trust-list.pb, then");
     println!("        mim4-node run --config {}", config_path.display());
@@ -331,7 +343,14 @@ fn client(command: ClientCommand) -> anyhow::Result<()> {
             }
             let mut secret = [0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut secret);
-            let credential = clients::add(&config.clients_file, &id, role, service_id, secret, now_ms())?;
+            let credential = clients::add(
+                &config.clients_file,
+                &id,
+                role,
+                service_id,
+                secret,
+                now_ms(),
+            )?;
             println!("{credential}");
             eprintln!("client {id} ({role}) added; the credential above is shown only once");
         }
@@ -373,7 +392,10 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
                 .map(|p| identity::read_public_key(p))
                 .collect::<Result<Vec<_>, _>>()?;
             Draft::new(&federation, &keys).save(&draft)?;
-            println!("draft for federation {federation} written to {}", draft.display());
+            println!(
+                "draft for federation {federation} written to {}",
+                draft.display()
+            );
         }
         TrustCommand::AddMember {
             draft,
@@ -440,7 +462,10 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("{operator} has no key {}", key.key_id()))?;
             entry.not_after_ms = Some(not_after_ms);
             d.save(&draft)?;
-            println!("key {} of {operator} ends at {not_after_ms} ms", key.key_id());
+            println!(
+                "key {} of {operator} ends at {not_after_ms} ms",
+                key.key_id()
+            );
         }
         TrustCommand::Suspend { draft, operator } => {
             let mut d = Draft::load(&draft)?;
@@ -457,18 +482,28 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
             let mut d = Draft::load(&draft)?;
             let key = identity::read_secret_key(&key)?;
             let signed = d.sign_next(&[&key], now_ms(), valid_days * 24 * 60 * 60 * 1000)?;
-            std::fs::write(&out, signed.encode()).with_context(|| format!("writing {}", out.display()))?;
+            std::fs::write(&out, signed.encode())
+                .with_context(|| format!("writing {}", out.display()))?;
             d.save(&draft)?;
-            println!("signed trust list version {} written to {}", d.version, out.display());
+            println!(
+                "signed trust list version {} written to {}",
+                d.version,
+                out.display()
+            );
         }
         TrustCommand::Show { file } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let signed = SignedTrustList::decode(&bytes)?;
             let body = mim4_node::core::wire::decode_trust_list(&signed.body)?;
-            let anchor: Vec<PublicKey> = body.governance_keys.iter().map(|g| g.public_key).collect();
+            let anchor: Vec<PublicKey> =
+                body.governance_keys.iter().map(|g| g.public_key).collect();
             let verified = VerifiedTrustList::verify_with_anchor(signed, &anchor, body.threshold)?;
             let list = verified.list();
-            println!("federation {}  version {}  rulebook {}", list.federation_id, list.version, list.rulebook_version);
+            println!(
+                "federation {}  version {}  rulebook {}",
+                list.federation_id, list.version, list.rulebook_version
+            );
             println!(
                 "issued {} ms, valid until {} ms ({}), threshold {} of {} governance key(s): signatures verify",
                 list.issued_at_ms,
@@ -477,9 +512,16 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
                 list.threshold,
                 list.governance_keys.len()
             );
-            println!("{:<24} {:<8} {:<10} {:<30} KEYS", "OPERATOR", "COUNTRY", "STATUS", "GRPC");
+            println!(
+                "{:<24} {:<8} {:<10} {:<30} KEYS",
+                "OPERATOR", "COUNTRY", "STATUS", "GRPC"
+            );
             for m in &list.members {
-                let keys: Vec<String> = m.keys.iter().map(|k| k.public_key.key_id().to_string()).collect();
+                let keys: Vec<String> = m
+                    .keys
+                    .iter()
+                    .map(|k| k.public_key.key_id().to_string())
+                    .collect();
                 println!(
                     "{:<24} {:<8} {:<10} {:<30} {}",
                     m.operator_id,

@@ -314,7 +314,11 @@ fn load_trust_list(config: &Config, store: &Store) -> Result<VerifiedTrustList, 
     Ok(list)
 }
 
-fn check_membership(config: &Config, key: &SecretKey, trust: &VerifiedTrustList) -> Result<(), Error> {
+fn check_membership(
+    config: &Config,
+    key: &SecretKey,
+    trust: &VerifiedTrustList,
+) -> Result<(), Error> {
     let me = &config.operator_id;
     let member = trust.member(me).ok_or_else(|| {
         Error::NotAMember(format!(
@@ -340,7 +344,9 @@ fn check_membership(config: &Config, key: &SecretKey, trust: &VerifiedTrustList)
             key.public().key_id(),
             trust.version(),
             listed.not_before_ms,
-            listed.not_after_ms.map_or("no end".to_owned(), |t| format!("{t} ms")),
+            listed
+                .not_after_ms
+                .map_or("no end".to_owned(), |t| format!("{t} ms")),
         )));
     }
     if member.status != MemberStatus::Active {
@@ -446,7 +452,10 @@ impl Shared {
             Payload::TrustListUpdate(signed) => match trust.check_update(signed.clone(), now) {
                 Ok(newer) => new_trust = Some(newer),
                 Err(TrustListError::NotNewer { current, got }) => {
-                    debug!(current, got, "trust-list update not newer; acknowledged without effect");
+                    debug!(
+                        current,
+                        got, "trust-list update not newer; acknowledged without effect"
+                    );
                 }
                 Err(e) => {
                     return Err(Refusal::Unusable {
@@ -612,7 +621,11 @@ impl Shared {
 
     /// Seals a message to `recipient`, stores it durably in the outbox and
     /// hands it to the delivery loop. Returns once it is durable.
-    pub async fn send(self: &Arc<Self>, recipient: OperatorId, payload: Payload) -> Result<MessageId, SendError> {
+    pub async fn send(
+        self: &Arc<Self>,
+        recipient: OperatorId,
+        payload: Payload,
+    ) -> Result<MessageId, SendError> {
         if &recipient == self.operator_id() {
             return Err(SendError::ToSelf);
         }
@@ -622,7 +635,10 @@ impl Shared {
             Payload::TrustListUpdate(_) => status != MemberStatus::Revoked,
             _ => status == MemberStatus::Active,
         };
-        if !trust.member(&recipient).is_some_and(|m| reachable(m.status)) {
+        if !trust
+            .member(&recipient)
+            .is_some_and(|m| reachable(m.status))
+        {
             return Err(SendError::UnknownRecipient(recipient));
         }
         let now = now_ms();
@@ -739,11 +755,20 @@ impl DeliveryLoop {
         );
         let pending = shared.store.pending()?;
         if !pending.is_empty() {
-            info!(count = pending.len(), "resuming delivery of pending messages");
+            info!(
+                count = pending.len(),
+                "resuming delivery of pending messages"
+            );
         }
         let now = now_ms();
         for (id, outgoing) in pending {
-            scheduler.handle_enqueued(id, outgoing.recipient, outgoing.expires_at_ms, outgoing.attempts, now);
+            scheduler.handle_enqueued(
+                id,
+                outgoing.recipient,
+                outgoing.expires_at_ms,
+                outgoing.attempts,
+                now,
+            );
         }
         Ok(Self {
             shared,
@@ -767,10 +792,14 @@ impl DeliveryLoop {
                 self.attempts.spawn(
                     async move {
                         let timeout = Duration::from_millis(limits::DELIVERY_TIMEOUT_MS);
-                        let outcome = match tokio::time::timeout(timeout, shared.deliver_once(id)).await {
-                            Ok(outcome) => outcome,
-                            Err(_) => Err(format!("no answer within {} ms", limits::DELIVERY_TIMEOUT_MS)),
-                        };
+                        let outcome =
+                            match tokio::time::timeout(timeout, shared.deliver_once(id)).await {
+                                Ok(outcome) => outcome,
+                                Err(_) => Err(format!(
+                                    "no answer within {} ms",
+                                    limits::DELIVERY_TIMEOUT_MS
+                                )),
+                            };
                         (id, outcome)
                     }
                     .instrument(info_span!("deliver", message_id = %id, %recipient)),

@@ -134,7 +134,11 @@ impl Draft {
 
     /// Adds a member; refuses a duplicate id.
     pub fn add_member(&mut self, member: DraftMember) -> Result<(), Error> {
-        if self.members.iter().any(|m| m.operator_id == member.operator_id) {
+        if self
+            .members
+            .iter()
+            .any(|m| m.operator_id == member.operator_id)
+        {
             return Err(Error::Invalid(format!(
                 "member {} is already in the draft",
                 member.operator_id
@@ -178,7 +182,9 @@ impl Draft {
                 .iter()
                 .map(|r| {
                     Role::parse(r).ok_or_else(|| {
-                        bad(format!("{operator_id}: role {r:?} is not operator, source or consumer"))
+                        bad(format!(
+                            "{operator_id}: role {r:?} is not operator, source or consumer"
+                        ))
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;

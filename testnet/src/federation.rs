@@ -45,14 +45,62 @@ pub struct OperatorSpec {
 
 /// Real-looking operators, in the order the testnet uses them.
 pub const DEFAULT_OPERATORS: &[OperatorSpec] = &[
-    OperatorSpec { id: "fi.helsinki", name: "City of Helsinki", country: "FI", roles: &["operator", "consumer"], sectors: &["education", "social"] },
-    OperatorSpec { id: "fi.incomeregister", name: "Finnish Income Register", country: "FI", roles: &["source"], sectors: &["registry"] },
-    OperatorSpec { id: "se.stockholm", name: "City of Stockholm", country: "SE", roles: &["operator", "consumer"], sectors: &["social"] },
-    OperatorSpec { id: "se.arbetsformedlingen", name: "Arbetsförmedlingen", country: "SE", roles: &["consumer"], sectors: &["employment"] },
-    OperatorSpec { id: "se.transportstyrelsen", name: "Swedish Transport Agency", country: "SE", roles: &["source"], sectors: &["registry"] },
-    OperatorSpec { id: "fr.iledefrance", name: "Région Île-de-France", country: "FR", roles: &["operator", "consumer"], sectors: &["education", "employment"] },
-    OperatorSpec { id: "fr.visions", name: "Visions (skills records)", country: "FR", roles: &["operator", "source"], sectors: &["education"] },
-    OperatorSpec { id: "nl.eindhoven", name: "City of Eindhoven", country: "NL", roles: &["operator", "consumer"], sectors: &["social"] },
+    OperatorSpec {
+        id: "fi.helsinki",
+        name: "City of Helsinki",
+        country: "FI",
+        roles: &["operator", "consumer"],
+        sectors: &["education", "social"],
+    },
+    OperatorSpec {
+        id: "fi.incomeregister",
+        name: "Finnish Income Register",
+        country: "FI",
+        roles: &["source"],
+        sectors: &["registry"],
+    },
+    OperatorSpec {
+        id: "se.stockholm",
+        name: "City of Stockholm",
+        country: "SE",
+        roles: &["operator", "consumer"],
+        sectors: &["social"],
+    },
+    OperatorSpec {
+        id: "se.arbetsformedlingen",
+        name: "Arbetsförmedlingen",
+        country: "SE",
+        roles: &["consumer"],
+        sectors: &["employment"],
+    },
+    OperatorSpec {
+        id: "se.transportstyrelsen",
+        name: "Swedish Transport Agency",
+        country: "SE",
+        roles: &["source"],
+        sectors: &["registry"],
+    },
+    OperatorSpec {
+        id: "fr.iledefrance",
+        name: "Région Île-de-France",
+        country: "FR",
+        roles: &["operator", "consumer"],
+        sectors: &["education", "employment"],
+    },
+    OperatorSpec {
+        id: "fr.visions",
+        name: "Visions (skills records)",
+        country: "FR",
+        roles: &["operator", "source"],
+        sectors: &["education"],
+    },
+    OperatorSpec {
+        id: "nl.eindhoven",
+        name: "City of Eindhoven",
+        country: "NL",
+        roles: &["operator", "consumer"],
+        sectors: &["social"],
+    },
 ];
 
 /// One operator of the testnet as remembered in the state file.
@@ -122,7 +170,10 @@ impl Federation {
     /// a signed trust list naming them all on free loopback ports.
     pub fn create(dir: &Path, specs: &[OperatorSpec], node_bin: PathBuf) -> anyhow::Result<Self> {
         if dir.join(STATE_FILE).exists() {
-            bail!("{} already holds a testnet; use `down`/`reset` first", dir.display());
+            bail!(
+                "{} already holds a testnet; use `down`/`reset` first",
+                dir.display()
+            );
         }
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
@@ -210,7 +261,8 @@ impl Federation {
         if !path.exists() {
             return Ok(None);
         }
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let state: State = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a testnet state file", path.display()))?;
         Ok(Some(Self {
@@ -253,7 +305,8 @@ impl Federation {
     /// The federation's signed trust list, verified against the testnet's governance key.
     pub fn trust_list(&self) -> anyhow::Result<VerifiedTrustList> {
         let bytes = fs::read(self.dir.join("trust-list.pb"))?;
-        let anchor = identity::read_public_key(&self.dir.join("governance").join("governance.pub"))?;
+        let anchor =
+            identity::read_public_key(&self.dir.join("governance").join("governance.pub"))?;
         Ok(VerifiedTrustList::verify_with_anchor(
             SignedTrustList::decode(&bytes)?,
             &[anchor],
@@ -292,7 +345,10 @@ impl Federation {
             .arg("run")
             .arg("--config")
             .arg(op.config_path())
-            .env("RUST_LOG", std::env::var("MIM4_NODE_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("MIM4_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

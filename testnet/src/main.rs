@@ -82,7 +82,10 @@ fn main() -> anyhow::Result<()> {
                     return Ok(());
                 };
                 let stopped = federation.stop_all()?;
-                println!("stopped {stopped} node(s); data kept in {}", cli.dir.display());
+                println!(
+                    "stopped {stopped} node(s); data kept in {}",
+                    cli.dir.display()
+                );
                 Ok(())
             }
             Command::Reset => {
@@ -108,7 +111,10 @@ fn main() -> anyhow::Result<()> {
 /// Opens or creates the testnet and starts every node that is not running.
 async fn up(dir: &Path, node_bin: Option<&Path>, operators: usize) -> anyhow::Result<Federation> {
     if !(1..=DEFAULT_OPERATORS.len()).contains(&operators) {
-        bail!("--operators must be between 1 and {}", DEFAULT_OPERATORS.len());
+        bail!(
+            "--operators must be between 1 and {}",
+            DEFAULT_OPERATORS.len()
+        );
     }
     let node_bin = node_binary::find(node_bin)?;
     let mut federation = match Federation::open(dir)? {
@@ -120,10 +126,17 @@ async fn up(dir: &Path, node_bin: Option<&Path>, operators: usize) -> anyhow::Re
         }
         None => Federation::create(dir, &DEFAULT_OPERATORS[..operators], node_bin)?,
     };
-    let ids: Vec<String> = federation.operators().iter().map(|o| o.id.clone()).collect();
+    let ids: Vec<String> = federation
+        .operators()
+        .iter()
+        .map(|o| o.id.clone())
+        .collect();
     let already = ids.iter().filter(|id| federation.is_running(id)).count();
     if already == ids.len() {
-        println!("testnet in {} is already running", federation.dir().display());
+        println!(
+            "testnet in {} is already running",
+            federation.dir().display()
+        );
         return Ok(federation);
     }
     let bar = progress(ids.len() as u64, "starting nodes");
@@ -134,7 +147,11 @@ async fn up(dir: &Path, node_bin: Option<&Path>, operators: usize) -> anyhow::Re
         bar.inc(1);
     }
     bar.finish_and_clear();
-    println!("{} operator(s) running in {}", ids.len(), federation.dir().display());
+    println!(
+        "{} operator(s) running in {}",
+        ids.len(),
+        federation.dir().display()
+    );
     Ok(federation)
 }
 
@@ -191,7 +208,10 @@ async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
         if json {
             println!("{{\"running\":false,\"operators\":[]}}");
         } else {
-            println!("no testnet in {} (start one with `mim4-testnet up`)", dir.display());
+            println!(
+                "no testnet in {} (start one with `mim4-testnet up`)",
+                dir.display()
+            );
         }
         return Ok(());
     };
@@ -248,7 +268,13 @@ async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
             r.operator,
             r.api_addr,
             dash(r.pid.map(|p| p.to_string())),
-            if r.healthy { "ok" } else if r.running { "failing" } else { "down" },
+            if r.healthy {
+                "ok"
+            } else if r.running {
+                "failing"
+            } else {
+                "down"
+            },
             dash(r.trust_list_version.map(|v| format!("v{v}"))),
             dash(r.peers.map(|v| v.to_string())),
             dash(r.received.map(|v| v.to_string())),
@@ -283,8 +309,15 @@ fn logs(dir: &Path, operator: Option<&str>, lines: usize) -> anyhow::Result<()> 
 /// and verified against the trust list. Fails if any is missing or invalid.
 async fn demo(federation: &Federation) -> anyhow::Result<()> {
     let trust = federation.trust_list()?;
-    let ids: Vec<String> = federation.operators().iter().map(|o| o.id.clone()).collect();
-    println!("\nEvery operator sends a signed message to every other ({} messages):", ids.len() * ids.len().saturating_sub(1));
+    let ids: Vec<String> = federation
+        .operators()
+        .iter()
+        .map(|o| o.id.clone())
+        .collect();
+    println!(
+        "\nEvery operator sends a signed message to every other ({} messages):",
+        ids.len() * ids.len().saturating_sub(1)
+    );
     let mut sent = Vec::new();
     for from in &ids {
         let client = federation.admin(from).await?;
@@ -328,20 +361,29 @@ async fn demo(federation: &Federation) -> anyhow::Result<()> {
             ),
             Err(e) => {
                 failures += 1;
-                println!("{from:<24} -> {to:<24} {:<34} {:<18} {bad_mark} {e}", "-", "-");
+                println!(
+                    "{from:<24} -> {to:<24} {:<34} {:<18} {bad_mark} {e}",
+                    "-", "-"
+                );
             }
         }
     }
     if failures > 0 {
         bail!("{failures} receipt(s) missing or invalid");
     }
-    println!("\nAll receipts verified against trust list v{}. The federation keeps running:", trust.version());
+    println!(
+        "\nAll receipts verified against trust list v{}. The federation keeps running:",
+        trust.version()
+    );
     println!("  mim4-testnet status      # health and counters");
     println!("  mim4-testnet logs fi.helsinki");
     println!(
         "  cargo run -p mim4-sdk --example send_memo -- {} \"$(cat {})\" {}",
         federation.operators()[0].api_url(),
-        federation.operators()[0].dir.join("admin.credential").display(),
+        federation.operators()[0]
+            .dir
+            .join("admin.credential")
+            .display(),
         ids.get(1).map_or("se.stockholm", String::as_str)
     );
     println!("  mim4-testnet down        # stop every node");

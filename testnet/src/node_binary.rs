@@ -55,7 +55,9 @@ fn build(target_profile_dir: &Path) -> anyhow::Result<()> {
     if !workspace.join("Cargo.toml").is_file() {
         bail!("mim4-node is missing and the source tree is not available to build it");
     }
-    let release = target_profile_dir.file_name().is_some_and(|n| n == "release");
+    let release = target_profile_dir
+        .file_name()
+        .is_some_and(|n| n == "release");
     let spinner = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         indicatif::ProgressBar::new_spinner()
     } else {

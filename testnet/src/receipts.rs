@@ -33,7 +33,8 @@ pub fn check(
         return Err("no receipt".into());
     }
     let signed = wire::decode_signed_envelope(sent).map_err(|e| format!("sent envelope: {e}"))?;
-    let envelope = wire::decode_envelope(&signed.body).map_err(|e| format!("sent envelope: {e}"))?;
+    let envelope =
+        wire::decode_envelope(&signed.body).map_err(|e| format!("sent envelope: {e}"))?;
     let body_sha256 = body_sha256(&signed.body);
     let expected = Expected {
         message_id: envelope.message_id,

@@ -25,7 +25,9 @@ fn testnet(dir: &Path, args: &[&str]) -> Output {
 fn pid_alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|stat| {
-            let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next());
+            let state = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next());
             !matches!(state, Some(Some('Z' | 'X')))
         })
         .unwrap_or(false)
@@ -56,14 +58,23 @@ fn up_status_demo_down_leaves_no_process_behind() {
     assert_eq!(json["running"], true, "{json}");
     let operators = json["operators"].as_array().unwrap();
     assert_eq!(operators.len(), 3);
-    let pids: Vec<u64> = operators.iter().map(|o| o["pid"].as_u64().unwrap()).collect();
-    assert!(operators.iter().all(|o| o["trust_list_version"] == 1 && o["peers"] == 2));
+    let pids: Vec<u64> = operators
+        .iter()
+        .map(|o| o["pid"].as_u64().unwrap())
+        .collect();
+    assert!(operators
+        .iter()
+        .all(|o| o["trust_list_version"] == 1 && o["peers"] == 2));
     assert!(pids.iter().all(|&p| pid_alive(p)));
 
     let demo = testnet(&dir, &["demo"]);
     assert!(demo.status.success(), "demo failed");
     let report = String::from_utf8_lossy(&demo.stdout);
-    assert_eq!(report.matches(" ok").count(), 6, "six verified receipts: {report}");
+    assert_eq!(
+        report.matches(" ok").count(),
+        6,
+        "six verified receipts: {report}"
+    );
     assert!(report.contains("All receipts verified"));
 
     let logs = testnet(&dir, &["logs", "fi.helsinki", "-n", "5"]);

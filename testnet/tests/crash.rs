@@ -53,9 +53,16 @@ async fn receiver_killed_mid_stream_loses_and_duplicates_nothing() {
     let node_bin = node_binary::find(None).unwrap();
     let mut federation = Federation::create(dir.path(), &DEFAULT_OPERATORS[..3], node_bin).unwrap();
     federation.start_all().unwrap();
-    let ids: Vec<String> = federation.operators().iter().map(|o| o.id.clone()).collect();
+    let ids: Vec<String> = federation
+        .operators()
+        .iter()
+        .map(|o| o.id.clone())
+        .collect();
     for id in &ids {
-        federation.wait_ready(id, Duration::from_secs(60)).await.unwrap();
+        federation
+            .wait_ready(id, Duration::from_secs(60))
+            .await
+            .unwrap();
     }
     let receiver = ids[1].clone();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -100,19 +107,28 @@ async fn receiver_killed_mid_stream_loses_and_duplicates_nothing() {
     let threshold = PER_SENDER * 2 / 3;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while ledger.lock().unwrap().acknowledged.len() < threshold {
-        assert!(tokio::time::Instant::now() < deadline, "stream did not start");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream did not start"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(federation.kill(&receiver).unwrap(), "receiver was running");
     tokio::time::sleep(Duration::from_millis(300)).await;
     federation.start(&receiver).unwrap();
-    federation.wait_ready(&receiver, Duration::from_secs(60)).await.unwrap();
+    federation
+        .wait_ready(&receiver, Duration::from_secs(60))
+        .await
+        .unwrap();
 
     while let Some(sent) = senders.join_next().await {
         sent_ids.extend(sent.unwrap());
     }
     for (client, id) in &sent_ids {
-        let outgoing = client.wait_delivered(*id, Duration::from_secs(90)).await.unwrap();
+        let outgoing = client
+            .wait_delivered(*id, Duration::from_secs(90))
+            .await
+            .unwrap();
         assert_eq!(outgoing.state, mim4_sdk::Delivery::Delivered, "{id}");
     }
     assert_eq!(federation.stop_all().unwrap(), 3);
@@ -125,9 +141,16 @@ async fn receiver_killed_mid_stream_loses_and_duplicates_nothing() {
             *applied.entry(tag).or_default() += 1;
         }
     }
-    let lost: Vec<_> = ledger.acknowledged.iter().filter(|t| !applied.contains_key(*t)).collect();
+    let lost: Vec<_> = ledger
+        .acknowledged
+        .iter()
+        .filter(|t| !applied.contains_key(*t))
+        .collect();
     let duplicated: Vec<_> = applied.iter().filter(|(_, &n)| n > 1).collect();
-    let unexpected: Vec<_> = applied.keys().filter(|t| !ledger.attempted.contains(*t)).collect();
+    let unexpected: Vec<_> = applied
+        .keys()
+        .filter(|t| !ledger.attempted.contains(*t))
+        .collect();
     println!(
         "attempted {}, acknowledged {}, applied {}, lost {}, duplicated {}, unexpected {}",
         ledger.attempted.len(),
@@ -140,14 +163,25 @@ async fn receiver_killed_mid_stream_loses_and_duplicates_nothing() {
     assert!(lost.is_empty(), "lost: {lost:?}");
     assert!(duplicated.is_empty(), "duplicated: {duplicated:?}");
     assert!(unexpected.is_empty(), "unexpected: {unexpected:?}");
-    assert_eq!(ledger.acknowledged.len(), 6 + 2 * PER_SENDER, "every send was acknowledged");
+    assert_eq!(
+        ledger.acknowledged.len(),
+        6 + 2 * PER_SENDER,
+        "every send was acknowledged"
+    );
 
     // Every sender's outbox holds a receipt for every message, read offline too.
     for id in &ids {
         let store = Store::open(&federation.operator(id).unwrap().dir.join("data")).unwrap();
         for (message_id, outgoing) in store.all_outgoing().unwrap() {
-            assert_eq!(outgoing.state, OutgoingState::Delivered, "{id} {message_id}");
-            assert!(outgoing.receipt.is_some(), "{id} {message_id} has no receipt");
+            assert_eq!(
+                outgoing.state,
+                OutgoingState::Delivered,
+                "{id} {message_id}"
+            );
+            assert!(
+                outgoing.receipt.is_some(),
+                "{id} {message_id} has no receipt"
+            );
         }
     }
 }

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -181,7 +181,11 @@ impl Clients {
             .map(|m| (m.modified().ok(), m.ino(), m.len()));
         if modified != cache.0 || modified.is_none() {
             let file = read_file(&self.path).map_err(|e| AuthError::File(e.to_string()))?;
-            cache.1 = file.clients.into_iter().map(|c| (c.id.clone(), c)).collect();
+            cache.1 = file
+                .clients
+                .into_iter()
+                .map(|c| (c.id.clone(), c))
+                .collect();
             cache.0 = modified;
         }
         let Some(entry) = cache.1.get(client_id) else {
@@ -248,7 +252,8 @@ fn write_file(path: &Path, file: &ClientsFile) -> Result<(), ManageError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| err(e.to_string()))?;
-    out.write_all(text.as_bytes()).map_err(|e| err(e.to_string()))?;
+    out.write_all(text.as_bytes())
+        .map_err(|e| err(e.to_string()))?;
     out.sync_all().map_err(|e| err(e.to_string()))?;
     fs::rename(&tmp, path).map_err(|e| err(e.to_string()))?;
     Ok(())
@@ -316,12 +321,21 @@ mod tests {
         let credential = add(&path, "edu", ClientRole::Service, None, [7; 32], 1).unwrap();
         let caller = clients.authenticate(Some(&credential)).unwrap();
         assert_eq!(caller.role, ClientRole::Service);
-        assert_eq!(clients.authenticate(Some("garbage")), Err(AuthError::Malformed));
+        assert_eq!(
+            clients.authenticate(Some("garbage")),
+            Err(AuthError::Malformed)
+        );
         let wrong = format!("{CREDENTIAL_PREFIX}edu:{}", "0".repeat(64));
         assert_eq!(clients.authenticate(Some(&wrong)), Err(AuthError::Invalid));
-        assert!(matches!(add(&path, "edu", ClientRole::Admin, None, [8; 32], 1), Err(ManageError::Exists(_))));
+        assert!(matches!(
+            add(&path, "edu", ClientRole::Admin, None, [8; 32], 1),
+            Err(ManageError::Exists(_))
+        ));
         revoke(&path, "edu").unwrap();
-        assert_eq!(clients.authenticate(Some(&credential)), Err(AuthError::Revoked("edu".into())));
+        assert_eq!(
+            clients.authenticate(Some(&credential)),
+            Err(AuthError::Revoked("edu".into()))
+        );
         assert_eq!(list(&path).unwrap().len(), 1);
     }
 }

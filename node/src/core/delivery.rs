@@ -9,8 +9,8 @@
 //! [`check_receipt`] before it marks a message delivered.
 
 use crate::core::envelope::{
-    Envelope, EnvelopeLimits, Payload, Receipt, RejectReason, Rejection, Verifier,
-    VerifiedEnvelope, PROTOCOL_VERSION,
+    Envelope, EnvelopeLimits, Payload, Receipt, RejectReason, Rejection, VerifiedEnvelope,
+    Verifier, PROTOCOL_VERSION,
 };
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::trust::VerifiedTrustList;

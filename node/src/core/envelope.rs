@@ -253,10 +253,15 @@ impl Verifier<'_> {
             return Err(reject(RejectReason::BadSignature));
         }
         if &envelope.recipient != self.me {
-            return Err(reject(RejectReason::WrongRecipient(envelope.recipient.clone())));
+            return Err(reject(RejectReason::WrongRecipient(
+                envelope.recipient.clone(),
+            )));
         }
-        let lifetime_ms = envelope.expires_at_ms.saturating_sub(envelope.created_at_ms);
-        if envelope.expires_at_ms <= envelope.created_at_ms || lifetime_ms > self.limits.lifetime_ms_max
+        let lifetime_ms = envelope
+            .expires_at_ms
+            .saturating_sub(envelope.created_at_ms);
+        if envelope.expires_at_ms <= envelope.created_at_ms
+            || lifetime_ms > self.limits.lifetime_ms_max
         {
             return Err(reject(RejectReason::BadLifetime {
                 lifetime_ms,
@@ -351,7 +356,7 @@ pub enum RejectReason {
     #[error("key {0} is not one of the sender's keys in the trust list")]
     UnknownKey(KeyId),
     /// The key is outside its validity window.
-    #[error("key {key_id} is not valid now (valid from {not_before_ms} ms until {} )", .not_after_ms.map_or("no end".to_owned(), |t| format!("{t} ms")))]
+    #[error("key {key_id} is not valid now (valid from {not_before_ms} ms until {})", .not_after_ms.map_or("no end".to_owned(), |t| format!("{t} ms")))]
     KeyNotValidNow {
         /// The key.
         key_id: KeyId,
@@ -361,7 +366,9 @@ pub enum RejectReason {
         not_after_ms: Option<u64>,
     },
     /// The signature does not verify: the envelope was altered or forged.
-    #[error("signature does not verify: the envelope was altered or not signed by the sender's key")]
+    #[error(
+        "signature does not verify: the envelope was altered or not signed by the sender's key"
+    )]
     BadSignature,
     /// Addressed to another operator.
     #[error("envelope is addressed to {0}, not to this node")]
@@ -393,7 +400,9 @@ pub enum RejectReason {
         skew_ms_max: u64,
     },
     /// The message id was already applied.
-    #[error("message id was already applied at {first_applied_at_ms} ms (replay or retransmission)")]
+    #[error(
+        "message id was already applied at {first_applied_at_ms} ms (replay or retransmission)"
+    )]
     Replayed {
         /// When the first copy was applied.
         first_applied_at_ms: u64,

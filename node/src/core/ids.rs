@@ -39,9 +39,9 @@ impl OperatorId {
             return Err(OperatorIdError::TooLong(id.len()));
         }
         let first_is_letter = id.as_bytes()[0].is_ascii_lowercase();
-        let all_allowed = id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
+        let all_allowed = id.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        });
         if !first_is_letter || !all_allowed {
             return Err(OperatorIdError::BadCharacter(id));
         }

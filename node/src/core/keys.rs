@@ -185,7 +185,9 @@ mod tests {
         assert!(key.public().verify(ENVELOPE_DOMAIN, b"body", &signature));
         assert!(!key.public().verify(TRUST_LIST_DOMAIN, b"body", &signature));
         assert!(!key.public().verify(ENVELOPE_DOMAIN, b"bodY", &signature));
-        assert!(!key.public().verify(ENVELOPE_DOMAIN, b"body", &signature[..63]));
+        assert!(!key
+            .public()
+            .verify(ENVELOPE_DOMAIN, b"body", &signature[..63]));
     }
 
     #[test]
@@ -201,7 +203,10 @@ mod tests {
         let mut identity = [0u8; 32];
         identity[0] = 1;
         assert_eq!(PublicKey::from_bytes(&identity), Err(KeyError::Weak));
-        assert_eq!(PublicKey::from_bytes(&[0; 31]), Err(KeyError::BadLength(31)));
+        assert_eq!(
+            PublicKey::from_bytes(&[0; 31]),
+            Err(KeyError::BadLength(31))
+        );
         assert!(PublicKey::from_hex("not hex").is_err());
     }
 

@@ -40,7 +40,11 @@ impl Backoff {
         let half = base / 2;
         let jitter = jitter.clamp(0.0, 1.0);
         // The product is at most `half`, which fits in u64; truncation is the intent.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
         let random = (half as f64 * jitter) as u64;
         half + random
     }
@@ -72,7 +76,11 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// An empty scheduler.
-    pub fn new(backoff: Backoff, in_flight_per_peer_max: usize, in_flight_total_max: usize) -> Self {
+    pub fn new(
+        backoff: Backoff,
+        in_flight_per_peer_max: usize,
+        in_flight_total_max: usize,
+    ) -> Self {
         Self {
             backoff,
             in_flight_per_peer_max: in_flight_per_peer_max.max(1),
@@ -139,9 +147,10 @@ impl Scheduler {
     /// forgotten; the caller marks it expired in the store.
     #[must_use]
     pub fn poll_expired(&mut self, now_ms: u64) -> Option<MessageId> {
-        let &(expires_at_ms, id) = self.expiry.iter().find(|(_, id)| {
-            self.entries.get(id).is_some_and(|e| !e.in_flight)
-        })?;
+        let &(expires_at_ms, id) = self
+            .expiry
+            .iter()
+            .find(|(_, id)| self.entries.get(id).is_some_and(|e| !e.in_flight))?;
         if expires_at_ms > now_ms {
             return None;
         }
@@ -301,7 +310,11 @@ mod tests {
             started.push((m, p));
         }
         assert_eq!(started.len(), 3, "total cap");
-        assert_eq!(started.iter().filter(|(_, p)| p == &peer("b")).count(), 2, "per-peer cap");
+        assert_eq!(
+            started.iter().filter(|(_, p)| p == &peer("b")).count(),
+            2,
+            "per-peer cap"
+        );
         s.handle_attempt_succeeded(started[0].0);
         assert!(s.poll_due(0).is_some());
     }

@@ -153,7 +153,12 @@ impl TrustList {
         let body = wire::encode_trust_list(self);
         let signatures = keys
             .iter()
-            .map(|key| (key.public().key_id(), key.sign(TRUST_LIST_DOMAIN, &body).to_vec()))
+            .map(|key| {
+                (
+                    key.public().key_id(),
+                    key.sign(TRUST_LIST_DOMAIN, &body).to_vec(),
+                )
+            })
             .collect();
         SignedTrustList { body, signatures }
     }
@@ -256,8 +261,12 @@ impl VerifiedTrustList {
                 now_ms,
             });
         }
-        let anchor: Vec<PublicKey> =
-            self.list.governance_keys.iter().map(|g| g.public_key).collect();
+        let anchor: Vec<PublicKey> = self
+            .list
+            .governance_keys
+            .iter()
+            .map(|g| g.public_key)
+            .collect();
         check_signatures(&candidate, &anchor, self.list.threshold)?;
         Ok(Self::new(list, candidate))
     }
@@ -284,7 +293,9 @@ fn check_signatures(
     threshold: u32,
 ) -> Result<(), TrustListError> {
     if threshold == 0 {
-        return Err(TrustListError::Invalid("threshold must be at least 1".into()));
+        return Err(TrustListError::Invalid(
+            "threshold must be at least 1".into(),
+        ));
     }
     let mut valid = std::collections::BTreeSet::new();
     for (key_id, signature) in &signed.signatures {

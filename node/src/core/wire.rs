@@ -140,10 +140,14 @@ pub fn decode_envelope(body: &[u8]) -> Result<Envelope, String> {
     })
 }
 
-
 fn message_id_field(bytes: &[u8], field: &str) -> Result<MessageId, String> {
-    MessageId::from_slice(bytes)
-        .ok_or_else(|| format!("{field} must be {} bytes, got {}", MessageId::LEN, bytes.len()))
+    MessageId::from_slice(bytes).ok_or_else(|| {
+        format!(
+            "{field} must be {} bytes, got {}",
+            MessageId::LEN,
+            bytes.len()
+        )
+    })
 }
 
 /// Encodes a signed envelope.
@@ -164,6 +168,12 @@ pub fn signed_envelope_to_pb(signed: &SignedEnvelope) -> pb::SignedEnvelope {
 pub fn decode_signed_envelope(bytes: &[u8]) -> Result<SignedEnvelope, String> {
     let raw = pb::SignedEnvelope::decode(bytes)
         .map_err(|e| format!("signed envelope does not decode: {e}"))?;
+    // prost skips unknown fields and lets a repeated field override an earlier
+    // one; refuse both, so one message has one byte form (replay and storage
+    // see exactly what was signed and nothing else).
+    if raw.encoded_len() != bytes.len() {
+        return Err("signed envelope has unknown, repeated or padded fields".into());
+    }
     if raw.signature.len() != SIGNATURE_LEN {
         return Err(format!(
             "signature must be {SIGNATURE_LEN} bytes, got {}",
@@ -255,8 +265,7 @@ pub fn decode_trust_list(body: &[u8]) -> Result<TrustList, TrustListError> {
             max: limits::TRUST_LIST_BYTES_MAX,
         });
     }
-    let raw =
-        pb::TrustList::decode(body).map_err(|e| TrustListError::Malformed(e.to_string()))?;
+    let raw = pb::TrustList::decode(body).map_err(|e| TrustListError::Malformed(e.to_string()))?;
     let invalid = |text: String| TrustListError::Invalid(text);
     if raw.federation_id.is_empty() || raw.federation_id.len() > limits::TEXT_FIELD_BYTES_MAX {
         return Err(invalid("federation_id must be 1 to 512 bytes".into()));
@@ -299,7 +308,10 @@ pub fn decode_trust_list(body: &[u8]) -> Result<TrustList, TrustListError> {
     for m in raw.members {
         let member = member_from_pb(m).map_err(invalid)?;
         if !seen_ids.insert(member.operator_id.clone()) {
-            return Err(invalid(format!("member {} is listed twice", member.operator_id)));
+            return Err(invalid(format!(
+                "member {} is listed twice",
+                member.operator_id
+            )));
         }
         members.push(member);
     }
@@ -322,10 +334,14 @@ fn member_from_pb(m: pb::Member) -> Result<Member, String> {
         return Err(format!("member {operator_id}: a text field is too long"));
     }
     if m.p2p_addrs.len() > 16 || !m.p2p_addrs.iter().all(text_ok) {
-        return Err(format!("member {operator_id}: too many or too long p2p addresses"));
+        return Err(format!(
+            "member {operator_id}: too many or too long p2p addresses"
+        ));
     }
     if m.sectors.len() > 32 || !m.sectors.iter().all(text_ok) {
-        return Err(format!("member {operator_id}: too many or too long sectors"));
+        return Err(format!(
+            "member {operator_id}: too many or too long sectors"
+        ));
     }
     if m.keys.is_empty() || m.keys.len() > limits::KEYS_PER_MEMBER_MAX {
         return Err(format!(
@@ -406,8 +422,8 @@ pub fn decode_signed_trust_list(bytes: &[u8]) -> Result<SignedTrustList, TrustLi
             max: limits::TRUST_LIST_BYTES_MAX,
         });
     }
-    let raw = pb::SignedTrustList::decode(bytes)
-        .map_err(|e| TrustListError::Malformed(e.to_string()))?;
+    let raw =
+        pb::SignedTrustList::decode(bytes).map_err(|e| TrustListError::Malformed(e.to_string()))?;
     signed_trust_list_from_pb(raw)
 }
 

@@ -24,7 +24,10 @@ async fn every_pair_exchanges_a_memo_with_a_receipt() {
         }
     }
     for (client, id) in sent {
-        let outgoing = client.wait_delivered(id, Duration::from_secs(60)).await.unwrap();
+        let outgoing = client
+            .wait_delivered(id, Duration::from_secs(60))
+            .await
+            .unwrap();
         assert_eq!(outgoing.state, Delivery::Delivered);
         assert!(!outgoing.receipt.is_empty());
     }
@@ -51,7 +54,10 @@ async fn outbox_delivers_after_the_recipient_and_the_sender_restart() {
     net.start(0).await;
     net.start(1).await;
     let client = net.admin(0).await;
-    let outgoing = client.wait_delivered(id, Duration::from_secs(60)).await.unwrap();
+    let outgoing = client
+        .wait_delivered(id, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(outgoing.state, Delivery::Delivered);
     assert!(outgoing.attempts >= 1);
     let received = net.admin(1).await.messages(0, 10).await.unwrap();
@@ -72,10 +78,14 @@ async fn trust_list_spreads_and_suspension_takes_effect() {
     assert_eq!(version, 2);
     for i in 0..3 {
         let client = net.admin(i).await;
-        eventually(&format!("node {i} on trust list v2"), Duration::from_secs(60), || {
-            let client = client.clone();
-            async move { (client.status().await.ok()?.trust_list_version == 2).then_some(()) }
-        })
+        eventually(
+            &format!("node {i} on trust list v2"),
+            Duration::from_secs(60),
+            || {
+                let client = client.clone();
+                async move { (client.status().await.ok()?.trust_list_version == 2).then_some(()) }
+            },
+        )
         .await;
     }
     // The suspended member's message is refused by the recipient and stays pending.
@@ -104,6 +114,9 @@ async fn trust_list_spreads_and_suspension_takes_effect() {
         .send_message("se.stockholm", "x", "")
         .await
         .unwrap_err();
-    assert!(matches!(refused, mim4_sdk::CallError::NotFound(_)), "{refused}");
+    assert!(
+        matches!(refused, mim4_sdk::CallError::NotFound(_)),
+        "{refused}"
+    );
     net.shutdown().await;
 }

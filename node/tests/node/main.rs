@@ -5,7 +5,7 @@
 
 mod util;
 
+mod api_access;
 mod exchange;
 mod hostile;
-mod api_access;
 mod rotation;

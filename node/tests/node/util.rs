@@ -15,7 +15,12 @@ use mim4_node::node::now_ms;
 use mim4_node::trust_draft::{Draft, DraftKey, DraftMember};
 use mim4_node::NodeHandle;
 
-pub(crate) const OPERATORS: &[&str] = &["fi.helsinki", "fi.incomeregister", "se.stockholm", "fr.iledefrance"];
+pub(crate) const OPERATORS: &[&str] = &[
+    "fi.helsinki",
+    "fi.incomeregister",
+    "se.stockholm",
+    "fr.iledefrance",
+];
 
 pub(crate) struct TestNet {
     pub(crate) dir: tempfile::TempDir,
@@ -37,7 +42,10 @@ impl TestNet {
         let listeners: Vec<TcpListener> = (0..2 * n)
             .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
-        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
         drop(listeners);
         let mut keys = Vec::new();
         let mut configs = Vec::new();
@@ -68,8 +76,15 @@ impl TestNet {
                 .unwrap();
             let clients_file = op_dir.join("clients.toml");
             credentials.push(
-                clients::add(&clients_file, "admin", ClientRole::Admin, None, [i as u8 + 1; 32], 0)
-                    .unwrap(),
+                clients::add(
+                    &clients_file,
+                    "admin",
+                    ClientRole::Admin,
+                    None,
+                    [i as u8 + 1; 32],
+                    0,
+                )
+                .unwrap(),
             );
             configs.push(Config {
                 operator_id: OperatorId::new(*id).unwrap(),
@@ -135,7 +150,9 @@ impl TestNet {
 
     /// An admin SDK client of node `i`.
     pub(crate) async fn admin(&self, i: usize) -> mim4_sdk::Client {
-        mim4_sdk::Client::connect(&self.api_url(i), &self.credentials[i]).await.unwrap()
+        mim4_sdk::Client::connect(&self.api_url(i), &self.credentials[i])
+            .await
+            .unwrap()
     }
 
     pub(crate) fn api_url(&self, i: usize) -> String {
