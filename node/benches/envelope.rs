@@ -97,8 +97,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("seal", |b| b.iter(|| envelope.seal(&sender_key)));
     group.bench_function("raw_verify_strict (floor)", |b| {
         b.iter(|| {
-            raw_key
-                .verifying_key()
+            raw_verifying_key
                 .verify_strict(&sealed.bytes, &raw_signature)
                 .unwrap()
         })
