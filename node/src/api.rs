@@ -13,6 +13,7 @@
 //! - [`clients`]: the credential table and the `client` commands.
 
 pub mod clients;
+mod consent;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,7 @@ use crate::limits;
 use crate::node::{Error, SendError, Shared};
 use crate::store::OutgoingState;
 
-struct ApiService {
+pub(crate) struct ApiService {
     shared: Arc<Shared>,
 }
 
@@ -43,7 +44,7 @@ impl std::fmt::Debug for ApiService {
 
 impl ApiService {
     /// Authenticates the caller and checks that its role may make this call.
-    fn authorize<T>(
+    pub(crate) fn authorize<T>(
         &self,
         request: &Request<T>,
         call: &'static str,
@@ -264,6 +265,76 @@ impl OperatorApi for ApiService {
             })?;
         info!(client = %caller.id, version, "trust list installed by admin");
         Ok(Response::new(pb::InstallTrustListResponse { version }))
+    }
+
+    async fn request_consent(
+        &self,
+        request: Request<pb::RequestConsentRequest>,
+    ) -> Result<Response<pb::ConsentIdResponse>, Status> {
+        self.request_consent_impl(request).await
+    }
+
+    async fn act_on_consent(
+        &self,
+        request: Request<pb::ActOnConsentRequest>,
+    ) -> Result<Response<pb::ConsentView>, Status> {
+        self.act_on_consent_impl(request).await
+    }
+
+    async fn narrow_consent(
+        &self,
+        request: Request<pb::NarrowConsentRequest>,
+    ) -> Result<Response<pb::ConsentView>, Status> {
+        self.narrow_consent_impl(request).await
+    }
+
+    async fn create_arrangement(
+        &self,
+        request: Request<pb::CreateArrangementRequest>,
+    ) -> Result<Response<pb::ConsentView>, Status> {
+        self.create_arrangement_impl(request).await
+    }
+
+    async fn record_delegation(
+        &self,
+        request: Request<pb::RecordDelegationRequest>,
+    ) -> Result<Response<pb::ConsentIdResponse>, Status> {
+        self.record_delegation_impl(request).await
+    }
+
+    async fn list_consents(
+        &self,
+        request: Request<pb::ListConsentsRequest>,
+    ) -> Result<Response<pb::ListConsentsResponse>, Status> {
+        self.list_consents_impl(request).await
+    }
+
+    async fn get_consent(
+        &self,
+        request: Request<pb::GetConsentRequest>,
+    ) -> Result<Response<pb::ConsentView>, Status> {
+        self.get_consent_impl(request).await
+    }
+
+    async fn pull_consent(
+        &self,
+        request: Request<pb::PullConsentRequest>,
+    ) -> Result<Response<pb::ConsentView>, Status> {
+        self.pull_consent_impl(request).await
+    }
+
+    async fn decide(
+        &self,
+        request: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::DecideResponse>, Status> {
+        self.decide_impl(request).await
+    }
+
+    async fn export_consent(
+        &self,
+        request: Request<pb::ExportConsentRequest>,
+    ) -> Result<Response<pb::ExportConsentResponse>, Status> {
+        self.export_consent_impl(request).await
     }
 }
 

@@ -13,8 +13,10 @@
 //! - [`envelope`]: sealing and verifying signed envelopes.
 //! - [`delivery`]: exactly-once application, receipts and their checks.
 //! - [`outbox`]: retry scheduling with backoff and bounded concurrency.
+//! - [`consent`]: consent records, arrangements, delegation and the decision index.
 //! - [`wire`]: the one place that converts to and from the protobuf wire types.
 
+pub mod consent;
 pub mod delivery;
 pub mod envelope;
 pub mod ids;

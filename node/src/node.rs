@@ -32,6 +32,10 @@ use crate::store::{self, Outgoing, OutgoingState, Store};
 use crate::transport::grpc::PeerClients;
 use crate::{api, identity, transport};
 
+pub mod consent;
+
+use consent::ConsentState;
+
 /// Errors starting or running a node.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -91,6 +95,9 @@ pub enum Refusal {
         /// Why.
         reason: String,
     },
+    /// A call asked for something this node does not hold.
+    #[error("not found: {0}")]
+    NotFound(String),
     /// The node failed to store it; the sender should retry.
     #[error("storage failure, retry later: {0}")]
     Store(#[from] store::Error),
@@ -154,6 +161,10 @@ pub struct Shared {
     fetching: Mutex<std::collections::HashSet<OperatorId>>,
     /// Background tasks (trust-list offers and fetches); taken at shutdown.
     tasks: Mutex<Option<JoinSet<()>>>,
+    /// The consent decision index and delegation registry.
+    consents: RwLock<ConsentState>,
+    /// Serialises changes to consent records (one event at a time per node).
+    consent_writer: tokio::sync::Mutex<()>,
 }
 
 /// A running node. Dropping it does not stop it: call [`NodeHandle::shutdown`].
@@ -217,6 +228,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     let store = Store::open(&config.data_dir)?;
     let trust = load_trust_list(&config, &store)?;
     check_membership(&config, &key, &trust)?;
+    let consents = consent::load(&store, &trust)?;
 
     let peer_listener = tokio::net::TcpListener::bind(config.peer_listen)
         .await
@@ -247,6 +259,8 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         offered: Mutex::new(HashMap::new()),
         fetching: Mutex::new(std::collections::HashSet::new()),
         tasks: Mutex::new(Some(JoinSet::new())),
+        consents: RwLock::new(consents),
+        consent_writer: tokio::sync::Mutex::new(()),
     });
     let me = shared.config.operator_id.clone();
     info!(operator = %me, %peer_addr, %api_addr, trust_list_version = shared.trust().version(), "node started");
@@ -447,6 +461,29 @@ impl Shared {
                     message_id: envelope.message_id,
                     sender: envelope.sender.clone(),
                     reason: "receipts travel in Deliver responses, not as messages".into(),
+                })
+            }
+            Payload::ConsentOffer(_) | Payload::ConsentRecord(_) => {
+                // Idempotent effects (a repeated offer or an older log change
+                // nothing), written before the replay entry and made durable
+                // by the same flush.
+                if let Err(reason) = self
+                    .apply_consent_payload(&envelope.sender, &envelope.payload)
+                    .await
+                {
+                    warn!(%reason, "consent notice refused");
+                    return Err(Refusal::Unusable {
+                        message_id: envelope.message_id,
+                        sender: envelope.sender.clone(),
+                        reason,
+                    });
+                }
+            }
+            Payload::ConsentStatusQuery(_) | Payload::ConsentStatusAnswer(_) => {
+                return Err(Refusal::Unusable {
+                    message_id: envelope.message_id,
+                    sender: envelope.sender.clone(),
+                    reason: "status queries are calls, not notices".into(),
                 })
             }
             Payload::TrustListUpdate(signed) => match trust.check_update(signed.clone(), now) {
@@ -681,6 +718,78 @@ impl Shared {
             .await
             .map_err(|_| SendError::ShuttingDown)?;
         Ok(sealed.message_id)
+    }
+
+    /// Sends a synchronous request to `to` and returns its verified answer.
+    pub async fn call(self: &Arc<Self>, to: OperatorId, payload: Payload) -> Result<Payload, String> {
+        let trust = self.trust();
+        let endpoint = trust
+            .member(&to)
+            .filter(|m| m.status == MemberStatus::Active)
+            .map(|m| m.grpc_endpoint.clone())
+            .ok_or_else(|| format!("{to} is not an active member of the federation"))?;
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let request_id = MessageId::from_bytes(id);
+        let sealed = self
+            .sender_context(trust.version())
+            .envelope(request_id, to.clone(), now_ms(), None, payload)
+            .seal(&self.key);
+        let answer = self.peers.call(&endpoint, sealed.bytes).await?;
+        let verifier = Verifier {
+            me: &self.config.operator_id,
+            trust: &trust,
+            limits: self.config.envelope_limits,
+        };
+        let verified = verifier.verify(&answer, now_ms()).map_err(|e| e.to_string())?;
+        let envelope = verified.into_envelope();
+        if envelope.sender != to || envelope.in_reply_to != Some(request_id) {
+            return Err(format!("{to} answered with an envelope that does not answer this call"));
+        }
+        Ok(envelope.payload)
+    }
+
+    /// Answers a call: verifies the request (calls read and change nothing, so
+    /// no replay entry is kept) and returns the signed answer.
+    pub async fn answer_call(self: &Arc<Self>, bytes: &[u8]) -> Result<Vec<u8>, Refusal> {
+        let trust = self.trust();
+        let verifier = Verifier {
+            me: &self.config.operator_id,
+            trust: &trust,
+            limits: self.config.envelope_limits,
+        };
+        let verified = verifier.verify(bytes, now_ms()).map_err(|rejection| {
+            warn!(reason = %rejection.reason, "call refused");
+            Refusal::Rejected {
+                rejection,
+                receipt: None,
+            }
+        })?;
+        let request = verified.into_envelope();
+        let unusable = |reason: String| Refusal::Unusable {
+            message_id: request.message_id,
+            sender: request.sender.clone(),
+            reason,
+        };
+        let answer = match &request.payload {
+            Payload::ConsentStatusQuery(id) => self
+                .answer_status_query(id)
+                .map_err(Refusal::NotFound)?,
+            other => return Err(unusable(format!("a {} is not a call", other.kind()))),
+        };
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let sealed = self
+            .sender_context(trust.version())
+            .envelope(
+                MessageId::from_bytes(id),
+                request.sender.clone(),
+                now_ms(),
+                Some(request.message_id),
+                answer,
+            )
+            .seal(&self.key);
+        Ok(sealed.bytes)
     }
 
     /// One delivery attempt: send the stored bytes, check the receipt, mark delivered.

@@ -5,7 +5,10 @@
 //! - `seen`: message id → what was applied (the replay window and the stored receipt);
 //! - `seen_expiry`: `expires_at_ms ‖ message id` → (), to prune `seen` in order;
 //! - `inbox`: sequence number → received message;
-//! - `outbox`: message id → outgoing message with its delivery state.
+//! - `outbox`: message id → outgoing message with its delivery state;
+//! - `consents`: consent id → the record's signed event log;
+//! - `delegations`: delegation id → who may act for whom;
+//! - `consent_deliveries`: consent id ‖ operator → the latest push of the record to that party.
 //!
 //! Every state change that is acknowledged to someone (a receipt to a peer, an
 //! answer to an API client) goes through [`Store::durable`] first, which
@@ -22,8 +25,11 @@ use sha2::{Digest as _, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional as _;
 
+use crate::core::consent::delegation::{Delegation, DelegationKind};
+use crate::core::consent::{ConsentId, ConsentLog, SubjectId};
 use crate::core::delivery::Applied;
 use crate::core::ids::{MessageId, OperatorId};
+use crate::core::wire;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +160,9 @@ pub struct Store {
     seen_expiry: sled::Tree,
     inbox: sled::Tree,
     outbox: sled::Tree,
+    consents: sled::Tree,
+    delegations: sled::Tree,
+    consent_deliveries: sled::Tree,
     counters: Arc<Counters>,
     group: Arc<GroupCommit>,
 }
@@ -184,6 +193,9 @@ impl Store {
             seen_expiry: db.open_tree("seen_expiry")?,
             inbox: db.open_tree("inbox")?,
             outbox: db.open_tree("outbox")?,
+            consents: db.open_tree("consents")?,
+            delegations: db.open_tree("delegations")?,
+            consent_deliveries: db.open_tree("consent_deliveries")?,
             db,
             counters: Arc::new(Counters::default()),
             group: Arc::new(GroupCommit::default()),
@@ -447,6 +459,121 @@ impl Store {
             delivered: c.delivered.load(Ordering::Relaxed),
             expired: c.expired.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredDelegation {
+    id: [u8; 16],
+    principal: String,
+    agent: String,
+    kind: String,
+    not_before_ms: u64,
+    not_after_ms: u64,
+    revoked: bool,
+}
+
+/// The latest push of a consent record to one party.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentDelivery {
+    /// The party.
+    pub operator: OperatorId,
+    /// Events in the version pushed.
+    pub events: u32,
+    /// The outbox message carrying it.
+    pub message_id: MessageId,
+}
+
+impl Store {
+    /// A record's signed log.
+    pub fn consent_log(&self, id: &ConsentId) -> Result<Option<ConsentLog>> {
+        let Some(bytes) = self.consents.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        wire::decode_consent_log(&bytes)
+            .map(Some)
+            .map_err(|reason| Error::Corrupt {
+                tree: "consents",
+                reason,
+            })
+    }
+
+    /// Stores a record's signed log (call [`Store::durable`] before acknowledging).
+    pub fn put_consent_log(&self, log: &ConsentLog) -> Result<()> {
+        self.consents
+            .insert(log.consent_id.as_bytes(), wire::encode_consent_log(log))?;
+        Ok(())
+    }
+
+    /// Every stored log (read at start to build the decision index).
+    pub fn consent_logs(&self) -> Result<Vec<ConsentLog>> {
+        let mut out = Vec::new();
+        for item in self.consents.iter() {
+            let (_, bytes) = item?;
+            out.push(
+                wire::decode_consent_log(&bytes).map_err(|reason| Error::Corrupt {
+                    tree: "consents",
+                    reason,
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Stores a delegation.
+    pub fn put_delegation(&self, d: &Delegation) -> Result<()> {
+        let stored = StoredDelegation {
+            id: *d.id.as_bytes(),
+            principal: d.principal.to_string(),
+            agent: d.agent.to_string(),
+            kind: d.kind.as_str().to_owned(),
+            not_before_ms: d.not_before_ms,
+            not_after_ms: d.not_after_ms,
+            revoked: d.revoked,
+        };
+        self.delegations.insert(d.id.as_bytes(), encode(&stored)?)?;
+        Ok(())
+    }
+
+    /// Every stored delegation.
+    pub fn delegations(&self) -> Result<Vec<Delegation>> {
+        let corrupt = |reason: String| Error::Corrupt {
+            tree: "delegations",
+            reason,
+        };
+        let mut out = Vec::new();
+        for item in self.delegations.iter() {
+            let (_, bytes) = item?;
+            let s: StoredDelegation = decode("delegations", &bytes)?;
+            out.push(Delegation {
+                id: ConsentId::from_bytes(s.id),
+                principal: SubjectId::new(s.principal).map_err(|e| corrupt(e.to_string()))?,
+                agent: SubjectId::new(s.agent).map_err(|e| corrupt(e.to_string()))?,
+                kind: DelegationKind::parse(&s.kind).ok_or_else(|| corrupt(s.kind.clone()))?,
+                not_before_ms: s.not_before_ms,
+                not_after_ms: s.not_after_ms,
+                revoked: s.revoked,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records the latest push of a record to a party.
+    pub fn set_consent_delivery(&self, id: &ConsentId, delivery: &ConsentDelivery) -> Result<()> {
+        let mut key = id.as_bytes().to_vec();
+        key.extend_from_slice(delivery.operator.as_str().as_bytes());
+        self.consent_deliveries.insert(key, encode(delivery)?)?;
+        Ok(())
+    }
+
+    /// The latest push of a record to each party.
+    pub fn consent_deliveries(&self, id: &ConsentId) -> Result<Vec<ConsentDelivery>> {
+        let mut out = Vec::new();
+        for item in self.consent_deliveries.scan_prefix(id.as_bytes()) {
+            let (_, bytes) = item?;
+            out.push(decode("consent_deliveries", &bytes)?);
+        }
+        Ok(out)
     }
 }
 

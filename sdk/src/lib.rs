@@ -18,6 +18,7 @@
 //! # Layout
 //! - [`Client`]: the connection and its calls.
 //! - [`ConnectError`], [`CallError`]: what can go wrong.
+//! - [`consent`]: consent calls ([`Terms`] builder, [`Decision`]).
 //! - [`proto`]: the wire types, re-exported for callers that need them.
 #![warn(missing_docs)]
 
@@ -32,6 +33,9 @@ use tonic::Code;
 
 /// The wire types of `mim4.v1`.
 pub use mim4_proto::v1 as proto;
+
+pub mod consent;
+pub use consent::{ConsentId, DecideQuery, Decision, Terms};
 
 /// Largest response the client accepts (a page of received messages).
 const RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -175,7 +179,7 @@ pub struct Outgoing {
 /// A connection to one node's local API. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
-    inner: OperatorApiClient<Channel>,
+    pub(crate) inner: OperatorApiClient<Channel>,
     credential: MetadataValue<tonic::metadata::Ascii>,
 }
 
@@ -212,7 +216,7 @@ impl Client {
         })
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request
             .metadata_mut()

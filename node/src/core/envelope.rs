@@ -18,6 +18,7 @@
 
 use sha2::{Digest as _, Sha256};
 
+use crate::core::consent::{ConsentId, ConsentLog, ConsentTerms};
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::keys::{KeyId, SecretKey, ENVELOPE_DOMAIN};
 use crate::core::trust::{MemberStatus, SignedTrustList, VerifiedTrustList};
@@ -66,6 +67,14 @@ pub enum Payload {
     Receipt(Receipt),
     /// A newer trust list for a peer that holds an older one.
     TrustListUpdate(SignedTrustList),
+    /// A consumer asks the subject's home operator to record a consent request.
+    ConsentOffer(ConsentTerms),
+    /// The home operator's signed log of a consent, pushed when it changes.
+    ConsentRecord(ConsentLog),
+    /// "What is the status of this consent?" (a call).
+    ConsentStatusQuery(ConsentId),
+    /// The answer to a status query.
+    ConsentStatusAnswer(ConsentLog),
 }
 
 impl Payload {
@@ -75,6 +84,10 @@ impl Payload {
             Payload::Memo(_) => "memo",
             Payload::Receipt(_) => "receipt",
             Payload::TrustListUpdate(_) => "trust-list-update",
+            Payload::ConsentOffer(_) => "consent-offer",
+            Payload::ConsentRecord(_) => "consent-record",
+            Payload::ConsentStatusQuery(_) => "consent-status-query",
+            Payload::ConsentStatusAnswer(_) => "consent-status-answer",
         }
     }
 }

@@ -18,6 +18,9 @@ pub const ENVELOPE_DOMAIN: &[u8] = b"mim4/v1/envelope\0";
 /// Domain-separation prefix of trust-list signatures.
 pub const TRUST_LIST_DOMAIN: &[u8] = b"mim4/v1/trust-list\0";
 
+/// Domain-separation prefix of consent-event signatures.
+pub const CONSENT_EVENT_DOMAIN: &[u8] = b"mim4/v1/consent-event\0";
+
 /// Length of an Ed25519 signature in bytes.
 pub const SIGNATURE_LEN: usize = 64;
 

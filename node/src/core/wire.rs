@@ -8,6 +8,11 @@
 use mim4_proto::v1 as pb;
 use prost::Message as _;
 
+use crate::core::consent::{
+    Action, Actor, Attribute, Audience, ConsentEvent, ConsentId, ConsentLog, ConsentTerms,
+    EventKind, LawfulBasis, Purpose, RecordKind, ScopeItem, Sector, ServiceId, SignedEvent,
+    SubjectId, TermsError, EVENTS_MAX,
+};
 use crate::core::envelope::{Envelope, Memo, Payload, Receipt, SignedEnvelope};
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::keys::{KeyId, PublicKey, SIGNATURE_LEN};
@@ -39,6 +44,14 @@ fn envelope_to_pb(envelope: &Envelope) -> pb::Envelope {
         Payload::TrustListUpdate(list) => P::TrustListUpdate(pb::TrustListUpdate {
             trust_list: Some(signed_trust_list_to_pb(list)),
         }),
+        Payload::ConsentOffer(terms) => P::ConsentOffer(pb::ConsentOffer {
+            terms: Some(terms_to_pb(terms)),
+        }),
+        Payload::ConsentRecord(log) => P::ConsentRecord(consent_log_to_pb(log)),
+        Payload::ConsentStatusQuery(id) => P::ConsentStatusQuery(pb::ConsentStatusQuery {
+            consent_id: id.as_bytes().to_vec(),
+        }),
+        Payload::ConsentStatusAnswer(log) => P::ConsentStatusAnswer(consent_log_to_pb(log)),
     };
     pb::Envelope {
         protocol_version: envelope.protocol_version,
@@ -125,6 +138,18 @@ pub fn decode_envelope(body: &[u8]) -> Result<Envelope, String> {
                 .ok_or_else(|| "trust_list_update carries no trust list".to_owned())?;
             Payload::TrustListUpdate(signed_trust_list_from_pb(list).map_err(|e| e.to_string())?)
         }
+        Some(P::ConsentOffer(offer)) => {
+            let terms = offer
+                .terms
+                .ok_or_else(|| "consent_offer carries no terms".to_owned())?;
+            Payload::ConsentOffer(terms_from_pb(terms).map_err(|e| e.to_string())?)
+        }
+        Some(P::ConsentRecord(log)) => Payload::ConsentRecord(consent_log_from_pb(log)?),
+        Some(P::ConsentStatusQuery(query)) => Payload::ConsentStatusQuery(
+            ConsentId::from_slice(&query.consent_id)
+                .ok_or_else(|| "consent_status_query.consent_id must be 16 bytes".to_owned())?,
+        ),
+        Some(P::ConsentStatusAnswer(log)) => Payload::ConsentStatusAnswer(consent_log_from_pb(log)?),
     };
     Ok(Envelope {
         protocol_version: raw.protocol_version,
@@ -446,4 +471,264 @@ pub fn signed_trust_list_from_pb(
             .map(|s| (KeyId::from_wire(&s.key_id), s.signature))
             .collect(),
     })
+}
+
+// ---------------------------------------------------------------------------
+// Consent
+// ---------------------------------------------------------------------------
+
+/// Converts consent terms to their wire type (also used by the local API).
+pub fn terms_to_pb(terms: &ConsentTerms) -> pb::ConsentTerms {
+    let (service, member, sector) = match &terms.audience {
+        Audience::Service(s) => (s.to_string(), String::new(), String::new()),
+        Audience::Member(m) => (String::new(), m.to_string(), String::new()),
+        Audience::Sector(s) => (String::new(), String::new(), s.to_string()),
+    };
+    pb::ConsentTerms {
+        consent_id: terms.consent_id.as_bytes().to_vec(),
+        kind: match terms.kind {
+            RecordKind::Consent => "consent".into(),
+            RecordKind::Arrangement => "arrangement".into(),
+        },
+        subject: terms.subject.to_string(),
+        home: terms.home.to_string(),
+        grantors: terms.grantors.iter().map(ToString::to_string).collect(),
+        audience_service: service,
+        audience_member: member,
+        audience_sector: sector,
+        source: terms.source.to_string(),
+        scope: terms
+            .scope
+            .iter()
+            .map(|s| pb::ScopeItem {
+                attribute: s.attribute.to_string(),
+                action: s.action.as_str().into(),
+            })
+            .collect(),
+        purposes: terms.purposes.iter().map(ToString::to_string).collect(),
+        purpose_text: terms.purpose_text.clone(),
+        lawful_basis: terms.lawful_basis.dpv_term().into(),
+        not_before_ms: terms.not_before_ms,
+        not_after_ms: terms.not_after_ms,
+    }
+}
+
+/// Validates consent terms from the wire or the local API.
+pub fn terms_from_pb(raw: pb::ConsentTerms) -> Result<ConsentTerms, TermsError> {
+    let invalid = |field: &'static str, value: &str, rule: &'static str| {
+        TermsError::Name(crate::core::consent::NameError {
+            kind: field,
+            value: value.chars().take(64).collect(),
+            rule,
+        })
+    };
+    let consent_id = ConsentId::from_slice(&raw.consent_id)
+        .ok_or_else(|| invalid("consent id", "", "16 bytes"))?;
+    let kind = match raw.kind.as_str() {
+        "consent" | "" => RecordKind::Consent,
+        "arrangement" => RecordKind::Arrangement,
+        other => return Err(invalid("kind", other, "consent or arrangement")),
+    };
+    let operator = |field: &'static str, value: &str| {
+        OperatorId::new(value).map_err(|_| invalid(field, value, "an operator id such as fi.helsinki"))
+    };
+    let audience = match (
+        raw.audience_service.is_empty(),
+        raw.audience_member.is_empty(),
+        raw.audience_sector.is_empty(),
+    ) {
+        (false, true, true) => Audience::Service(ServiceId::new(raw.audience_service)?),
+        (true, false, true) => Audience::Member(operator("audience member", &raw.audience_member)?),
+        (true, true, false) => Audience::Sector(Sector::new(raw.audience_sector)?),
+        _ => {
+            return Err(invalid(
+                "audience",
+                "",
+                "exactly one of audience_service, audience_member, audience_sector",
+            ))
+        }
+    };
+    if raw.grantors.len() > crate::core::consent::GRANTORS_MAX
+        || raw.scope.len() > crate::core::consent::SCOPE_MAX
+        || raw.purposes.len() > crate::core::consent::PURPOSES_MAX
+    {
+        return Err(TermsError::Count {
+            field: "grantors, scope or purposes",
+            max: crate::core::consent::SCOPE_MAX,
+            got: raw.grantors.len().max(raw.scope.len()).max(raw.purposes.len()),
+        });
+    }
+    let scope = raw
+        .scope
+        .into_iter()
+        .map(|s| {
+            let action = match s.action.as_str() {
+                "read" | "" => Action::Read,
+                "verify" => Action::Verify,
+                other => return Err(invalid("action", other, "read or verify")),
+            };
+            Ok(ScopeItem {
+                attribute: Attribute::new(s.attribute)?,
+                action,
+            })
+        })
+        .collect::<Result<Vec<_>, TermsError>>()?;
+    let terms = ConsentTerms {
+        consent_id,
+        kind,
+        subject: SubjectId::new(raw.subject)?,
+        home: operator("home", &raw.home)?,
+        grantors: raw
+            .grantors
+            .into_iter()
+            .map(SubjectId::new)
+            .collect::<Result<_, _>>()?,
+        audience,
+        source: operator("source", &raw.source)?,
+        scope,
+        purposes: raw
+            .purposes
+            .into_iter()
+            .map(Purpose::new)
+            .collect::<Result<_, _>>()?,
+        purpose_text: raw.purpose_text,
+        lawful_basis: LawfulBasis::parse(&raw.lawful_basis).ok_or_else(|| {
+            invalid("lawful basis", &raw.lawful_basis, "a DPV lawful basis such as dpv:Consent")
+        })?,
+        not_before_ms: raw.not_before_ms,
+        not_after_ms: raw.not_after_ms,
+    };
+    terms.validate()?;
+    Ok(terms)
+}
+
+fn actor_to_pb(actor: &Actor) -> pb::ConsentActor {
+    pb::ConsentActor {
+        person: actor.person.to_string(),
+        for_grantor: actor.for_grantor.to_string(),
+        delegations: actor.delegations.iter().map(|d| d.as_bytes().to_vec()).collect(),
+        authentication: actor.authentication.clone(),
+    }
+}
+
+fn actor_from_pb(raw: pb::ConsentActor) -> Result<Actor, String> {
+    if raw.delegations.len() > crate::core::consent::delegation::DEPTH_MAX
+        || raw.authentication.len() > limits::TEXT_FIELD_BYTES_MAX
+    {
+        return Err("actor: too many delegations or authentication text too long".into());
+    }
+    Ok(Actor {
+        person: SubjectId::new(raw.person).map_err(|e| e.to_string())?,
+        for_grantor: SubjectId::new(raw.for_grantor).map_err(|e| e.to_string())?,
+        delegations: raw
+            .delegations
+            .iter()
+            .map(|d| ConsentId::from_slice(d).ok_or_else(|| "delegation id must be 16 bytes".to_owned()))
+            .collect::<Result<_, _>>()?,
+        authentication: raw.authentication,
+    })
+}
+
+/// Encodes a consent event body.
+pub fn encode_consent_event(event: &ConsentEvent) -> Vec<u8> {
+    use pb::consent_event::Kind as K;
+    let kind = match &event.kind {
+        EventKind::Requested(terms) => K::Requested(terms_to_pb(terms)),
+        EventKind::Granted(actor) => K::Granted(actor_to_pb(actor)),
+        EventKind::Refused(actor) => K::Refused(actor_to_pb(actor)),
+        EventKind::Narrowed(terms) => K::Narrowed(terms_to_pb(terms)),
+        EventKind::Withdrawn(actor) => K::Withdrawn(actor_to_pb(actor)),
+        EventKind::Invalidated { reason } => K::Invalidated(reason.clone()),
+    };
+    pb::ConsentEvent {
+        consent_id: event.consent_id.as_bytes().to_vec(),
+        seq: event.seq,
+        at_ms: event.at_ms,
+        recorder: event.recorder.to_string(),
+        kind: Some(kind),
+    }
+    .encode_to_vec()
+}
+
+/// Decodes and validates a consent event body.
+pub fn decode_consent_event(body: &[u8]) -> Result<ConsentEvent, String> {
+    use pb::consent_event::Kind as K;
+    if body.len() > limits::MESSAGE_BYTES_MAX {
+        return Err("consent event is too large".into());
+    }
+    let raw = pb::ConsentEvent::decode(body).map_err(|e| format!("consent event does not decode: {e}"))?;
+    let kind = match raw.kind {
+        None => return Err("consent event has no kind".into()),
+        Some(K::Requested(terms)) => EventKind::Requested(terms_from_pb(terms).map_err(|e| e.to_string())?),
+        Some(K::Granted(actor)) => EventKind::Granted(actor_from_pb(actor)?),
+        Some(K::Refused(actor)) => EventKind::Refused(actor_from_pb(actor)?),
+        Some(K::Narrowed(terms)) => EventKind::Narrowed(terms_from_pb(terms).map_err(|e| e.to_string())?),
+        Some(K::Withdrawn(actor)) => EventKind::Withdrawn(actor_from_pb(actor)?),
+        Some(K::Invalidated(reason)) => {
+            if reason.len() > limits::TEXT_FIELD_BYTES_MAX {
+                return Err("invalidation reason is too long".into());
+            }
+            EventKind::Invalidated { reason }
+        }
+    };
+    Ok(ConsentEvent {
+        consent_id: ConsentId::from_slice(&raw.consent_id)
+            .ok_or_else(|| "consent event: consent_id must be 16 bytes".to_owned())?,
+        seq: raw.seq,
+        at_ms: raw.at_ms,
+        recorder: OperatorId::new(raw.recorder).map_err(|e| format!("recorder: {e}"))?,
+        kind,
+    })
+}
+
+/// Converts a signed consent log to its wire type.
+pub fn consent_log_to_pb(log: &ConsentLog) -> pb::ConsentRecordUpdate {
+    pb::ConsentRecordUpdate {
+        consent_id: log.consent_id.as_bytes().to_vec(),
+        events: log
+            .events
+            .iter()
+            .map(|e| pb::SignedConsentEvent {
+                body: e.body.clone(),
+                signature: e.signature.clone(),
+                key_id: e.key_id.to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// Validates a signed consent log from its wire type (signatures not yet checked).
+pub fn consent_log_from_pb(raw: pb::ConsentRecordUpdate) -> Result<ConsentLog, String> {
+    if raw.events.is_empty() || raw.events.len() > EVENTS_MAX {
+        return Err(format!("a consent log has 1 to {EVENTS_MAX} events, got {}", raw.events.len()));
+    }
+    Ok(ConsentLog {
+        consent_id: ConsentId::from_slice(&raw.consent_id)
+            .ok_or_else(|| "consent log: consent_id must be 16 bytes".to_owned())?,
+        events: raw
+            .events
+            .into_iter()
+            .map(|e| {
+                if e.signature.len() != SIGNATURE_LEN || e.key_id.len() > 64 {
+                    return Err("consent event: bad signature or key id length".to_owned());
+                }
+                Ok(SignedEvent {
+                    body: e.body,
+                    signature: e.signature,
+                    key_id: KeyId::from_wire(&e.key_id),
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// Encodes a signed consent log for storage.
+pub fn encode_consent_log(log: &ConsentLog) -> Vec<u8> {
+    consent_log_to_pb(log).encode_to_vec()
+}
+
+/// Decodes a signed consent log from storage.
+pub fn decode_consent_log(bytes: &[u8]) -> Result<ConsentLog, String> {
+    let raw = pb::ConsentRecordUpdate::decode(bytes).map_err(|e| e.to_string())?;
+    consent_log_from_pb(raw)
 }

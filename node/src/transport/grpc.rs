@@ -46,6 +46,17 @@ impl OperatorPeer for PeerService {
         }
     }
 
+    async fn call(
+        &self,
+        request: Request<pb::CallRequest>,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        let bytes = request.into_inner().envelope;
+        match self.shared.answer_call(&bytes).await {
+            Ok(envelope) => Ok(Response::new(pb::CallResponse { envelope })),
+            Err(refusal) => Err(refusal_status(refusal)),
+        }
+    }
+
     async fn fetch_trust_list(
         &self,
         _request: Request<pb::FetchTrustListRequest>,
@@ -84,6 +95,7 @@ fn refusal_status(refusal: Refusal) -> Status {
             }
         }
         Refusal::Unusable { .. } => Status::invalid_argument(message),
+        Refusal::NotFound(_) => Status::not_found(message),
         Refusal::Store(_) => Status::unavailable(message),
     }
 }
@@ -180,6 +192,16 @@ impl PeerClients {
                 Err(format!("{:?}: {}", status.code(), status.message()))
             }
         }
+    }
+
+    /// Makes a synchronous call; returns the encoded answer envelope.
+    pub async fn call(&self, endpoint: &str, envelope: Vec<u8>) -> Result<Vec<u8>, String> {
+        let mut client = self.client(endpoint)?;
+        client
+            .call(pb::CallRequest { envelope })
+            .await
+            .map(|r| r.into_inner().envelope)
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
     }
 
     /// Fetches a peer's current signed trust list.

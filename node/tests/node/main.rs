@@ -6,6 +6,7 @@
 mod util;
 
 mod api_access;
+mod consent;
 mod exchange;
 mod hostile;
 mod rotation;

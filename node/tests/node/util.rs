@@ -15,6 +15,9 @@ use mim4_node::node::now_ms;
 use mim4_node::trust_draft::{Draft, DraftKey, DraftMember};
 use mim4_node::NodeHandle;
 
+/// Sector labels of each operator in the trust list.
+pub(crate) const SECTORS: &[&[&str]] = &[&["education", "social"], &["registry"], &["social"], &["education"]];
+
 pub(crate) const OPERATORS: &[&str] = &[
     "fi.helsinki",
     "fi.incomeregister",
@@ -66,7 +69,7 @@ impl TestNet {
                     grpc_endpoint: format!("http://{peer_listen}"),
                     p2p_addrs: vec![],
                     status: "active".into(),
-                    sectors: vec![],
+                    sectors: SECTORS[i].iter().map(|s| (*s).to_owned()).collect(),
                     keys: vec![DraftKey {
                         public_key: key.public().to_hex(),
                         not_before_ms: 0,
@@ -146,6 +149,27 @@ impl TestNet {
         if let Some(handle) = self.nodes[i].take() {
             handle.shutdown().await.unwrap();
         }
+    }
+
+    /// A new client of node `i` with `role` (and `service_id` for services).
+    pub(crate) async fn client(
+        &self,
+        i: usize,
+        id: &str,
+        role: ClientRole,
+        service_id: Option<&str>,
+    ) -> mim4_sdk::Client {
+        let secret: [u8; 32] = rand::random();
+        let credential = clients::add(
+            &self.configs[i].clients_file,
+            id,
+            role,
+            service_id.map(str::to_owned),
+            secret,
+            0,
+        )
+        .unwrap();
+        mim4_sdk::Client::connect(&self.api_url(i), &credential).await.unwrap()
     }
 
     /// An admin SDK client of node `i`.

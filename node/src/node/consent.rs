@@ -1,0 +1,550 @@
+//! The driver's consent side: recording events at the home operator, merging
+//! logs pushed by the home at the other parties, the decision index, and the
+//! consent payloads of received envelopes and calls.
+//!
+//! Writes to consent records are serialised by one async mutex per node
+//! (`consent_writer`), so a record's log grows one event at a time; reads
+//! (`decide`) only take the index's read lock for a few microseconds.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use rand::RngCore as _;
+use tracing::{info, warn};
+
+use crate::core::consent::delegation::{Delegation, DelegationError, DelegationKind, Delegations};
+use crate::core::consent::index::{Decision, Index, Query};
+use crate::core::consent::{
+    Actor, Audience, ConsentEvent, ConsentId, ConsentLog, ConsentRecord, ConsentTerms,
+    EventKind, RecordKind, Sector, SubjectId, TermsError, TransitionError,
+};
+use crate::core::envelope::Payload;
+use crate::core::ids::OperatorId;
+use crate::core::trust::VerifiedTrustList;
+use crate::node::{now_ms, SendError, Shared};
+use crate::store::{self, ConsentDelivery, Store};
+
+/// The decision index and the delegation registry, kept in memory.
+#[derive(Debug, Default)]
+pub struct ConsentState {
+    /// Every record this node holds.
+    pub index: Index,
+    /// Who may act for whom (kept by home operators).
+    pub delegations: Delegations,
+}
+
+/// Errors of consent operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsentError {
+    /// No such record here.
+    #[error("no consent {0} on this node")]
+    NotFound(ConsentId),
+    /// Only the subject's home operator records events.
+    #[error("this node is not the subject's home operator ({0} is); act there")]
+    NotHome(OperatorId),
+    /// The terms are invalid.
+    #[error("invalid terms: {0}")]
+    Terms(#[from] TermsError),
+    /// The event is not allowed in the record's state.
+    #[error("{0}")]
+    Transition(#[from] TransitionError),
+    /// The person may not act for the grantor.
+    #[error("{person} may not act for {grantor}: no valid delegation of depth at most 2")]
+    NoAuthority {
+        /// Who tried.
+        person: SubjectId,
+        /// For whom.
+        grantor: SubjectId,
+    },
+    /// The delegation is invalid.
+    #[error("invalid delegation: {0}")]
+    Delegation(#[from] DelegationError),
+    /// The record exists already.
+    #[error("consent {0} exists already")]
+    Exists(ConsentId),
+    /// An operator named in the terms is not an active member.
+    #[error("{0} is not an active member of the federation")]
+    UnknownOperator(OperatorId),
+    /// Sending to a peer failed.
+    #[error("sending: {0}")]
+    Send(#[from] SendError),
+    /// A peer's answer was unusable.
+    #[error("peer: {0}")]
+    Peer(String),
+    /// Storage failed.
+    #[error("storage failure: {0}")]
+    Store(#[from] store::Error),
+}
+
+/// Builds the in-memory state from the store at start. Logs are verified
+/// again after reading (paired with the check before storing); a log that no
+/// longer verifies (its recorder left the federation) is skipped with a warning.
+pub(crate) fn load(store: &Store, trust: &VerifiedTrustList) -> Result<ConsentState, store::Error> {
+    let mut state = ConsentState::default();
+    for log in store.consent_logs()? {
+        match log.verify(trust) {
+            Ok(record) => state.index.upsert(&record),
+            Err(e) => warn!(consent = %log.consent_id, error = %e, "stored consent log no longer verifies; not indexed"),
+        }
+    }
+    for delegation in store.delegations()? {
+        let id = delegation.id;
+        if let Err(e) = state.delegations.insert(delegation) {
+            warn!(delegation = %id, error = %e, "stored delegation is invalid; ignored");
+        }
+    }
+    Ok(state)
+}
+
+/// The operators other than `me` that must hold a copy of the record.
+fn parties(terms: &ConsentTerms, me: &OperatorId) -> BTreeSet<OperatorId> {
+    let mut parties = BTreeSet::from([terms.source.clone(), terms.home.clone()]);
+    match &terms.audience {
+        Audience::Service(service) => {
+            parties.insert(service.operator().clone());
+        }
+        Audience::Member(member) => {
+            parties.insert(member.clone());
+        }
+        Audience::Sector(_) => {}
+    }
+    parties.remove(me);
+    parties
+}
+
+fn random_id() -> ConsentId {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    ConsentId::from_bytes(bytes)
+}
+
+impl Shared {
+    fn read_consents<T>(&self, f: impl FnOnce(&ConsentState) -> T) -> T {
+        match self.consents.read() {
+            Ok(guard) => f(&guard),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    fn write_consents<T>(&self, f: impl FnOnce(&mut ConsentState) -> T) -> T {
+        match self.consents.write() {
+            Ok(mut guard) => f(&mut guard),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// The record and its signed log, as stored here.
+    pub fn consent(&self, id: &ConsentId) -> Result<(ConsentRecord, ConsentLog), ConsentError> {
+        let log = self
+            .store
+            .consent_log(id)?
+            .ok_or(ConsentError::NotFound(*id))?;
+        let record = log.verify(&self.trust())?;
+        Ok((record, log))
+    }
+
+    /// The latest push of the record to each party (home operator only).
+    pub fn consent_deliveries(&self, id: &ConsentId) -> Result<Vec<ConsentDelivery>, ConsentError> {
+        Ok(self.store.consent_deliveries(id)?)
+    }
+
+    /// Ids of the records about `subject` held here.
+    pub fn consents_of(&self, subject: &SubjectId) -> Vec<ConsentId> {
+        self.read_consents(|state| state.index.records_of(subject))
+    }
+
+    /// Asks the decision index.
+    pub fn decide(&self, query: &Query<'_>) -> Decision {
+        self.read_consents(|state| state.index.decide(query))
+    }
+
+    /// The sector labels of a member, from the trust list.
+    pub fn sectors_of(&self, operator: &OperatorId) -> Vec<Sector> {
+        self.trust()
+            .member(operator)
+            .map(|m| m.sectors.iter().filter_map(|s| Sector::new(s.clone()).ok()).collect())
+            .unwrap_or_default()
+    }
+
+    fn check_members(&self, terms: &ConsentTerms) -> Result<(), ConsentError> {
+        let trust = self.trust();
+        let mut named = vec![&terms.home, &terms.source];
+        match &terms.audience {
+            Audience::Service(s) => named.push(s.operator()),
+            Audience::Member(m) => named.push(m),
+            Audience::Sector(_) => {}
+        }
+        for operator in named {
+            let active = trust
+                .member(operator)
+                .is_some_and(|m| m.status == crate::core::trust::MemberStatus::Active);
+            if !active {
+                return Err(ConsentError::UnknownOperator(operator.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks for a consent. At the home operator the request is recorded; elsewhere
+    /// it is sent to the home as an offer (through the outbox).
+    pub async fn request_consent(self: &Arc<Self>, mut terms: ConsentTerms) -> Result<ConsentId, ConsentError> {
+        if terms.consent_id == ConsentId::from_bytes([0; 16]) {
+            terms.consent_id = random_id();
+        }
+        terms.validate()?;
+        self.check_members(&terms)?;
+        let id = terms.consent_id;
+        if &terms.home == self.operator_id() {
+            self.record_requested(terms, None).await?;
+        } else {
+            let home = terms.home.clone();
+            let message_id = self.send(home.clone(), Payload::ConsentOffer(terms)).await?;
+            info!(consent = %id, %home, %message_id, "consent request sent to the home operator");
+        }
+        Ok(id)
+    }
+
+    /// Records a new record's first event (and, for an arrangement, the
+    /// subject's grant) at the home operator.
+    async fn record_requested(
+        self: &Arc<Self>,
+        terms: ConsentTerms,
+        grant: Option<Actor>,
+    ) -> Result<ConsentRecord, ConsentError> {
+        let _writer = self.consent_writer.lock().await;
+        let id = terms.consent_id;
+        if self.store.consent_log(&id)?.is_some() {
+            return Err(ConsentError::Exists(id));
+        }
+        let now = now_ms();
+        let first = ConsentEvent {
+            consent_id: id,
+            seq: 0,
+            at_ms: now,
+            recorder: self.operator_id().clone(),
+            kind: EventKind::Requested(terms),
+        };
+        let mut record = ConsentRecord::new(first.clone())?;
+        let mut events = vec![first];
+        if let Some(actor) = grant {
+            let event = ConsentEvent {
+                consent_id: id,
+                seq: 1,
+                at_ms: now,
+                recorder: self.operator_id().clone(),
+                kind: EventKind::Granted(actor),
+            };
+            record.apply(event.clone())?;
+            events.push(event);
+        }
+        let log = ConsentLog {
+            consent_id: id,
+            events: events.iter().map(|e| e.sign(&self.key)).collect(),
+        };
+        self.commit_home(record, log).await
+    }
+
+    /// Appends one event at the home operator.
+    async fn record_event(
+        self: &Arc<Self>,
+        id: ConsentId,
+        kind: impl FnOnce(&ConsentRecord, u64) -> Result<EventKind, ConsentError>,
+    ) -> Result<ConsentRecord, ConsentError> {
+        let _writer = self.consent_writer.lock().await;
+        let (mut record, mut log) = self.consent(&id)?;
+        if &record.terms().home != self.operator_id() {
+            return Err(ConsentError::NotHome(record.terms().home.clone()));
+        }
+        let now = now_ms();
+        let event = ConsentEvent {
+            consent_id: id,
+            seq: record.next_seq(),
+            at_ms: now,
+            recorder: self.operator_id().clone(),
+            kind: kind(&record, now)?,
+        };
+        record.apply(event.clone())?;
+        log.events.push(event.sign(&self.key));
+        self.commit_home(record, log).await
+    }
+
+    /// Stores the new log durably, updates the index, and pushes the log to every party.
+    async fn commit_home(self: &Arc<Self>, record: ConsentRecord, log: ConsentLog) -> Result<ConsentRecord, ConsentError> {
+        self.store.put_consent_log(&log)?;
+        self.store.durable().await?;
+        self.write_consents(|state| state.index.upsert(&record));
+        let events = u32::try_from(log.events.len()).unwrap_or(u32::MAX);
+        info!(consent = %record.id(), status = record.status_at(now_ms()).as_str(), events, "consent recorded");
+        for party in parties(record.terms(), self.operator_id()) {
+            let message_id = self.send(party.clone(), Payload::ConsentRecord(log.clone())).await?;
+            self.store.set_consent_delivery(
+                &record.id(),
+                &ConsentDelivery {
+                    operator: party,
+                    events,
+                    message_id,
+                },
+            )?;
+        }
+        self.store.durable().await?;
+        Ok(record)
+    }
+
+    /// The delegation chain by which `person` acts for `grantor`, or an error.
+    fn authority(&self, grantor: &SubjectId, person: &SubjectId, at_ms: u64) -> Result<Vec<ConsentId>, ConsentError> {
+        self.read_consents(|state| state.delegations.authority(grantor, person, at_ms))
+            .ok_or_else(|| ConsentError::NoAuthority {
+                person: person.clone(),
+                grantor: grantor.clone(),
+            })
+    }
+
+    /// A grantor (or someone acting for them) grants, refuses or withdraws.
+    pub async fn act_on_consent(
+        self: &Arc<Self>,
+        id: ConsentId,
+        action: GrantorAction,
+        person: SubjectId,
+        for_grantor: Option<SubjectId>,
+        authentication: String,
+    ) -> Result<ConsentRecord, ConsentError> {
+        self.record_event(id, |record, now| {
+            let grantor = match for_grantor {
+                Some(g) => g,
+                None if action == GrantorAction::Withdraw => {
+                    // Withdrawing needs no particular slot: any grantor (or their agent) may.
+                    record
+                        .terms()
+                        .grantors
+                        .iter()
+                        .find(|g| self.authority(g, &person, now).is_ok())
+                        .cloned()
+                        .unwrap_or_else(|| person.clone())
+                }
+                None => person.clone(),
+            };
+            let delegations = self.authority(&grantor, &person, now)?;
+            let actor = Actor {
+                person,
+                for_grantor: grantor,
+                delegations,
+                authentication,
+            };
+            Ok(match action {
+                GrantorAction::Grant => EventKind::Granted(actor),
+                GrantorAction::Refuse => EventKind::Refused(actor),
+                GrantorAction::Withdraw => EventKind::Withdrawn(actor),
+            })
+        })
+        .await
+    }
+
+    /// Narrows a record's terms, on behalf of one of its grantors.
+    pub async fn narrow_consent(
+        self: &Arc<Self>,
+        id: ConsentId,
+        terms: ConsentTerms,
+        person: SubjectId,
+    ) -> Result<ConsentRecord, ConsentError> {
+        self.record_event(id, |record, now| {
+            let allowed = record
+                .terms()
+                .grantors
+                .iter()
+                .any(|g| self.authority(g, &person, now).is_ok());
+            if !allowed {
+                return Err(ConsentError::NoAuthority {
+                    person: person.clone(),
+                    grantor: record.terms().subject.clone(),
+                });
+            }
+            Ok(EventKind::Narrowed(terms))
+        })
+        .await
+    }
+
+    /// A citizen (or someone acting for them) sets a permission arrangement.
+    pub async fn create_arrangement(
+        self: &Arc<Self>,
+        mut terms: ConsentTerms,
+        person: SubjectId,
+        authentication: String,
+    ) -> Result<ConsentRecord, ConsentError> {
+        if terms.consent_id == ConsentId::from_bytes([0; 16]) {
+            terms.consent_id = random_id();
+        }
+        if terms.kind != RecordKind::Arrangement {
+            return Err(ConsentError::Terms(TermsError::AudienceKind));
+        }
+        if &terms.home != self.operator_id() {
+            return Err(ConsentError::NotHome(terms.home.clone()));
+        }
+        terms.validate()?;
+        self.check_members(&terms)?;
+        let delegations = self.authority(&terms.subject, &person, now_ms())?;
+        let actor = Actor {
+            person,
+            for_grantor: terms.subject.clone(),
+            delegations,
+            authentication,
+        };
+        self.record_requested(terms, Some(actor)).await
+    }
+
+    /// Records a delegation (home operator's registry).
+    pub async fn record_delegation(
+        &self,
+        principal: SubjectId,
+        agent: SubjectId,
+        kind: DelegationKind,
+        not_before_ms: u64,
+        not_after_ms: u64,
+    ) -> Result<ConsentId, ConsentError> {
+        let delegation = Delegation {
+            id: random_id(),
+            principal,
+            agent,
+            kind,
+            not_before_ms,
+            not_after_ms,
+            revoked: false,
+        };
+        let id = delegation.id;
+        self.write_consents(|state| state.delegations.insert(delegation.clone()))?;
+        self.store.put_delegation(&delegation)?;
+        self.store.durable().await?;
+        info!(delegation = %id, kind = kind.as_str(), "delegation recorded");
+        Ok(id)
+    }
+
+    /// Applies a consent payload received from `sender`; `Err` is the reason
+    /// the message cannot be applied. Idempotent: a repeated offer or an
+    /// older log changes nothing.
+    pub(crate) async fn apply_consent_payload(
+        self: &Arc<Self>,
+        sender: &OperatorId,
+        payload: &Payload,
+    ) -> Result<(), String> {
+        match payload {
+            Payload::ConsentOffer(terms) => {
+                if &terms.home != self.operator_id() {
+                    return Err(format!("the offer names {} as home, not this node", terms.home));
+                }
+                let Audience::Service(service) = &terms.audience else {
+                    return Err("an offer asks consent for one service".into());
+                };
+                if service.operator() != sender {
+                    return Err(format!("{sender} may only ask consent for its own services, not {service}"));
+                }
+                if self.store.consent_log(&terms.consent_id).map_err(|e| e.to_string())?.is_some() {
+                    return Ok(());
+                }
+                self.check_members(terms).map_err(|e| e.to_string())?;
+                match self.record_requested(terms.clone(), None).await {
+                    Ok(_) | Err(ConsentError::Exists(_)) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Payload::ConsentRecord(log) => self.merge_log(sender, log).await,
+            _ => Err(format!("{} is not a consent notice", payload.kind())),
+        }
+    }
+
+    /// Keeps the longer of the stored log and `log`, if `log` is the home's and extends it.
+    async fn merge_log(self: &Arc<Self>, sender: &OperatorId, log: &ConsentLog) -> Result<(), String> {
+        let record = log.verify(&self.trust()).map_err(|e| e.to_string())?;
+        let terms = record.terms();
+        if &terms.home != sender {
+            return Err(format!("only the home operator {} pushes this record, not {sender}", terms.home));
+        }
+        let me = self.operator_id();
+        let sectors = self.sectors_of(me);
+        let is_party = &terms.source == me
+            || match &terms.audience {
+                Audience::Service(s) => s.operator() == me,
+                Audience::Member(m) => m == me,
+                Audience::Sector(label) => sectors.contains(label),
+            };
+        if !is_party {
+            return Err("this node is neither the source nor in the audience of the record".into());
+        }
+        let _writer = self.consent_writer.lock().await;
+        if let Some(stored) = self.store.consent_log(&log.consent_id).map_err(|e| e.to_string())? {
+            let common = stored.events.len().min(log.events.len());
+            let consistent = stored.events[..common]
+                .iter()
+                .zip(&log.events[..common])
+                .all(|(a, b)| a.body == b.body);
+            if !consistent {
+                warn!(consent = %log.consent_id, home = %sender, "home pushed a log that contradicts the stored one (equivocation); refused");
+                return Err("the log contradicts the stored history of this record".into());
+            }
+            if stored.events.len() >= log.events.len() {
+                return Ok(());
+            }
+        }
+        self.store.put_consent_log(log).map_err(|e| e.to_string())?;
+        self.write_consents(|state| state.index.upsert(&record));
+        info!(consent = %log.consent_id, status = record.status_at(now_ms()).as_str(), events = log.events.len(), "consent record updated from home");
+        Ok(())
+    }
+
+    /// Asks `from` for its copy of a record, verifies it and keeps it if newer.
+    pub async fn pull_consent(self: &Arc<Self>, id: ConsentId, from: OperatorId) -> Result<ConsentRecord, ConsentError> {
+        let answer = self
+            .call(from.clone(), Payload::ConsentStatusQuery(id))
+            .await
+            .map_err(|e| {
+                if e.starts_with("NotFound") {
+                    ConsentError::NotFound(id)
+                } else {
+                    ConsentError::Peer(e)
+                }
+            })?;
+        let Payload::ConsentStatusAnswer(log) = answer else {
+            return Err(ConsentError::Peer(format!("{from} answered with a {}", answer.kind())));
+        };
+        if log.consent_id != id {
+            return Err(ConsentError::Peer(format!("{from} answered about another consent")));
+        }
+        let record = log.verify(&self.trust())?;
+        let home = record.terms().home.clone();
+        self.merge_log(&home, &log).await.map_err(ConsentError::Peer)?;
+        self.store.durable().await?;
+        Ok(record)
+    }
+
+    /// Answers a consent status query with the stored log.
+    pub(crate) fn answer_status_query(&self, id: &ConsentId) -> Result<Payload, String> {
+        match self.store.consent_log(id) {
+            Ok(Some(log)) => Ok(Payload::ConsentStatusAnswer(log)),
+            Ok(None) => Err(format!("no consent {id} here")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// What a grantor does in [`Shared::act_on_consent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantorAction {
+    /// Grant.
+    Grant,
+    /// Refuse.
+    Refuse,
+    /// Withdraw.
+    Withdraw,
+}
+
+impl Shared {
+    /// Exports a record: `kantara` (a Kantara Consent Receipt v1.1 signed as a
+    /// compact JWS by this operator) or `iso27560` (ISO/IEC TS 27560 JSON-LD).
+    pub fn export_consent(
+        &self,
+        record: &ConsentRecord,
+        format: &str,
+    ) -> Result<(String, &'static str), ConsentError> {
+        let _ = (record, format);
+        Err(ConsentError::Peer("export is being built".into()))
+    }
+}

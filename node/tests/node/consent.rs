@@ -1,0 +1,234 @@
+//! Consent across real nodes: the home records, the source and the
+//! consumer's operator receive every change, and the source decides.
+
+use std::time::Duration;
+
+use mim4_node::api::clients::ClientRole;
+use mim4_sdk::{CallError, ConsentId, DecideQuery, Decision, Terms};
+
+use crate::util::{eventually, TestNet};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const HOME: usize = 0; // fi.helsinki
+const SOURCE: usize = 1; // fi.incomeregister
+const CONSUMER: usize = 2; // se.stockholm
+const SERVICE: &str = "se.stockholm/social-services";
+const PURPOSE: &str = "dpv:ServiceProvision";
+const ATTRIBUTE: &str = "income.gross_monthly";
+
+fn query<'a>(subject: &'a str, service: &'a str) -> DecideQuery<'a> {
+    DecideQuery {
+        subject,
+        service,
+        source: "fi.incomeregister",
+        attribute: ATTRIBUTE,
+        action: "read",
+        purpose: PURPOSE,
+        at_ms: 0,
+    }
+}
+
+/// Polls node `i` until its decision for `q` has `code` ("allow" or a deny code).
+async fn until_decision(net: &TestNet, i: usize, q: DecideQuery<'_>, code: &str) {
+    let admin = net.admin(i).await;
+    eventually(&format!("node {i} to decide {code}"), DEADLINE, || {
+        let admin = admin.clone();
+        let q = q.clone();
+        async move {
+            let decision = admin.decide(q).await.ok()?;
+            let got = match &decision {
+                Decision::Allow { .. } => "allow",
+                Decision::Deny { code, .. } => code.as_str(),
+            };
+            (got == code).then_some(())
+        }
+    })
+    .await;
+}
+
+/// A consumer asks (the offer travels to the home), the citizen grants at
+/// home, and the source and the consumer's operator both allow; a withdrawal
+/// reaches every party, each acknowledges it with a signed receipt, and every
+/// node denies. A party that is down during the withdrawal gets it after its
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_then_withdraw_reaches_every_party_even_one_that_was_down() {
+    let mut net = TestNet::new(3);
+    net.start_all().await;
+    let subject = "fi:hetu:010180-1234";
+    let service = net.client(CONSUMER, "social", ClientRole::Service, Some(SERVICE)).await;
+    let citizen = net.client(HOME, "citizen-app", ClientRole::CitizenApp, None).await;
+
+    let terms = Terms::consent(subject, "fi.helsinki", SERVICE, "fi.incomeregister")
+        .read(ATTRIBUTE)
+        .purpose(PURPOSE)
+        .purpose_text("Social assistance needs the applicant's income")
+        .valid(0, u64::MAX)
+        .build();
+    let id = service.request_consent(terms).await.unwrap();
+
+    // The offer reaches the home, which records it and pushes it to the source.
+    for node in [HOME, SOURCE, CONSUMER] {
+        until_decision(&net, node, query(subject, SERVICE), "awaiting-grantors").await;
+    }
+    citizen.grant(id, subject, None).await.unwrap();
+    for node in [HOME, SOURCE, CONSUMER] {
+        until_decision(&net, node, query(subject, SERVICE), "allow").await;
+    }
+    // Another purpose or attribute is still denied, with the precise reason.
+    let source = net.admin(SOURCE).await;
+    let mut other = query(subject, SERVICE);
+    other.purpose = "dpv:Marketing";
+    assert!(matches!(source.decide(other).await.unwrap(), Decision::Deny { code, .. } if code == "purpose-not-covered"));
+    let mut other = query(subject, SERVICE);
+    other.attribute = "licence.driving.classes";
+    assert!(matches!(source.decide(other).await.unwrap(), Decision::Deny { code, .. } if code == "attribute-not-covered"));
+
+    // The consumer's node goes down; the withdrawal still reaches it later.
+    net.stop(CONSUMER).await;
+    let view = citizen.withdraw(id, subject, None).await.unwrap();
+    assert_eq!(view.status, "withdrawn");
+    for node in [HOME, SOURCE] {
+        until_decision(&net, node, query(subject, SERVICE), "withdrawn").await;
+    }
+    let home = net.admin(HOME).await;
+    let view = home.consent(id).await.unwrap();
+    let missing: Vec<_> = view
+        .deliveries
+        .iter()
+        .filter(|d| d.state != mim4_sdk::proto::OutgoingState::Delivered as i32)
+        .map(|d| d.operator.clone())
+        .collect();
+    assert!(missing.contains(&"se.stockholm".to_owned()), "{view:?}");
+
+    net.start(CONSUMER).await;
+    until_decision(&net, CONSUMER, query(subject, SERVICE), "withdrawn").await;
+    eventually("every party's receipt for the withdrawal", DEADLINE, || {
+        let home = home.clone();
+        async move {
+            let view = home.consent(id).await.ok()?;
+            let all = view.deliveries.len() == 2
+                && view.deliveries.iter().all(|d| {
+                    d.events == view.events && d.state == mim4_sdk::proto::OutgoingState::Delivered as i32
+                });
+            all.then_some(())
+        }
+    })
+    .await;
+    net.shutdown().await;
+}
+
+/// A child's consent needs both guardians; a mandated person may act for one
+/// of them through a recorded delegation; others may not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_guardians_must_grant_and_a_delegate_may_act_for_one() {
+    let mut net = TestNet::new(2);
+    net.start_all().await;
+    let admin = net.admin(HOME).await;
+    let citizen = net.client(HOME, "citizen-app", ClientRole::CitizenApp, None).await;
+    let child = "fi:hetu:150320A111X";
+    let service = "fi.helsinki/early-education";
+    let terms = Terms::consent(child, "fi.helsinki", service, "fi.incomeregister")
+        .grantors(["fi:hetu:mother", "fi:hetu:father"])
+        .read(ATTRIBUTE)
+        .purpose(PURPOSE)
+        .lawful_basis("dpv:PublicTask")
+        .valid(0, u64::MAX)
+        .build();
+    let id = admin.request_consent(terms).await.unwrap();
+
+    let view = citizen.grant(id, "fi:hetu:mother", None).await.unwrap();
+    assert_eq!(view.status, "requested");
+    assert_eq!(view.missing_grantors, vec!["fi:hetu:father".to_owned()]);
+    until_decision(&net, SOURCE, query(child, service), "awaiting-grantors").await;
+
+    // A stranger cannot act for the father.
+    let refused = citizen.grant(id, "fi:hetu:stranger", Some("fi:hetu:father")).await.unwrap_err();
+    assert!(matches!(refused, CallError::PermissionDenied(_)), "{refused}");
+    // The same grantor twice is refused.
+    let twice = citizen.grant(id, "fi:hetu:mother", None).await.unwrap_err();
+    assert!(matches!(twice, CallError::FailedPrecondition(ref m) if m.contains("already granted")), "{twice}");
+
+    admin
+        .record_delegation("fi:hetu:father", "fi:hetu:grandmother", "mandate", 0, 0)
+        .await
+        .unwrap();
+    let view = citizen
+        .grant(id, "fi:hetu:grandmother", Some("fi:hetu:father"))
+        .await
+        .unwrap();
+    assert_eq!(view.status, "given");
+    until_decision(&net, SOURCE, query(child, service), "allow").await;
+
+    // After one guardian withdraws, the other can no longer grant.
+    citizen.withdraw(id, "fi:hetu:mother", None).await.unwrap();
+    let late = citizen.grant(id, "fi:hetu:father", None).await.unwrap_err();
+    assert!(matches!(late, CallError::FailedPrecondition(_)), "{late}");
+    until_decision(&net, SOURCE, query(child, service), "withdrawn").await;
+    net.shutdown().await;
+}
+
+/// A permission arrangement for a sector lets any member with that label
+/// read, for the stated purpose, and no one else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrangement_for_a_sector_is_evaluated_like_a_consent() {
+    let mut net = TestNet::new(4);
+    net.start_all().await;
+    let citizen = net.client(HOME, "citizen-app", ClientRole::CitizenApp, None).await;
+    let subject = "fr:learner:42";
+    let terms = Terms::arrangement_for_sector(subject, "fi.helsinki", "education", "fi.incomeregister")
+        .read("skills.record")
+        .purpose("dpv:EducationalTraining")
+        .valid(0, u64::MAX)
+        .build();
+    let view = citizen.create_arrangement(terms, subject).await.unwrap();
+    assert_eq!(view.status, "given");
+    let q = |service| DecideQuery {
+        subject,
+        service,
+        source: "fi.incomeregister",
+        attribute: "skills.record",
+        action: "read",
+        purpose: "dpv:EducationalTraining",
+        at_ms: 0,
+    };
+    // fr.iledefrance carries "education"; se.stockholm does not.
+    until_decision(&net, SOURCE, q("fr.iledefrance/training-platform"), "allow").await;
+    let source = net.admin(SOURCE).await;
+    let denied = source.decide(q("se.stockholm/social-services")).await.unwrap();
+    assert!(matches!(denied, Decision::Deny { ref code, .. } if code == "no-consent"), "{denied:?}");
+    // Someone else cannot set an arrangement for the subject.
+    let terms = Terms::arrangement_for_sector(subject, "fi.helsinki", "education", "fi.incomeregister")
+        .read("skills.record")
+        .purpose("dpv:EducationalTraining")
+        .build();
+    let refused = citizen.create_arrangement(terms, "fr:learner:99").await.unwrap_err();
+    assert!(matches!(refused, CallError::PermissionDenied(_)), "{refused}");
+    net.shutdown().await;
+}
+
+/// Status can be pulled: a node that holds no copy asks the home for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_can_be_pulled_from_the_home() {
+    let mut net = TestNet::new(2);
+    net.start(HOME).await;
+    let admin = net.admin(HOME).await;
+    let citizen = net.client(HOME, "citizen-app", ClientRole::CitizenApp, None).await;
+    let subject = "fi:hetu:020202-2222";
+    let service = "fi.helsinki/early-education";
+    let terms = Terms::consent(subject, "fi.helsinki", service, "fi.incomeregister")
+        .read(ATTRIBUTE)
+        .purpose(PURPOSE)
+        .build();
+    let id = admin.request_consent(terms).await.unwrap();
+    citizen.grant(id, subject, None).await.unwrap();
+    // The source starts later and pulls the record before the push arrives.
+    net.start(SOURCE).await;
+    let source = net.admin(SOURCE).await;
+    let view = source.pull_consent(id, "fi.helsinki").await.unwrap();
+    assert_eq!(view.status, "given");
+    assert_eq!(source.consent(id).await.unwrap().events, 2);
+    let unknown = source.pull_consent(ConsentId([9; 16]), "fi.helsinki").await.unwrap_err();
+    assert!(matches!(unknown, CallError::NotFound(ref m) if m.contains("no consent")), "{unknown}");
+    net.shutdown().await;
+}
