@@ -232,3 +232,37 @@ async fn status_can_be_pulled_from_the_home() {
     assert!(matches!(unknown, CallError::NotFound(ref m) if m.contains("no consent")), "{unknown}");
     net.shutdown().await;
 }
+
+/// The decision index is rebuilt from sled at start: after a restart the
+/// source still allows a given consent and still denies a withdrawn one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_is_rebuilt_after_restart() {
+    let mut net = TestNet::new(2);
+    net.start_all().await;
+    let admin = net.admin(HOME).await;
+    let citizen = net.client(HOME, "citizen-app", ClientRole::CitizenApp, None).await;
+    let service = "fi.helsinki/early-education";
+    let (kept, withdrawn) = ("fi:hetu:kept", "fi:hetu:withdrawn");
+    for subject in [kept, withdrawn] {
+        let terms = Terms::consent(subject, "fi.helsinki", service, "fi.incomeregister")
+            .read(ATTRIBUTE)
+            .purpose(PURPOSE)
+            .build();
+        let id = admin.request_consent(terms).await.unwrap();
+        citizen.grant(id, subject, None).await.unwrap();
+        if subject == withdrawn {
+            citizen.withdraw(id, subject, None).await.unwrap();
+        }
+    }
+    until_decision(&net, SOURCE, query(kept, service), "allow").await;
+    until_decision(&net, SOURCE, query(withdrawn, service), "withdrawn").await;
+    net.stop(SOURCE).await;
+    net.start(SOURCE).await;
+    let source = net.admin(SOURCE).await;
+    assert!(matches!(source.decide(query(kept, service)).await.unwrap(), Decision::Allow { .. }));
+    assert!(matches!(
+        source.decide(query(withdrawn, service)).await.unwrap(),
+        Decision::Deny { code, .. } if code == "withdrawn"
+    ));
+    net.shutdown().await;
+}
