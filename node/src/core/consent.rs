@@ -16,6 +16,7 @@
 //! - [`index`]: the in-memory decision index and the reference (naive) decision.
 
 pub mod delegation;
+pub mod export;
 pub mod index;
 
 use std::collections::BTreeSet;

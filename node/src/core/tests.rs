@@ -9,6 +9,7 @@
 //! - `trust`: governance signatures, trust-list updates, key rotation and
 //!   trust-list validation on decode.
 
+mod consent;
 mod envelope;
 mod properties;
 mod trust;
