@@ -206,45 +206,11 @@ impl fmt::Debug for ServiceId {
     }
 }
 
-/// A 128-bit consent (or arrangement) id, chosen at random by whoever asks first.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConsentId([u8; 16]);
-
-impl ConsentId {
-    /// Wraps 16 bytes.
-    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
-        Self(bytes)
-    }
-
-    /// Parses exactly 16 bytes.
-    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        <[u8; 16]>::try_from(bytes).ok().map(Self)
-    }
-
-    /// Parses 32 hex digits.
-    pub fn from_hex(text: &str) -> Option<Self> {
-        let mut bytes = [0u8; 16];
-        hex::decode_to_slice(text, &mut bytes).ok()?;
-        Some(Self(bytes))
-    }
-
-    /// The bytes.
-    pub const fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-}
-
-impl fmt::Display for ConsentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for ConsentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ConsentId({self})")
-    }
-}
+crate::core::ids::random_id!(
+    /// A 128-bit consent (or arrangement, or delegation) id, chosen at random
+    /// by whoever asks first.
+    ConsentId
+);
 
 /// What a recipient may do with an attribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -86,48 +86,60 @@ impl fmt::Debug for OperatorId {
     }
 }
 
-/// A 128-bit random message id. Displayed as 32 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MessageId([u8; 16]);
+/// Defines a 128-bit random identifier newtype, displayed as 32 lowercase hex
+/// digits. The caller supplies the randomness (the core reads no RNG).
+macro_rules! random_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name([u8; 16]);
 
-impl MessageId {
-    /// Length of a message id in bytes.
-    pub const LEN: usize = 16;
+        impl $name {
+            /// Length in bytes.
+            pub const LEN: usize = 16;
 
-    /// Wraps 16 bytes; the caller supplies randomness (the core reads no RNG).
-    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
-        Self(bytes)
-    }
+            /// Wraps 16 bytes.
+            pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+                Self(bytes)
+            }
 
-    /// Parses a message id from a byte slice of exactly 16 bytes.
-    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        <[u8; 16]>::try_from(bytes).ok().map(Self)
-    }
+            /// Parses exactly 16 bytes.
+            pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+                <[u8; 16]>::try_from(bytes).ok().map(Self)
+            }
 
-    /// Parses 32 hex digits.
-    pub fn from_hex(hex_digits: &str) -> Option<Self> {
-        let mut bytes = [0u8; 16];
-        hex::decode_to_slice(hex_digits, &mut bytes).ok()?;
-        Some(Self(bytes))
-    }
+            /// Parses 32 hex digits.
+            pub fn from_hex(hex_digits: &str) -> Option<Self> {
+                let mut bytes = [0u8; 16];
+                hex::decode_to_slice(hex_digits, &mut bytes).ok()?;
+                Some(Self(bytes))
+            }
 
-    /// The raw bytes.
-    pub const fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
+            /// The raw bytes.
+            pub const fn as_bytes(&self) -> &[u8; 16] {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(&hex::encode(self.0))
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}({self})", stringify!($name))
+            }
+        }
+    };
 }
+pub(crate) use random_id;
 
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MessageId({self})")
-    }
-}
+random_id!(
+    /// A 128-bit random message id.
+    MessageId
+);
 
 #[cfg(test)]
 mod tests {
