@@ -42,6 +42,40 @@ pub struct Config {
     pub rulebook_version: String,
     /// Default `tracing` filter (overridden by `RUST_LOG`).
     pub log_filter: String,
+    /// The operator as data controller, named in exported consent receipts.
+    pub controller: Option<Controller>,
+}
+
+/// `[controller]`: contact details of the operator as data controller,
+/// which Kantara consent receipts must carry.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Controller {
+    /// Legal name.
+    pub name: String,
+    /// Contact person or office.
+    pub contact: String,
+    /// Street and number.
+    pub street_address: String,
+    /// Postal code.
+    pub postal_code: String,
+    /// City.
+    pub locality: String,
+    /// ISO 3166-1 alpha-2 country code (also the jurisdiction).
+    pub country: String,
+    /// Contact email.
+    pub email: String,
+    /// Phone as an RFC 3966 global number, e.g. `+358-9-310-1691`.
+    pub phone: String,
+    /// Privacy policy URL.
+    pub policy_url: String,
+    /// Language of the consent interaction (ISO 639-1).
+    #[serde(default = "english")]
+    pub language: String,
+}
+
+fn english() -> String {
+    "en".to_owned()
 }
 
 /// A configuration error, with the key and line it concerns where known.
@@ -87,6 +121,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    controller: Option<Controller>,
 }
 
 fn no_keys() -> Spanned<Vec<String>> {
@@ -285,6 +321,7 @@ impl Config {
             message_lifetime_ms,
             rulebook_version: raw.rulebook_version,
             log_filter: raw.log.filter,
+            controller: raw.controller,
         })
     }
 }
@@ -348,6 +385,21 @@ message_lifetime_ms = {lifetime}
 [log]
 # tracing filter; RUST_LOG overrides it.
 filter = "info"
+
+# The operator as data controller, named in exported consent receipts
+# (Kantara v1.1 requires these details). Uncomment and fill in to enable
+# `ExportConsent`.
+# [controller]
+# name = "City of Helsinki"
+# contact = "Data Protection Officer"
+# street_address = "Pohjoisesplanadi 11-13"
+# postal_code = "00170"
+# locality = "Helsinki"
+# country = "FI"
+# email = "tietosuoja@hel.fi"
+# phone = "+358-9-310-1691"
+# policy_url = "https://www.hel.fi/en/decision-making/information-on-helsinki/data-protection"
+# language = "fi"
 "#,
         bytes = limits::MESSAGE_BYTES_MAX,
         skew = limits::CLOCK_SKEW_MS_DEFAULT,

@@ -721,7 +721,11 @@ impl Shared {
     }
 
     /// Sends a synchronous request to `to` and returns its verified answer.
-    pub async fn call(self: &Arc<Self>, to: OperatorId, payload: Payload) -> Result<Payload, String> {
+    pub async fn call(
+        self: &Arc<Self>,
+        to: OperatorId,
+        payload: Payload,
+    ) -> Result<Payload, String> {
         let trust = self.trust();
         let endpoint = trust
             .member(&to)
@@ -741,10 +745,14 @@ impl Shared {
             trust: &trust,
             limits: self.config.envelope_limits,
         };
-        let verified = verifier.verify(&answer, now_ms()).map_err(|e| e.to_string())?;
+        let verified = verifier
+            .verify(&answer, now_ms())
+            .map_err(|e| e.to_string())?;
         let envelope = verified.into_envelope();
         if envelope.sender != to || envelope.in_reply_to != Some(request_id) {
-            return Err(format!("{to} answered with an envelope that does not answer this call"));
+            return Err(format!(
+                "{to} answered with an envelope that does not answer this call"
+            ));
         }
         Ok(envelope.payload)
     }
@@ -772,9 +780,9 @@ impl Shared {
             reason,
         };
         let answer = match &request.payload {
-            Payload::ConsentStatusQuery(id) => self
-                .answer_status_query(id)
-                .map_err(Refusal::NotFound)?,
+            Payload::ConsentStatusQuery(id) => {
+                self.answer_status_query(id).map_err(Refusal::NotFound)?
+            }
             other => return Err(unusable(format!("a {} is not a call", other.kind()))),
         };
         let mut id = [0u8; 16];

@@ -11,10 +11,12 @@ pub struct ConsentId(pub [u8; 16]);
 
 impl ConsentId {
     pub(crate) fn from_wire(bytes: &[u8]) -> Result<Self, CallError> {
-        <[u8; 16]>::try_from(bytes).map(Self).map_err(|_| CallError::Other {
-            code: tonic::Code::Internal,
-            message: "node returned a consent id that is not 16 bytes".into(),
-        })
+        <[u8; 16]>::try_from(bytes)
+            .map(Self)
+            .map_err(|_| CallError::Other {
+                code: tonic::Code::Internal,
+                message: "node returned a consent id that is not 16 bytes".into(),
+            })
     }
 }
 
@@ -209,22 +211,45 @@ impl Client {
     }
 
     /// `person` grants the consent (for `for_grantor`, if acting for someone else).
-    pub async fn grant(&self, id: ConsentId, person: &str, for_grantor: Option<&str>) -> Result<pb::ConsentView, CallError> {
-        self.act(id, pb::ConsentAction::Grant, person, for_grantor).await
+    pub async fn grant(
+        &self,
+        id: ConsentId,
+        person: &str,
+        for_grantor: Option<&str>,
+    ) -> Result<pb::ConsentView, CallError> {
+        self.act(id, pb::ConsentAction::Grant, person, for_grantor)
+            .await
     }
 
     /// `person` refuses the consent.
-    pub async fn refuse(&self, id: ConsentId, person: &str, for_grantor: Option<&str>) -> Result<pb::ConsentView, CallError> {
-        self.act(id, pb::ConsentAction::Refuse, person, for_grantor).await
+    pub async fn refuse(
+        &self,
+        id: ConsentId,
+        person: &str,
+        for_grantor: Option<&str>,
+    ) -> Result<pb::ConsentView, CallError> {
+        self.act(id, pb::ConsentAction::Refuse, person, for_grantor)
+            .await
     }
 
     /// `person` withdraws the consent; the home pushes the withdrawal to every party.
-    pub async fn withdraw(&self, id: ConsentId, person: &str, for_grantor: Option<&str>) -> Result<pb::ConsentView, CallError> {
-        self.act(id, pb::ConsentAction::Withdraw, person, for_grantor).await
+    pub async fn withdraw(
+        &self,
+        id: ConsentId,
+        person: &str,
+        for_grantor: Option<&str>,
+    ) -> Result<pb::ConsentView, CallError> {
+        self.act(id, pb::ConsentAction::Withdraw, person, for_grantor)
+            .await
     }
 
     /// Narrows a consent's scope, purposes or window.
-    pub async fn narrow(&self, id: ConsentId, terms: pb::ConsentTerms, person: &str) -> Result<pb::ConsentView, CallError> {
+    pub async fn narrow(
+        &self,
+        id: ConsentId,
+        terms: pb::ConsentTerms,
+        person: &str,
+    ) -> Result<pb::ConsentView, CallError> {
         let mut inner = self.inner.clone();
         Ok(inner
             .narrow_consent(self.request(pb::NarrowConsentRequest {
@@ -237,7 +262,11 @@ impl Client {
     }
 
     /// Sets a permission arrangement on behalf of `person`.
-    pub async fn create_arrangement(&self, terms: pb::ConsentTerms, person: &str) -> Result<pb::ConsentView, CallError> {
+    pub async fn create_arrangement(
+        &self,
+        terms: pb::ConsentTerms,
+        person: &str,
+    ) -> Result<pb::ConsentView, CallError> {
         let mut inner = self.inner.clone();
         Ok(inner
             .create_arrangement(self.request(pb::CreateArrangementRequest {
@@ -295,7 +324,11 @@ impl Client {
     }
 
     /// Fetches `from`'s copy of a record (usually the home's) and keeps it if newer.
-    pub async fn pull_consent(&self, id: ConsentId, from: &str) -> Result<pb::ConsentView, CallError> {
+    pub async fn pull_consent(
+        &self,
+        id: ConsentId,
+        from: &str,
+    ) -> Result<pb::ConsentView, CallError> {
         let mut inner = self.inner.clone();
         Ok(inner
             .pull_consent(self.request(pb::PullConsentRequest {

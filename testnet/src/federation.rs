@@ -195,9 +195,19 @@ impl Federation {
             identity::write_public_key(&op_dir.join("operator.pub"), &key.public())?;
             let peer_addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i]));
             let api_addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1]));
+            let controller = format!(
+                "\n# Testnet placeholder contact details (not a real controller).\n[controller]\n\
+                 name = \"{name}\"\ncontact = \"Testnet data protection officer\"\n\
+                 street_address = \"Testnet street 1\"\npostal_code = \"00000\"\n\
+                 locality = \"Testnet\"\ncountry = \"{country}\"\n\
+                 email = \"dpo@{id}.testnet.invalid\"\nphone = \"+358-9-0000000\"\n\
+                 policy_url = \"https://{id}.testnet.invalid/privacy\"\n",
+                name = spec.name,
+                country = spec.country,
+            );
             fs::write(
                 op_dir.join("node.toml"),
-                config::template(&id, peer_addr, api_addr, &[governance.public()]),
+                config::template(&id, peer_addr, api_addr, &[governance.public()]) + &controller,
             )?;
             let mut secret = [0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut secret);

@@ -23,7 +23,11 @@ pub(crate) const REQUESTERS: &[ClientRole] = &[ClientRole::Service, ClientRole::
 /// Roles that act for citizens.
 pub(crate) const CITIZEN: &[ClientRole] = &[ClientRole::CitizenApp, ClientRole::Admin];
 /// Roles that may read records.
-pub(crate) const READERS: &[ClientRole] = &[ClientRole::Service, ClientRole::CitizenApp, ClientRole::Admin];
+pub(crate) const READERS: &[ClientRole] = &[
+    ClientRole::Service,
+    ClientRole::CitizenApp,
+    ClientRole::Admin,
+];
 
 /// The one conversion from consent errors to gRPC statuses.
 pub(crate) fn status(error: ConsentError) -> Status {
@@ -34,6 +38,7 @@ pub(crate) fn status(error: ConsentError) -> Status {
             Status::failed_precondition(message)
         }
         ConsentError::Terms(_) | ConsentError::Delegation(_) => Status::invalid_argument(message),
+        ConsentError::Format(_) => Status::failed_precondition(message),
         ConsentError::NoAuthority { .. } => Status::permission_denied(message),
         ConsentError::UnknownOperator(_) => Status::not_found(message),
         ConsentError::Send(_) | ConsentError::Peer(_) | ConsentError::Store(_) => {
@@ -47,7 +52,8 @@ fn invalid(field: &str, error: impl std::fmt::Display) -> Status {
 }
 
 fn consent_id(bytes: &[u8]) -> Result<ConsentId, Status> {
-    ConsentId::from_slice(bytes).ok_or_else(|| Status::invalid_argument("consent_id must be 16 bytes"))
+    ConsentId::from_slice(bytes)
+        .ok_or_else(|| Status::invalid_argument("consent_id must be 16 bytes"))
 }
 
 fn subject(text: String, field: &str) -> Result<SubjectId, Status> {
@@ -64,7 +70,8 @@ fn terms(raw: Option<pb::ConsentTerms>, fill_id: bool) -> Result<ConsentTerms, S
 
 /// A service may only act as its own service id.
 fn check_service(caller: &Caller, service: &ServiceId) -> Result<(), Status> {
-    if caller.role == ClientRole::Service && caller.service_id.as_deref() != Some(service.as_str()) {
+    if caller.role == ClientRole::Service && caller.service_id.as_deref() != Some(service.as_str())
+    {
         return Err(Status::permission_denied(format!(
             "client {} acts as service {}, not {service}",
             caller.id,
@@ -106,7 +113,11 @@ impl ApiService {
             terms: Some(wire::terms_to_pb(record.terms())),
             status: record.status_at(now_ms()).as_str().to_owned(),
             granted: record.granted().iter().map(ToString::to_string).collect(),
-            missing_grantors: record.missing_grantors().iter().map(ToString::to_string).collect(),
+            missing_grantors: record
+                .missing_grantors()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             events: record.next_seq(),
             log: Some(wire::consent_log_to_pb(&log)),
             deliveries,
@@ -155,7 +166,11 @@ impl ApiService {
             Ok(pb::ConsentAction::Grant) => GrantorAction::Grant,
             Ok(pb::ConsentAction::Refuse) => GrantorAction::Refuse,
             Ok(pb::ConsentAction::Withdraw) => GrantorAction::Withdraw,
-            _ => return Err(Status::invalid_argument("action must be grant, refuse or withdraw")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "action must be grant, refuse or withdraw",
+                ))
+            }
         };
         let person = subject(request.person, "person")?;
         let for_grantor = if request.for_grantor.is_empty() {
@@ -186,7 +201,9 @@ impl ApiService {
         let id = consent_id(&request.consent_id)?;
         let terms = terms(request.terms, false)?;
         if terms.consent_id != id {
-            return Err(Status::invalid_argument("terms.consent_id differs from consent_id"));
+            return Err(Status::invalid_argument(
+                "terms.consent_id differs from consent_id",
+            ));
         }
         let record = self
             .shared
@@ -223,7 +240,11 @@ impl ApiService {
         let r = request.into_inner();
         let kind = DelegationKind::parse(&r.kind)
             .ok_or_else(|| Status::invalid_argument("kind must be guardian or mandate"))?;
-        let not_after_ms = if r.not_after_ms == 0 { u64::MAX } else { r.not_after_ms };
+        let not_after_ms = if r.not_after_ms == 0 {
+            u64::MAX
+        } else {
+            r.not_after_ms
+        };
         let id = self
             .shared
             .record_delegation(
@@ -298,7 +319,12 @@ impl ApiService {
         let action = match r.action.as_str() {
             "read" | "" => Action::Read,
             "verify" => Action::Verify,
-            other => return Err(invalid("action", format!("{other:?} is not read or verify"))),
+            other => {
+                return Err(invalid(
+                    "action",
+                    format!("{other:?} is not read or verify"),
+                ))
+            }
         };
         let operator = service.operator().clone();
         let sectors = self.shared.sectors_of(&operator);
@@ -338,7 +364,10 @@ impl ApiService {
     ) -> Result<Response<pb::ExportConsentResponse>, Status> {
         let caller = self.authorize(&request, "ExportConsent", READERS)?;
         let r = request.into_inner();
-        let (record, _) = self.shared.consent(&consent_id(&r.consent_id)?).map_err(status)?;
+        let (record, _) = self
+            .shared
+            .consent(&consent_id(&r.consent_id)?)
+            .map_err(status)?;
         self.check_reader(&caller, &record)?;
         let (content, media_type) = self
             .shared

@@ -13,7 +13,8 @@
 //! # Layout
 //! - this file: identifiers, terms, events and the record's state machine;
 //! - [`delegation`]: who may act for whom (guardians, mandates), bounded in depth;
-//! - [`index`]: the in-memory decision index and the reference (naive) decision.
+//! - [`index`]: the in-memory decision index and the reference (naive) decision;
+//! - [`export`]: Kantara Consent Receipt v1.1 (JWS) and ISO/IEC TS 27560 JSON-LD.
 
 pub mod delegation;
 pub mod export;
@@ -385,7 +386,9 @@ pub enum TermsError {
     #[error("an arrangement is granted by its subject alone")]
     ArrangementGrantors,
     /// A consent names a service, an arrangement a member or sector.
-    #[error("a consent's audience is one service; member and sector audiences are for arrangements")]
+    #[error(
+        "a consent's audience is one service; member and sector audiences are for arrangements"
+    )]
     AudienceKind,
     /// A name is invalid.
     #[error(transparent)]
@@ -672,7 +675,9 @@ pub enum TransitionError {
         at_ms: u64,
     },
     /// A narrowing that widens or changes parties.
-    #[error("an update may only narrow the scope, purposes or window; ask for a new consent to widen")]
+    #[error(
+        "an update may only narrow the scope, purposes or window; ask for a new consent to widen"
+    )]
     NotNarrowing,
     /// The narrowed terms break a rule.
     #[error("narrowed terms are invalid: {0}")]
@@ -741,7 +746,9 @@ impl ConsentRecord {
     }
 
     /// Rebuilds a record from its whole log.
-    pub fn from_events(events: impl IntoIterator<Item = ConsentEvent>) -> Result<Self, TransitionError> {
+    pub fn from_events(
+        events: impl IntoIterator<Item = ConsentEvent>,
+    ) -> Result<Self, TransitionError> {
         let mut events = events.into_iter();
         let first = events.next().ok_or(TransitionError::NotFirst)?;
         let mut record = Self::new(first)?;
@@ -940,9 +947,12 @@ pub fn verify_event(
     let member = trust
         .member(&event.recorder)
         .ok_or_else(|| bad(format!("recorder {} is not a member", event.recorder)))?;
-    let key = member
-        .key(&signed.key_id)
-        .ok_or_else(|| bad(format!("key {} is not one of {}'s keys", signed.key_id, event.recorder)))?;
+    let key = member.key(&signed.key_id).ok_or_else(|| {
+        bad(format!(
+            "key {} is not one of {}'s keys",
+            signed.key_id, event.recorder
+        ))
+    })?;
     if !key.is_valid_at(event.at_ms) {
         return Err(bad(format!(
             "key {} was not valid when the event was recorded",

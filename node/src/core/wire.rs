@@ -149,7 +149,9 @@ pub fn decode_envelope(body: &[u8]) -> Result<Envelope, String> {
             ConsentId::from_slice(&query.consent_id)
                 .ok_or_else(|| "consent_status_query.consent_id must be 16 bytes".to_owned())?,
         ),
-        Some(P::ConsentStatusAnswer(log)) => Payload::ConsentStatusAnswer(consent_log_from_pb(log)?),
+        Some(P::ConsentStatusAnswer(log)) => {
+            Payload::ConsentStatusAnswer(consent_log_from_pb(log)?)
+        }
     };
     Ok(Envelope {
         protocol_version: raw.protocol_version,
@@ -530,7 +532,8 @@ pub fn terms_from_pb(raw: pb::ConsentTerms) -> Result<ConsentTerms, TermsError> 
         other => return Err(invalid("kind", other, "consent or arrangement")),
     };
     let operator = |field: &'static str, value: &str| {
-        OperatorId::new(value).map_err(|_| invalid(field, value, "an operator id such as fi.helsinki"))
+        OperatorId::new(value)
+            .map_err(|_| invalid(field, value, "an operator id such as fi.helsinki"))
     };
     let audience = match (
         raw.audience_service.is_empty(),
@@ -555,7 +558,11 @@ pub fn terms_from_pb(raw: pb::ConsentTerms) -> Result<ConsentTerms, TermsError> 
         return Err(TermsError::Count {
             field: "grantors, scope or purposes",
             max: crate::core::consent::SCOPE_MAX,
-            got: raw.grantors.len().max(raw.scope.len()).max(raw.purposes.len()),
+            got: raw
+                .grantors
+                .len()
+                .max(raw.scope.len())
+                .max(raw.purposes.len()),
         });
     }
     let scope = raw
@@ -593,7 +600,11 @@ pub fn terms_from_pb(raw: pb::ConsentTerms) -> Result<ConsentTerms, TermsError> 
             .collect::<Result<_, _>>()?,
         purpose_text: raw.purpose_text,
         lawful_basis: LawfulBasis::parse(&raw.lawful_basis).ok_or_else(|| {
-            invalid("lawful basis", &raw.lawful_basis, "a DPV lawful basis such as dpv:Consent")
+            invalid(
+                "lawful basis",
+                &raw.lawful_basis,
+                "a DPV lawful basis such as dpv:Consent",
+            )
         })?,
         not_before_ms: raw.not_before_ms,
         not_after_ms: raw.not_after_ms,
@@ -606,7 +617,11 @@ fn actor_to_pb(actor: &Actor) -> pb::ConsentActor {
     pb::ConsentActor {
         person: actor.person.to_string(),
         for_grantor: actor.for_grantor.to_string(),
-        delegations: actor.delegations.iter().map(|d| d.as_bytes().to_vec()).collect(),
+        delegations: actor
+            .delegations
+            .iter()
+            .map(|d| d.as_bytes().to_vec())
+            .collect(),
         authentication: actor.authentication.clone(),
     }
 }
@@ -623,7 +638,9 @@ fn actor_from_pb(raw: pb::ConsentActor) -> Result<Actor, String> {
         delegations: raw
             .delegations
             .iter()
-            .map(|d| ConsentId::from_slice(d).ok_or_else(|| "delegation id must be 16 bytes".to_owned()))
+            .map(|d| {
+                ConsentId::from_slice(d).ok_or_else(|| "delegation id must be 16 bytes".to_owned())
+            })
             .collect::<Result<_, _>>()?,
         authentication: raw.authentication,
     })
@@ -656,13 +673,18 @@ pub fn decode_consent_event(body: &[u8]) -> Result<ConsentEvent, String> {
     if body.len() > limits::MESSAGE_BYTES_MAX {
         return Err("consent event is too large".into());
     }
-    let raw = pb::ConsentEvent::decode(body).map_err(|e| format!("consent event does not decode: {e}"))?;
+    let raw = pb::ConsentEvent::decode(body)
+        .map_err(|e| format!("consent event does not decode: {e}"))?;
     let kind = match raw.kind {
         None => return Err("consent event has no kind".into()),
-        Some(K::Requested(terms)) => EventKind::Requested(terms_from_pb(terms).map_err(|e| e.to_string())?),
+        Some(K::Requested(terms)) => {
+            EventKind::Requested(terms_from_pb(terms).map_err(|e| e.to_string())?)
+        }
         Some(K::Granted(actor)) => EventKind::Granted(actor_from_pb(actor)?),
         Some(K::Refused(actor)) => EventKind::Refused(actor_from_pb(actor)?),
-        Some(K::Narrowed(terms)) => EventKind::Narrowed(terms_from_pb(terms).map_err(|e| e.to_string())?),
+        Some(K::Narrowed(terms)) => {
+            EventKind::Narrowed(terms_from_pb(terms).map_err(|e| e.to_string())?)
+        }
         Some(K::Withdrawn(actor)) => EventKind::Withdrawn(actor_from_pb(actor)?),
         Some(K::Invalidated(reason)) => {
             if reason.len() > limits::TEXT_FIELD_BYTES_MAX {
@@ -700,7 +722,10 @@ pub fn consent_log_to_pb(log: &ConsentLog) -> pb::ConsentRecordUpdate {
 /// Validates a signed consent log from its wire type (signatures not yet checked).
 pub fn consent_log_from_pb(raw: pb::ConsentRecordUpdate) -> Result<ConsentLog, String> {
     if raw.events.is_empty() || raw.events.len() > EVENTS_MAX {
-        return Err(format!("a consent log has 1 to {EVENTS_MAX} events, got {}", raw.events.len()));
+        return Err(format!(
+            "a consent log has 1 to {EVENTS_MAX} events, got {}",
+            raw.events.len()
+        ));
     }
     Ok(ConsentLog {
         consent_id: ConsentId::from_slice(&raw.consent_id)

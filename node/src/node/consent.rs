@@ -13,10 +13,11 @@ use rand::RngCore as _;
 use tracing::{info, warn};
 
 use crate::core::consent::delegation::{Delegation, DelegationError, DelegationKind, Delegations};
+use crate::core::consent::export::{self, ControllerInfo, PostalAddress};
 use crate::core::consent::index::{Decision, Index, Query};
 use crate::core::consent::{
-    Actor, Audience, ConsentEvent, ConsentId, ConsentLog, ConsentRecord, ConsentTerms,
-    EventKind, RecordKind, Sector, SubjectId, TermsError, TransitionError,
+    Actor, Audience, ConsentEvent, ConsentId, ConsentLog, ConsentRecord, ConsentTerms, EventKind,
+    RecordKind, Sector, SubjectId, TermsError, TransitionError,
 };
 use crate::core::envelope::Payload;
 use crate::core::ids::OperatorId;
@@ -72,6 +73,9 @@ pub enum ConsentError {
     /// A peer's answer was unusable.
     #[error("peer: {0}")]
     Peer(String),
+    /// An export was asked in an unknown format, or cannot be made here.
+    #[error("export: {0}")]
+    Format(String),
     /// Storage failed.
     #[error("storage failure: {0}")]
     Store(#[from] store::Error),
@@ -85,7 +89,9 @@ pub(crate) fn load(store: &Store, trust: &VerifiedTrustList) -> Result<ConsentSt
     for log in store.consent_logs()? {
         match log.verify(trust) {
             Ok(record) => state.index.upsert(&record),
-            Err(e) => warn!(consent = %log.consent_id, error = %e, "stored consent log no longer verifies; not indexed"),
+            Err(e) => {
+                warn!(consent = %log.consent_id, error = %e, "stored consent log no longer verifies; not indexed")
+            }
         }
     }
     for delegation in store.delegations()? {
@@ -163,7 +169,12 @@ impl Shared {
     pub fn sectors_of(&self, operator: &OperatorId) -> Vec<Sector> {
         self.trust()
             .member(operator)
-            .map(|m| m.sectors.iter().filter_map(|s| Sector::new(s.clone()).ok()).collect())
+            .map(|m| {
+                m.sectors
+                    .iter()
+                    .filter_map(|s| Sector::new(s.clone()).ok())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -188,7 +199,10 @@ impl Shared {
 
     /// Asks for a consent. At the home operator the request is recorded; elsewhere
     /// it is sent to the home as an offer (through the outbox).
-    pub async fn request_consent(self: &Arc<Self>, mut terms: ConsentTerms) -> Result<ConsentId, ConsentError> {
+    pub async fn request_consent(
+        self: &Arc<Self>,
+        mut terms: ConsentTerms,
+    ) -> Result<ConsentId, ConsentError> {
         if terms.consent_id == ConsentId::from_bytes([0; 16]) {
             terms.consent_id = random_id();
         }
@@ -199,7 +213,9 @@ impl Shared {
             self.record_requested(terms, None).await?;
         } else {
             let home = terms.home.clone();
-            let message_id = self.send(home.clone(), Payload::ConsentOffer(terms)).await?;
+            let message_id = self
+                .send(home.clone(), Payload::ConsentOffer(terms))
+                .await?;
             info!(consent = %id, %home, %message_id, "consent request sent to the home operator");
         }
         Ok(id)
@@ -270,14 +286,20 @@ impl Shared {
     }
 
     /// Stores the new log durably, updates the index, and pushes the log to every party.
-    async fn commit_home(self: &Arc<Self>, record: ConsentRecord, log: ConsentLog) -> Result<ConsentRecord, ConsentError> {
+    async fn commit_home(
+        self: &Arc<Self>,
+        record: ConsentRecord,
+        log: ConsentLog,
+    ) -> Result<ConsentRecord, ConsentError> {
         self.store.put_consent_log(&log)?;
         self.store.durable().await?;
         self.write_consents(|state| state.index.upsert(&record));
         let events = u32::try_from(log.events.len()).unwrap_or(u32::MAX);
         info!(consent = %record.id(), status = record.status_at(now_ms()).as_str(), events, "consent recorded");
         for party in parties(record.terms(), self.operator_id()) {
-            let message_id = self.send(party.clone(), Payload::ConsentRecord(log.clone())).await?;
+            let message_id = self
+                .send(party.clone(), Payload::ConsentRecord(log.clone()))
+                .await?;
             self.store.set_consent_delivery(
                 &record.id(),
                 &ConsentDelivery {
@@ -292,7 +314,12 @@ impl Shared {
     }
 
     /// The delegation chain by which `person` acts for `grantor`, or an error.
-    fn authority(&self, grantor: &SubjectId, person: &SubjectId, at_ms: u64) -> Result<Vec<ConsentId>, ConsentError> {
+    fn authority(
+        &self,
+        grantor: &SubjectId,
+        person: &SubjectId,
+        at_ms: u64,
+    ) -> Result<Vec<ConsentId>, ConsentError> {
         self.read_consents(|state| state.delegations.authority(grantor, person, at_ms))
             .ok_or_else(|| ConsentError::NoAuthority {
                 person: person.clone(),
@@ -429,15 +456,25 @@ impl Shared {
         match payload {
             Payload::ConsentOffer(terms) => {
                 if &terms.home != self.operator_id() {
-                    return Err(format!("the offer names {} as home, not this node", terms.home));
+                    return Err(format!(
+                        "the offer names {} as home, not this node",
+                        terms.home
+                    ));
                 }
                 let Audience::Service(service) = &terms.audience else {
                     return Err("an offer asks consent for one service".into());
                 };
                 if service.operator() != sender {
-                    return Err(format!("{sender} may only ask consent for its own services, not {service}"));
+                    return Err(format!(
+                        "{sender} may only ask consent for its own services, not {service}"
+                    ));
                 }
-                if self.store.consent_log(&terms.consent_id).map_err(|e| e.to_string())?.is_some() {
+                if self
+                    .store
+                    .consent_log(&terms.consent_id)
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+                {
                     return Ok(());
                 }
                 self.check_members(terms).map_err(|e| e.to_string())?;
@@ -452,11 +489,18 @@ impl Shared {
     }
 
     /// Keeps the longer of the stored log and `log`, if `log` is the home's and extends it.
-    async fn merge_log(self: &Arc<Self>, sender: &OperatorId, log: &ConsentLog) -> Result<(), String> {
+    async fn merge_log(
+        self: &Arc<Self>,
+        sender: &OperatorId,
+        log: &ConsentLog,
+    ) -> Result<(), String> {
         let record = log.verify(&self.trust()).map_err(|e| e.to_string())?;
         let terms = record.terms();
         if &terms.home != sender {
-            return Err(format!("only the home operator {} pushes this record, not {sender}", terms.home));
+            return Err(format!(
+                "only the home operator {} pushes this record, not {sender}",
+                terms.home
+            ));
         }
         let me = self.operator_id();
         let sectors = self.sectors_of(me);
@@ -470,7 +514,11 @@ impl Shared {
             return Err("this node is neither the source nor in the audience of the record".into());
         }
         let _writer = self.consent_writer.lock().await;
-        if let Some(stored) = self.store.consent_log(&log.consent_id).map_err(|e| e.to_string())? {
+        if let Some(stored) = self
+            .store
+            .consent_log(&log.consent_id)
+            .map_err(|e| e.to_string())?
+        {
             let common = stored.events.len().min(log.events.len());
             let consistent = stored.events[..common]
                 .iter()
@@ -491,7 +539,11 @@ impl Shared {
     }
 
     /// Asks `from` for its copy of a record, verifies it and keeps it if newer.
-    pub async fn pull_consent(self: &Arc<Self>, id: ConsentId, from: OperatorId) -> Result<ConsentRecord, ConsentError> {
+    pub async fn pull_consent(
+        self: &Arc<Self>,
+        id: ConsentId,
+        from: OperatorId,
+    ) -> Result<ConsentRecord, ConsentError> {
         let answer = self
             .call(from.clone(), Payload::ConsentStatusQuery(id))
             .await
@@ -503,14 +555,21 @@ impl Shared {
                 }
             })?;
         let Payload::ConsentStatusAnswer(log) = answer else {
-            return Err(ConsentError::Peer(format!("{from} answered with a {}", answer.kind())));
+            return Err(ConsentError::Peer(format!(
+                "{from} answered with a {}",
+                answer.kind()
+            )));
         };
         if log.consent_id != id {
-            return Err(ConsentError::Peer(format!("{from} answered about another consent")));
+            return Err(ConsentError::Peer(format!(
+                "{from} answered about another consent"
+            )));
         }
         let record = log.verify(&self.trust())?;
         let home = record.terms().home.clone();
-        self.merge_log(&home, &log).await.map_err(ConsentError::Peer)?;
+        self.merge_log(&home, &log)
+            .await
+            .map_err(ConsentError::Peer)?;
         self.store.durable().await?;
         Ok(record)
     }
@@ -538,13 +597,54 @@ pub enum GrantorAction {
 
 impl Shared {
     /// Exports a record: `kantara` (a Kantara Consent Receipt v1.1 signed as a
-    /// compact JWS by this operator) or `iso27560` (ISO/IEC TS 27560 JSON-LD).
+    /// compact JWS by this operator) or `iso27560` (ISO/IEC TS 27560 JSON-LD
+    /// with DPV terms). Returns the content and its media type.
     pub fn export_consent(
         &self,
         record: &ConsentRecord,
         format: &str,
     ) -> Result<(String, &'static str), ConsentError> {
-        let _ = (record, format);
-        Err(ConsentError::Peer("export is being built".into()))
+        let controller = self.controller_info()?;
+        match format {
+            "kantara" => {
+                let receipt = export::kantara_receipt(record, &controller, now_ms());
+                Ok((export::sign_jws(&receipt, &self.key), "application/jose"))
+            }
+            "iso27560" => Ok((
+                export::iso27560_jsonld(record, &controller).to_string(),
+                "application/ld+json",
+            )),
+            other => Err(ConsentError::Format(format!(
+                "{other:?} is not an export format; use kantara or iso27560"
+            ))),
+        }
+    }
+
+    fn controller_info(&self) -> Result<ControllerInfo, ConsentError> {
+        let c = self.config.controller.as_ref().ok_or_else(|| {
+            ConsentError::Format(
+                "this node has no [controller] section in node.toml; receipts must name the controller"
+                    .into(),
+            )
+        })?;
+        Ok(ControllerInfo {
+            operator: self.operator_id().clone(),
+            name: c.name.clone(),
+            on_behalf: false,
+            contact: c.contact.clone(),
+            address: PostalAddress {
+                street_address: c.street_address.clone(),
+                postal_code: c.postal_code.clone(),
+                locality: c.locality.clone(),
+                country: c.country.clone(),
+            },
+            email: c.email.clone(),
+            phone: c.phone.clone(),
+            url: None,
+            policy_url: c.policy_url.clone(),
+            jurisdiction: c.country.clone(),
+            language: c.language.clone(),
+            public_key: self.key.public(),
+        })
     }
 }

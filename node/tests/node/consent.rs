@@ -56,8 +56,12 @@ async fn grant_then_withdraw_reaches_every_party_even_one_that_was_down() {
     let mut net = TestNet::new(3);
     net.start_all().await;
     let subject = "fi:hetu:010180-1234";
-    let service = net.client(CONSUMER, "social", ClientRole::Service, Some(SERVICE)).await;
-    let citizen = net.client(HOME, "citizen-app", ClientRole::CitizenApp, None).await;
+    let service = net
+        .client(CONSUMER, "social", ClientRole::Service, Some(SERVICE))
+        .await;
+    let citizen = net
+        .client(HOME, "citizen-app", ClientRole::CitizenApp, None)
+        .await;
 
     let terms = Terms::consent(subject, "fi.helsinki", SERVICE, "fi.incomeregister")
         .read(ATTRIBUTE)
@@ -79,10 +83,14 @@ async fn grant_then_withdraw_reaches_every_party_even_one_that_was_down() {
     let source = net.admin(SOURCE).await;
     let mut other = query(subject, SERVICE);
     other.purpose = "dpv:Marketing";
-    assert!(matches!(source.decide(other).await.unwrap(), Decision::Deny { code, .. } if code == "purpose-not-covered"));
+    assert!(
+        matches!(source.decide(other).await.unwrap(), Decision::Deny { code, .. } if code == "purpose-not-covered")
+    );
     let mut other = query(subject, SERVICE);
     other.attribute = "licence.driving.classes";
-    assert!(matches!(source.decide(other).await.unwrap(), Decision::Deny { code, .. } if code == "attribute-not-covered"));
+    assert!(
+        matches!(source.decide(other).await.unwrap(), Decision::Deny { code, .. } if code == "attribute-not-covered")
+    );
 
     // The consumer's node goes down; the withdrawal still reaches it later.
     net.stop(CONSUMER).await;
@@ -109,7 +117,8 @@ async fn grant_then_withdraw_reaches_every_party_even_one_that_was_down() {
             let view = home.consent(id).await.ok()?;
             let all = view.deliveries.len() == 2
                 && view.deliveries.iter().all(|d| {
-                    d.events == view.events && d.state == mim4_sdk::proto::OutgoingState::Delivered as i32
+                    d.events == view.events
+                        && d.state == mim4_sdk::proto::OutgoingState::Delivered as i32
                 });
             all.then_some(())
         }
@@ -125,7 +134,9 @@ async fn both_guardians_must_grant_and_a_delegate_may_act_for_one() {
     let mut net = TestNet::new(2);
     net.start_all().await;
     let admin = net.admin(HOME).await;
-    let citizen = net.client(HOME, "citizen-app", ClientRole::CitizenApp, None).await;
+    let citizen = net
+        .client(HOME, "citizen-app", ClientRole::CitizenApp, None)
+        .await;
     let child = "fi:hetu:150320A111X";
     let service = "fi.helsinki/early-education";
     let terms = Terms::consent(child, "fi.helsinki", service, "fi.incomeregister")
@@ -143,11 +154,20 @@ async fn both_guardians_must_grant_and_a_delegate_may_act_for_one() {
     until_decision(&net, SOURCE, query(child, service), "awaiting-grantors").await;
 
     // A stranger cannot act for the father.
-    let refused = citizen.grant(id, "fi:hetu:stranger", Some("fi:hetu:father")).await.unwrap_err();
-    assert!(matches!(refused, CallError::PermissionDenied(_)), "{refused}");
+    let refused = citizen
+        .grant(id, "fi:hetu:stranger", Some("fi:hetu:father"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, CallError::PermissionDenied(_)),
+        "{refused}"
+    );
     // The same grantor twice is refused.
     let twice = citizen.grant(id, "fi:hetu:mother", None).await.unwrap_err();
-    assert!(matches!(twice, CallError::FailedPrecondition(ref m) if m.contains("already granted")), "{twice}");
+    assert!(
+        matches!(twice, CallError::FailedPrecondition(ref m) if m.contains("already granted")),
+        "{twice}"
+    );
 
     admin
         .record_delegation("fi:hetu:father", "fi:hetu:grandmother", "mandate", 0, 0)
@@ -174,13 +194,16 @@ async fn both_guardians_must_grant_and_a_delegate_may_act_for_one() {
 async fn arrangement_for_a_sector_is_evaluated_like_a_consent() {
     let mut net = TestNet::new(4);
     net.start_all().await;
-    let citizen = net.client(HOME, "citizen-app", ClientRole::CitizenApp, None).await;
+    let citizen = net
+        .client(HOME, "citizen-app", ClientRole::CitizenApp, None)
+        .await;
     let subject = "fr:learner:42";
-    let terms = Terms::arrangement_for_sector(subject, "fi.helsinki", "education", "fi.incomeregister")
-        .read("skills.record")
-        .purpose("dpv:EducationalTraining")
-        .valid(0, u64::MAX)
-        .build();
+    let terms =
+        Terms::arrangement_for_sector(subject, "fi.helsinki", "education", "fi.incomeregister")
+            .read("skills.record")
+            .purpose("dpv:EducationalTraining")
+            .valid(0, u64::MAX)
+            .build();
     let view = citizen.create_arrangement(terms, subject).await.unwrap();
     assert_eq!(view.status, "given");
     let q = |service| DecideQuery {
@@ -195,15 +218,28 @@ async fn arrangement_for_a_sector_is_evaluated_like_a_consent() {
     // fr.iledefrance carries "education"; se.stockholm does not.
     until_decision(&net, SOURCE, q("fr.iledefrance/training-platform"), "allow").await;
     let source = net.admin(SOURCE).await;
-    let denied = source.decide(q("se.stockholm/social-services")).await.unwrap();
-    assert!(matches!(denied, Decision::Deny { ref code, .. } if code == "no-consent"), "{denied:?}");
+    let denied = source
+        .decide(q("se.stockholm/social-services"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(denied, Decision::Deny { ref code, .. } if code == "no-consent"),
+        "{denied:?}"
+    );
     // Someone else cannot set an arrangement for the subject.
-    let terms = Terms::arrangement_for_sector(subject, "fi.helsinki", "education", "fi.incomeregister")
-        .read("skills.record")
-        .purpose("dpv:EducationalTraining")
-        .build();
-    let refused = citizen.create_arrangement(terms, "fr:learner:99").await.unwrap_err();
-    assert!(matches!(refused, CallError::PermissionDenied(_)), "{refused}");
+    let terms =
+        Terms::arrangement_for_sector(subject, "fi.helsinki", "education", "fi.incomeregister")
+            .read("skills.record")
+            .purpose("dpv:EducationalTraining")
+            .build();
+    let refused = citizen
+        .create_arrangement(terms, "fr:learner:99")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, CallError::PermissionDenied(_)),
+        "{refused}"
+    );
     net.shutdown().await;
 }
 
@@ -213,7 +249,9 @@ async fn status_can_be_pulled_from_the_home() {
     let mut net = TestNet::new(2);
     net.start(HOME).await;
     let admin = net.admin(HOME).await;
-    let citizen = net.client(HOME, "citizen-app", ClientRole::CitizenApp, None).await;
+    let citizen = net
+        .client(HOME, "citizen-app", ClientRole::CitizenApp, None)
+        .await;
     let subject = "fi:hetu:020202-2222";
     let service = "fi.helsinki/early-education";
     let terms = Terms::consent(subject, "fi.helsinki", service, "fi.incomeregister")
@@ -228,8 +266,14 @@ async fn status_can_be_pulled_from_the_home() {
     let view = source.pull_consent(id, "fi.helsinki").await.unwrap();
     assert_eq!(view.status, "given");
     assert_eq!(source.consent(id).await.unwrap().events, 2);
-    let unknown = source.pull_consent(ConsentId([9; 16]), "fi.helsinki").await.unwrap_err();
-    assert!(matches!(unknown, CallError::NotFound(ref m) if m.contains("no consent")), "{unknown}");
+    let unknown = source
+        .pull_consent(ConsentId([9; 16]), "fi.helsinki")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(unknown, CallError::NotFound(ref m) if m.contains("no consent")),
+        "{unknown}"
+    );
     net.shutdown().await;
 }
 
@@ -240,7 +284,9 @@ async fn index_is_rebuilt_after_restart() {
     let mut net = TestNet::new(2);
     net.start_all().await;
     let admin = net.admin(HOME).await;
-    let citizen = net.client(HOME, "citizen-app", ClientRole::CitizenApp, None).await;
+    let citizen = net
+        .client(HOME, "citizen-app", ClientRole::CitizenApp, None)
+        .await;
     let service = "fi.helsinki/early-education";
     let (kept, withdrawn) = ("fi:hetu:kept", "fi:hetu:withdrawn");
     for subject in [kept, withdrawn] {
@@ -259,10 +305,60 @@ async fn index_is_rebuilt_after_restart() {
     net.stop(SOURCE).await;
     net.start(SOURCE).await;
     let source = net.admin(SOURCE).await;
-    assert!(matches!(source.decide(query(kept, service)).await.unwrap(), Decision::Allow { .. }));
+    assert!(matches!(
+        source.decide(query(kept, service)).await.unwrap(),
+        Decision::Allow { .. }
+    ));
     assert!(matches!(
         source.decide(query(withdrawn, service)).await.unwrap(),
         Decision::Deny { code, .. } if code == "withdrawn"
     ));
+    net.shutdown().await;
+}
+
+/// A record exports as a Kantara v1.1 receipt in a compact JWS that verifies
+/// with the home operator's key, and as ISO/IEC TS 27560 JSON-LD; an unknown
+/// format is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_export_as_signed_kantara_receipts_and_27560_json_ld() {
+    let mut net = TestNet::new(2);
+    net.start_all().await;
+    let admin = net.admin(HOME).await;
+    let citizen = net
+        .client(HOME, "citizen-app", ClientRole::CitizenApp, None)
+        .await;
+    let subject = "fi:hetu:030303-3333";
+    let terms = Terms::consent(
+        subject,
+        "fi.helsinki",
+        "fi.helsinki/early-education",
+        "fi.incomeregister",
+    )
+    .read(ATTRIBUTE)
+    .purpose(PURPOSE)
+    .build();
+    let id = admin.request_consent(terms).await.unwrap();
+    citizen.grant(id, subject, None).await.unwrap();
+
+    let jws = admin.export_consent(id, "kantara").await.unwrap();
+    let receipt =
+        mim4_node::core::consent::export::verify_jws(&jws, &net.keys[HOME].public()).unwrap();
+    assert_eq!(receipt["version"], "KI-CR-v1.1.0");
+    assert_eq!(receipt["piiPrincipalId"], subject);
+    assert!(
+        mim4_node::core::consent::export::verify_jws(&jws, &net.keys[SOURCE].public()).is_err(),
+        "another operator's key does not verify it"
+    );
+
+    let jsonld: serde_json::Value =
+        serde_json::from_str(&admin.export_consent(id, "iso27560").await.unwrap()).unwrap();
+    assert!(jsonld["@context"].is_object(), "inline context: {jsonld}");
+    assert!(jsonld.to_string().contains("ConsentGiven"), "{jsonld}");
+
+    let unknown = admin.export_consent(id, "pdf").await.unwrap_err();
+    assert!(
+        matches!(unknown, CallError::FailedPrecondition(ref m) if m.contains("kantara")),
+        "{unknown}"
+    );
     net.shutdown().await;
 }

@@ -16,7 +16,12 @@ use mim4_node::trust_draft::{Draft, DraftKey, DraftMember};
 use mim4_node::NodeHandle;
 
 /// Sector labels of each operator in the trust list.
-pub(crate) const SECTORS: &[&[&str]] = &[&["education", "social"], &["registry"], &["social"], &["education"]];
+pub(crate) const SECTORS: &[&[&str]] = &[
+    &["education", "social"],
+    &["registry"],
+    &["social"],
+    &["education"],
+];
 
 pub(crate) const OPERATORS: &[&str] = &[
     "fi.helsinki",
@@ -103,6 +108,18 @@ impl TestNet {
                 message_lifetime_ms: limits::MESSAGE_LIFETIME_MS_DEFAULT,
                 rulebook_version: "mim4-rulebook-1.0".into(),
                 log_filter: "info".into(),
+                controller: Some(mim4_node::config::Controller {
+                    name: format!("Operator {id}"),
+                    contact: "Data Protection Officer".into(),
+                    street_address: "Pohjoisesplanadi 11-13".into(),
+                    postal_code: "00170".into(),
+                    locality: "Helsinki".into(),
+                    country: "FI".into(),
+                    email: "dpo@example.org".into(),
+                    phone: "+358-9-310-1691".into(),
+                    policy_url: "https://example.org/privacy".into(),
+                    language: "en".into(),
+                }),
             });
             keys.push(key);
         }
@@ -169,7 +186,9 @@ impl TestNet {
             0,
         )
         .unwrap();
-        mim4_sdk::Client::connect(&self.api_url(i), &credential).await.unwrap()
+        mim4_sdk::Client::connect(&self.api_url(i), &credential)
+            .await
+            .unwrap()
     }
 
     /// An admin SDK client of node `i`.

@@ -185,14 +185,28 @@ mod tests {
         d.insert(delegation(3, "lawyer", "clerk", 100)).unwrap();
         let child = person("child");
         assert_eq!(d.authority(&child, &child, 5), Some(vec![]));
-        assert_eq!(d.authority(&child, &person("mother"), 5), Some(vec![ConsentId::from_bytes([1; 16])]));
+        assert_eq!(
+            d.authority(&child, &person("mother"), 5),
+            Some(vec![ConsentId::from_bytes([1; 16])])
+        );
         assert_eq!(
             d.authority(&child, &person("lawyer"), 5),
-            Some(vec![ConsentId::from_bytes([1; 16]), ConsentId::from_bytes([2; 16])])
+            Some(vec![
+                ConsentId::from_bytes([1; 16]),
+                ConsentId::from_bytes([2; 16])
+            ])
         );
-        assert_eq!(d.authority(&child, &person("clerk"), 5), None, "depth 3 is too deep");
+        assert_eq!(
+            d.authority(&child, &person("clerk"), 5),
+            None,
+            "depth 3 is too deep"
+        );
         assert_eq!(d.authority(&child, &person("mother"), 100), None, "expired");
-        assert_eq!(d.authority(&person("mother"), &person("child"), 5), None, "not reversed");
+        assert_eq!(
+            d.authority(&person("mother"), &person("child"), 5),
+            None,
+            "not reversed"
+        );
     }
 
     #[test]
@@ -203,7 +217,13 @@ mod tests {
         g.revoked = true;
         d.insert(g).unwrap();
         assert_eq!(d.authority(&person("child"), &person("father"), 5), None);
-        assert_eq!(d.insert(delegation(2, "a", "a", 100)), Err(DelegationError::ToSelf));
-        assert_eq!(d.insert(delegation(3, "a", "b", 0)), Err(DelegationError::EmptyWindow));
+        assert_eq!(
+            d.insert(delegation(2, "a", "a", 100)),
+            Err(DelegationError::ToSelf)
+        );
+        assert_eq!(
+            d.insert(delegation(3, "a", "b", 0)),
+            Err(DelegationError::EmptyWindow)
+        );
     }
 }

@@ -180,7 +180,10 @@ fn verdict(
 
 /// Keeps the better of two decisions: any allow (lowest id) beats any deny;
 /// among denies the higher rank wins, then the lower consent id.
-fn better(current: Option<(Decision, ConsentId)>, candidate: (Decision, ConsentId)) -> Option<(Decision, ConsentId)> {
+fn better(
+    current: Option<(Decision, ConsentId)>,
+    candidate: (Decision, ConsentId),
+) -> Option<(Decision, ConsentId)> {
     let Some(current) = current else {
         return Some(candidate);
     };
@@ -188,7 +191,11 @@ fn better(current: Option<(Decision, ConsentId)>, candidate: (Decision, ConsentI
         Decision::Allow { .. } => (u8::MAX, std::cmp::Reverse(*id)),
         Decision::Deny(reason) => (reason.rank(), std::cmp::Reverse(*id)),
     };
-    Some(if key(&candidate) > key(&current) { candidate } else { current })
+    Some(if key(&candidate) > key(&current) {
+        candidate
+    } else {
+        current
+    })
 }
 
 fn finish(best: Option<(Decision, ConsentId)>, any_for_recipient: bool) -> Decision {
@@ -200,14 +207,19 @@ fn finish(best: Option<(Decision, ConsentId)>, any_for_recipient: bool) -> Decis
 }
 
 /// The reference decision: scans every record.
-pub fn decide_naive<'r>(records: impl IntoIterator<Item = &'r ConsentRecord>, query: &Query<'_>) -> Decision {
+pub fn decide_naive<'r>(
+    records: impl IntoIterator<Item = &'r ConsentRecord>,
+    query: &Query<'_>,
+) -> Decision {
     let mut best = None;
     let mut any_for_recipient = false;
     for record in records {
         let terms = record.terms();
         if &terms.subject != query.subject
             || &terms.source != query.source
-            || !terms.audience.admits(query.operator, query.service, query.sectors)
+            || !terms
+                .audience
+                .admits(query.operator, query.service, query.sectors)
         {
             continue;
         }
@@ -303,17 +315,20 @@ impl Index {
         let status = record.status_at(0);
         let attributes = self.by_subject.entry(terms.subject.clone()).or_default();
         for item in &terms.scope {
-            attributes.entry(item.attribute.clone()).or_default().push(Entry {
-                consent_id: record.id(),
-                source: terms.source.clone(),
-                audience: terms.audience.clone(),
-                action: item.action,
-                purposes: terms.purposes.clone(),
-                not_before_ms: terms.not_before_ms,
-                not_after_ms: terms.not_after_ms,
-                status,
-                missing,
-            });
+            attributes
+                .entry(item.attribute.clone())
+                .or_default()
+                .push(Entry {
+                    consent_id: record.id(),
+                    source: terms.source.clone(),
+                    audience: terms.audience.clone(),
+                    action: item.action,
+                    purposes: terms.purposes.clone(),
+                    not_before_ms: terms.not_before_ms,
+                    not_after_ms: terms.not_after_ms,
+                    status,
+                    missing,
+                });
         }
         self.summaries
             .entry(terms.subject.clone())
@@ -375,7 +390,9 @@ impl Index {
         for entry in entries.into_iter().flatten() {
             if &entry.source != query.source
                 || !entry.action.covers(query.action)
-                || !entry.audience.admits(query.operator, query.service, query.sectors)
+                || !entry
+                    .audience
+                    .admits(query.operator, query.service, query.sectors)
             {
                 continue;
             }
@@ -396,7 +413,9 @@ impl Index {
         // Slow path, only on denial: does any record name this recipient and source?
         let any_for_recipient = self.summaries.get(query.subject).is_some_and(|summaries| {
             summaries.iter().any(|s| {
-                &s.source == query.source && s.audience.admits(query.operator, query.service, query.sectors)
+                &s.source == query.source
+                    && s.audience
+                        .admits(query.operator, query.service, query.sectors)
             })
         });
         finish(None, any_for_recipient)
