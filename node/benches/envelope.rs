@@ -57,6 +57,8 @@ fn bench(c: &mut Criterion) {
             member("fi.helsinki", &sender_key),
             member("fi.incomeregister", &receiver_key),
         ],
+        attributes: Vec::new(),
+        services: Vec::new(),
     };
     let trust =
         VerifiedTrustList::verify_with_anchor(list.sign(&[&governance]), &[governance.public()], 1)

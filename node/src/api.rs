@@ -7,7 +7,10 @@
 //! |---|---|
 //! | `GetStatus`, `ListPeers` | any |
 //! | `SendMessage`, `GetOutgoing`, `ListMessages` | service, admin |
-//! | `InstallTrustList` | admin |
+//! | `InstallTrustList`, `RecordDelegation` | admin |
+//! | `RequestConsent`, `Decide`, `RequestData` | service (as its own service id), admin |
+//! | `ActOnConsent`, `NarrowConsent`, `CreateArrangement` | citizen-app, admin |
+//! | `ListConsents`, `GetConsent`, `PullConsent`, `ExportConsent` | any (a service sees only its own) |
 //!
 //! # Layout
 //! - [`clients`]: the credential table and the `client` commands.
@@ -124,6 +127,7 @@ impl OperatorApi for ApiService {
             caller_id: caller.id,
             caller_role: caller.role.to_string(),
             node_version: env!("CARGO_PKG_VERSION").to_owned(),
+            refusals: self.shared.counters().into_iter().collect(),
         }))
     }
 
@@ -335,6 +339,13 @@ impl OperatorApi for ApiService {
         request: Request<pb::ExportConsentRequest>,
     ) -> Result<Response<pb::ExportConsentResponse>, Status> {
         self.export_consent_impl(request).await
+    }
+
+    async fn request_data(
+        &self,
+        request: Request<pb::RequestDataRequest>,
+    ) -> Result<Response<pb::RequestDataResponse>, Status> {
+        self.request_data_impl(request).await
     }
 }
 

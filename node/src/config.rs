@@ -44,6 +44,8 @@ pub struct Config {
     pub log_filter: String,
     /// The operator as data controller, named in exported consent receipts.
     pub controller: Option<Controller>,
+    /// JSON files loaded into the built-in registry at start (see `sources::registry`).
+    pub registry_files: Vec<PathBuf>,
 }
 
 /// `[controller]`: contact details of the operator as data controller,
@@ -123,6 +125,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     controller: Option<Controller>,
+    #[serde(default)]
+    registry_files: Vec<String>,
 }
 
 fn no_keys() -> Spanned<Vec<String>> {
@@ -322,6 +326,7 @@ impl Config {
             rulebook_version: raw.rulebook_version,
             log_filter: raw.log.filter,
             controller: raw.controller,
+            registry_files: raw.registry_files.iter().map(|p| base.join(p)).collect(),
         })
     }
 }
@@ -360,6 +365,10 @@ trust_list = "trust-list.pb"
 # anchor. Your federation publishes them; `mim4-node governance init` prints one.
 governance_keys = [{keys}]
 governance_threshold = 1
+
+# JSON files loaded into this node's built-in registry at start, if it is a
+# data source: {{"subjects": {{"<subject id>": {{"<attribute>": <value>, ...}}}}}}.
+registry_files = []
 
 # Credentials of local API clients (written by `mim4-node client add`).
 clients_file = "clients.toml"

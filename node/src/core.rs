@@ -11,6 +11,7 @@
 //! - [`keys`]: Ed25519 keys, key ids and domain-separated signatures.
 //! - [`trust`]: the federation trust list and the rules for accepting a newer one.
 //! - [`envelope`]: sealing and verifying signed envelopes.
+//! - [`exchange`]: data requests, predicates and the holder's per-attribute plan.
 //! - [`delivery`]: exactly-once application, receipts and their checks.
 //! - [`outbox`]: retry scheduling with backoff and bounded concurrency.
 //! - [`consent`]: consent records, arrangements, delegation and the decision index.
@@ -19,6 +20,7 @@
 pub mod consent;
 pub mod delivery;
 pub mod envelope;
+pub mod exchange;
 pub mod ids;
 pub mod keys;
 pub mod outbox;

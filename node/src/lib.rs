@@ -11,6 +11,7 @@
 //! - [`transport`]: node-to-node transports (gRPC).
 //! - [`api`]: the local `OperatorApi` and its credentials.
 //! - [`node`]: the driver that runs servers and the delivery loop.
+//! - [`sources`]: the registries a node answers data requests from.
 //! - [`config`]: the `node.toml` file.
 //! - [`identity`]: key files.
 //! - [`trust_draft`]: governance's editable trust-list draft.
@@ -23,6 +24,7 @@ pub mod core;
 pub mod identity;
 pub mod limits;
 pub mod node;
+pub mod sources;
 pub mod store;
 pub mod transport;
 pub mod trust_draft;

@@ -86,3 +86,23 @@ pub const OUTBOX_WAKE_QUEUE: usize = 1_024;
 
 /// Most API clients in `clients.toml`; bounds the credential table.
 pub const API_CLIENTS_MAX: usize = 10_000;
+
+/// Most attributes in the federation's catalogue; bounds the lookup table built from it.
+pub const CATALOGUE_ATTRIBUTES_MAX: usize = 10_000;
+
+/// Most services in the federation's service registry.
+pub const REGISTRY_SERVICES_MAX: usize = 10_000;
+
+/// Most attributes (values plus predicates) in one data request: a form's worth,
+/// which keeps a request far below the message limit.
+pub const REQUEST_ATTRIBUTES_MAX: usize = 32;
+
+/// Longest JSON operand of a predicate, in bytes.
+pub const PREDICATE_OPERAND_BYTES_MAX: usize = 256;
+
+/// Longest JSON value a source may return for one attribute, in bytes.
+pub const ATTRIBUTE_VALUE_BYTES_MAX: usize = 64 * 1024;
+
+/// Deadline of a data request across operators, in ms: a holder that does not
+/// answer by then is reported unreachable.
+pub const DATA_REQUEST_TIMEOUT_MS: u64 = 10_000;

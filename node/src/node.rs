@@ -28,11 +28,14 @@ use crate::core::keys::SecretKey;
 use crate::core::outbox::{Backoff, Scheduler};
 use crate::core::trust::{MemberStatus, SignedTrustList, TrustListError, VerifiedTrustList};
 use crate::limits;
+use crate::sources::registry::Registry;
+use crate::sources::DataSource;
 use crate::store::{self, Outgoing, OutgoingState, Store};
 use crate::transport::grpc::PeerClients;
 use crate::{api, identity, transport};
 
 pub mod consent;
+pub mod exchange;
 
 use consent::ConsentState;
 
@@ -71,6 +74,9 @@ pub enum Error {
     /// A server task failed.
     #[error("server failed: {0}")]
     Server(String),
+    /// The data source cannot be opened or loaded.
+    #[error("data source: {0}")]
+    Source(String),
 }
 
 /// Why a received envelope was not applied.
@@ -95,6 +101,9 @@ pub enum Refusal {
         /// Why.
         reason: String,
     },
+    /// The node cannot answer now (its data source is down); retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// A call asked for something this node does not hold.
     #[error("not found: {0}")]
     NotFound(String),
@@ -165,6 +174,10 @@ pub struct Shared {
     consents: RwLock<ConsentState>,
     /// Serialises changes to consent records (one event at a time per node).
     consent_writer: tokio::sync::Mutex<()>,
+    /// The registry this node answers data requests from.
+    source: Arc<dyn DataSource>,
+    /// Counts of refused requests and withheld attributes, by reason.
+    counters: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// A running node. Dropping it does not stop it: call [`NodeHandle::shutdown`].
@@ -229,6 +242,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     let trust = load_trust_list(&config, &store)?;
     check_membership(&config, &key, &trust)?;
     let consents = consent::load(&store, &trust)?;
+    let source = open_source(&config, &store)?;
 
     let peer_listener = tokio::net::TcpListener::bind(config.peer_listen)
         .await
@@ -261,6 +275,8 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         tasks: Mutex::new(Some(JoinSet::new())),
         consents: RwLock::new(consents),
         consent_writer: tokio::sync::Mutex::new(()),
+        source,
+        counters: Mutex::new(std::collections::BTreeMap::new()),
     });
     let me = shared.config.operator_id.clone();
     info!(operator = %me, %peer_addr, %api_addr, trust_list_version = shared.trust().version(), "node started");
@@ -286,6 +302,22 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         tasks,
         cancel,
     })
+}
+
+/// The built-in registry in the node's database, (re)loaded from the JSON
+/// files the configuration names; loading is an idempotent upsert.
+fn open_source(config: &Config, store: &Store) -> Result<Arc<dyn DataSource>, Error> {
+    let registry = Registry::new(store.registry_tree()?);
+    for path in &config.registry_files {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?;
+        let report = registry
+            .load_json(&text)
+            .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?;
+        info!(file = %path.display(), ?report, "registry data loaded");
+    }
+    store.flush_blocking()?;
+    Ok(Arc::new(registry))
 }
 
 fn local_addr(listener: &tokio::net::TcpListener, addr: SocketAddr) -> Result<SocketAddr, Error> {
@@ -479,11 +511,14 @@ impl Shared {
                     });
                 }
             }
-            Payload::ConsentStatusQuery(_) | Payload::ConsentStatusAnswer(_) => {
+            Payload::ConsentStatusQuery(_)
+            | Payload::ConsentStatusAnswer(_)
+            | Payload::DataRequest(_)
+            | Payload::DataResponse(_) => {
                 return Err(Refusal::Unusable {
                     message_id: envelope.message_id,
                     sender: envelope.sender.clone(),
-                    reason: "status queries are calls, not notices".into(),
+                    reason: "status queries and data requests are calls, not notices".into(),
                 })
             }
             Payload::TrustListUpdate(signed) => match trust.check_update(signed.clone(), now) {
@@ -782,6 +817,21 @@ impl Shared {
         let answer = match &request.payload {
             Payload::ConsentStatusQuery(id) => {
                 self.answer_status_query(id).map_err(Refusal::NotFound)?
+            }
+            Payload::DataRequest(data_request) => {
+                match self
+                    .serve_data_request(&request.sender, data_request.clone())
+                    .await
+                {
+                    Ok(response) => Payload::DataResponse(response),
+                    Err(exchange::ExchangeError::Invalid(e)) => {
+                        return Err(unusable(e.to_string()))
+                    }
+                    Err(exchange::ExchangeError::Source(e)) => {
+                        return Err(Refusal::Unavailable(e.to_string()))
+                    }
+                    Err(exchange::ExchangeError::Store(e)) => return Err(Refusal::Store(e)),
+                }
             }
             other => return Err(unusable(format!("a {} is not a call", other.kind()))),
         };

@@ -8,7 +8,10 @@
 //! - `outbox`: message id → outgoing message with its delivery state;
 //! - `consents`: consent id → the record's signed event log;
 //! - `delegations`: delegation id → who may act for whom;
-//! - `consent_deliveries`: consent id ‖ operator → the latest push of the record to that party.
+//! - `consent_deliveries`: consent id ‖ operator → the latest push of the record to that party;
+//! - `served`: requester ‖ request id → the data response this holder gave (idempotency);
+//! - `received`: request id → the responses this requester received, each value with its consent id;
+//! - `registry`: the built-in data source (see `sources::registry`).
 //!
 //! Every state change that is acknowledged to someone (a receipt to a peer, an
 //! answer to an API client) goes through [`Store::durable`] first, which
@@ -28,8 +31,10 @@ use sled::Transactional as _;
 use crate::core::consent::delegation::{Delegation, DelegationKind};
 use crate::core::consent::{ConsentId, ConsentLog, SubjectId};
 use crate::core::delivery::Applied;
+use crate::core::exchange::DataResponse;
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::wire;
+use prost::Message as _;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +168,8 @@ pub struct Store {
     consents: sled::Tree,
     delegations: sled::Tree,
     consent_deliveries: sled::Tree,
+    served: sled::Tree,
+    received: sled::Tree,
     counters: Arc<Counters>,
     group: Arc<GroupCommit>,
 }
@@ -196,6 +203,8 @@ impl Store {
             consents: db.open_tree("consents")?,
             delegations: db.open_tree("delegations")?,
             consent_deliveries: db.open_tree("consent_deliveries")?,
+            served: db.open_tree("served")?,
+            received: db.open_tree("received")?,
             db,
             counters: Arc::new(Counters::default()),
             group: Arc::new(GroupCommit::default()),
@@ -575,6 +584,78 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+impl Store {
+    /// The response already given to `requester` for `request_id`.
+    pub fn served(
+        &self,
+        requester: &OperatorId,
+        request_id: &MessageId,
+    ) -> Result<Option<DataResponse>> {
+        let mut key = requester.as_str().as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(request_id.as_bytes());
+        self.served
+            .get(key)?
+            .map(|bytes| decode_response("served", &bytes))
+            .transpose()
+    }
+
+    /// Stores the response given to `requester` (call [`Store::durable`] before sending it).
+    pub fn put_served(&self, requester: &OperatorId, response: &DataResponse) -> Result<()> {
+        let mut key = requester.as_str().as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(response.request_id.as_bytes());
+        self.served
+            .insert(key, wire::data_response_to_pb(response).encode_to_vec())?;
+        Ok(())
+    }
+
+    /// The responses received for a request made by this node.
+    pub fn received(&self, request_id: &MessageId) -> Result<Option<Vec<DataResponse>>> {
+        let Some(bytes) = self.received.get(request_id.as_bytes())? else {
+            return Ok(None);
+        };
+        let list =
+            mim4_proto::v1::ReceivedData::decode(bytes.as_ref()).map_err(|e| Error::Corrupt {
+                tree: "received",
+                reason: e.to_string(),
+            })?;
+        list.responses
+            .into_iter()
+            .map(|r| {
+                wire::data_response_from_pb(r).map_err(|reason| Error::Corrupt {
+                    tree: "received",
+                    reason,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// Stores the responses received for a request (each value keeps its consent id).
+    pub fn put_received(&self, request_id: &MessageId, responses: &[DataResponse]) -> Result<()> {
+        let list = mim4_proto::v1::ReceivedData {
+            responses: responses.iter().map(wire::data_response_to_pb).collect(),
+        };
+        self.received
+            .insert(request_id.as_bytes(), list.encode_to_vec())?;
+        Ok(())
+    }
+
+    /// The tree of the built-in registry data source.
+    pub fn registry_tree(&self) -> Result<sled::Tree> {
+        Ok(self.db.open_tree("registry")?)
+    }
+}
+
+fn decode_response(tree: &'static str, bytes: &[u8]) -> Result<DataResponse> {
+    let raw = mim4_proto::v1::DataResponse::decode(bytes).map_err(|e| Error::Corrupt {
+        tree,
+        reason: e.to_string(),
+    })?;
+    wire::data_response_from_pb(raw).map_err(|reason| Error::Corrupt { tree, reason })
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {

@@ -9,10 +9,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::consent::{Attribute, Purpose, ServiceId};
 use crate::core::ids::OperatorId;
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::trust::{
-    GovernanceKey, Member, MemberKey, MemberStatus, Role, SignedTrustList, TrustList,
+    CatalogueAttribute, GovernanceKey, Member, MemberKey, MemberStatus, Role, ServiceEntry,
+    SignedTrustList, TrustList, ValueType,
 };
 
 /// Errors of draft handling.
@@ -92,6 +94,47 @@ pub struct Draft {
     /// Members.
     #[serde(default, rename = "member")]
     pub members: Vec<DraftMember>,
+    /// The attribute catalogue.
+    #[serde(default, rename = "attribute")]
+    pub attributes: Vec<DraftAttribute>,
+    /// The service registry.
+    #[serde(default, rename = "service")]
+    pub services: Vec<DraftService>,
+}
+
+/// A catalogue attribute in the draft.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DraftAttribute {
+    /// Name, e.g. `income.gross_monthly`.
+    pub name: String,
+    /// integer, number, string, boolean, date or string-list.
+    pub value_type: String,
+    /// Unit, if any.
+    #[serde(default)]
+    pub unit: String,
+    /// normal, sensitive or special-category.
+    #[serde(default = "normal")]
+    pub sensitivity: String,
+    /// What it is.
+    #[serde(default)]
+    pub description: String,
+    /// Operator ids of its sources.
+    pub sources: Vec<String>,
+}
+
+fn normal() -> String {
+    "normal".into()
+}
+
+/// A registered service in the draft.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DraftService {
+    /// Service id, e.g. `fi.helsinki/early-education`.
+    pub service_id: String,
+    /// Name.
+    pub name: String,
+    /// DPV purposes it may request data for.
+    pub purposes: Vec<String>,
 }
 
 impl Draft {
@@ -104,6 +147,8 @@ impl Draft {
             threshold: 1,
             governance_keys: governance_keys.iter().map(PublicKey::to_hex).collect(),
             members: Vec::new(),
+            attributes: Vec::new(),
+            services: Vec::new(),
         }
     }
 
@@ -231,6 +276,45 @@ impl Draft {
             governance_keys,
             threshold: self.threshold,
             members,
+            attributes: self
+                .attributes
+                .iter()
+                .map(|a| {
+                    Ok(CatalogueAttribute {
+                        name: Attribute::new(a.name.clone()).map_err(|e| bad(e.to_string()))?,
+                        value_type: ValueType::parse(&a.value_type).ok_or_else(|| {
+                            bad(format!(
+                                "attribute {}: unknown type {:?}",
+                                a.name, a.value_type
+                            ))
+                        })?,
+                        unit: a.unit.clone(),
+                        sensitivity: a.sensitivity.clone(),
+                        description: a.description.clone(),
+                        sources: a
+                            .sources
+                            .iter()
+                            .map(|s| OperatorId::new(s.clone()).map_err(|e| bad(e.to_string())))
+                            .collect::<Result<_, _>>()?,
+                    })
+                })
+                .collect::<Result<_, Error>>()?,
+            services: self
+                .services
+                .iter()
+                .map(|s| {
+                    Ok(ServiceEntry {
+                        service_id: ServiceId::new(s.service_id.clone())
+                            .map_err(|e| bad(e.to_string()))?,
+                        name: s.name.clone(),
+                        purposes: s
+                            .purposes
+                            .iter()
+                            .map(|p| Purpose::new(p.clone()).map_err(|e| bad(e.to_string())))
+                            .collect::<Result<_, _>>()?,
+                    })
+                })
+                .collect::<Result<_, Error>>()?,
         };
         // Round-trip through the wire decoder so a draft that signs is a list that verifies.
         crate::core::wire::decode_trust_list(&crate::core::wire::encode_trust_list(&list))

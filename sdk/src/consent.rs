@@ -185,7 +185,7 @@ impl Client {
     pub async fn request_consent(&self, terms: pb::ConsentTerms) -> Result<ConsentId, CallError> {
         let mut inner = self.inner.clone();
         let r = inner
-            .request_consent(self.request(pb::RequestConsentRequest { terms: Some(terms) }))
+            .request_consent(self.with_credential(pb::RequestConsentRequest { terms: Some(terms) }))
             .await?
             .into_inner();
         ConsentId::from_wire(&r.consent_id)
@@ -200,7 +200,7 @@ impl Client {
     ) -> Result<pb::ConsentView, CallError> {
         let mut inner = self.inner.clone();
         Ok(inner
-            .act_on_consent(self.request(pb::ActOnConsentRequest {
+            .act_on_consent(self.with_credential(pb::ActOnConsentRequest {
                 consent_id: id.0.to_vec(),
                 action: action as i32,
                 person: person.into(),
@@ -252,7 +252,7 @@ impl Client {
     ) -> Result<pb::ConsentView, CallError> {
         let mut inner = self.inner.clone();
         Ok(inner
-            .narrow_consent(self.request(pb::NarrowConsentRequest {
+            .narrow_consent(self.with_credential(pb::NarrowConsentRequest {
                 consent_id: id.0.to_vec(),
                 terms: Some(terms),
                 person: person.into(),
@@ -269,7 +269,7 @@ impl Client {
     ) -> Result<pb::ConsentView, CallError> {
         let mut inner = self.inner.clone();
         Ok(inner
-            .create_arrangement(self.request(pb::CreateArrangementRequest {
+            .create_arrangement(self.with_credential(pb::CreateArrangementRequest {
                 terms: Some(terms),
                 person: person.into(),
             }))
@@ -288,7 +288,7 @@ impl Client {
     ) -> Result<ConsentId, CallError> {
         let mut inner = self.inner.clone();
         let r = inner
-            .record_delegation(self.request(pb::RecordDelegationRequest {
+            .record_delegation(self.with_credential(pb::RecordDelegationRequest {
                 principal: principal.into(),
                 agent: agent.into(),
                 kind: kind.into(),
@@ -304,7 +304,7 @@ impl Client {
     pub async fn consents(&self, subject: &str) -> Result<Vec<pb::ConsentView>, CallError> {
         let mut inner = self.inner.clone();
         Ok(inner
-            .list_consents(self.request(pb::ListConsentsRequest {
+            .list_consents(self.with_credential(pb::ListConsentsRequest {
                 subject: subject.into(),
             }))
             .await?
@@ -316,7 +316,7 @@ impl Client {
     pub async fn consent(&self, id: ConsentId) -> Result<pb::ConsentView, CallError> {
         let mut inner = self.inner.clone();
         Ok(inner
-            .get_consent(self.request(pb::GetConsentRequest {
+            .get_consent(self.with_credential(pb::GetConsentRequest {
                 consent_id: id.0.to_vec(),
             }))
             .await?
@@ -331,7 +331,7 @@ impl Client {
     ) -> Result<pb::ConsentView, CallError> {
         let mut inner = self.inner.clone();
         Ok(inner
-            .pull_consent(self.request(pb::PullConsentRequest {
+            .pull_consent(self.with_credential(pb::PullConsentRequest {
                 consent_id: id.0.to_vec(),
                 from_operator: from.into(),
             }))
@@ -343,7 +343,7 @@ impl Client {
     pub async fn decide(&self, query: DecideQuery<'_>) -> Result<Decision, CallError> {
         let mut inner = self.inner.clone();
         let r = inner
-            .decide(self.request(pb::DecideRequest {
+            .decide(self.with_credential(pb::DecideRequest {
                 subject: query.subject.into(),
                 service: query.service.into(),
                 source: query.source.into(),
@@ -370,7 +370,7 @@ impl Client {
     pub async fn export_consent(&self, id: ConsentId, format: &str) -> Result<String, CallError> {
         let mut inner = self.inner.clone();
         Ok(inner
-            .export_consent(self.request(pb::ExportConsentRequest {
+            .export_consent(self.with_credential(pb::ExportConsentRequest {
                 consent_id: id.0.to_vec(),
                 format: format.into(),
             }))

@@ -18,6 +18,7 @@
 //! # Layout
 //! - [`Client`]: the connection and its calls.
 //! - [`ConnectError`], [`CallError`]: what can go wrong.
+//! - [`data`]: data requests ([`Client::request`] builder, [`DataAnswer`], [`RequestError`]).
 //! - [`consent`]: consent calls ([`Terms`] builder, [`Decision`]).
 //! - [`proto`]: the wire types, re-exported for callers that need them.
 #![warn(missing_docs)]
@@ -35,7 +36,9 @@ use tonic::Code;
 pub use mim4_proto::v1 as proto;
 
 pub mod consent;
+pub mod data;
 pub use consent::{ConsentId, DecideQuery, Decision, Terms};
+pub use data::{DataAnswer, DataRequestBuilder, RequestError};
 
 /// Largest response the client accepts (a page of received messages).
 const RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -216,7 +219,7 @@ impl Client {
         })
     }
 
-    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn with_credential<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request
             .metadata_mut()
@@ -228,7 +231,7 @@ impl Client {
     pub async fn status(&self) -> Result<pb::GetStatusResponse, CallError> {
         let mut inner = self.inner.clone();
         Ok(inner
-            .get_status(self.request(pb::GetStatusRequest {}))
+            .get_status(self.with_credential(pb::GetStatusRequest {}))
             .await?
             .into_inner())
     }
@@ -237,7 +240,7 @@ impl Client {
     pub async fn peers(&self) -> Result<Vec<pb::Peer>, CallError> {
         let mut inner = self.inner.clone();
         Ok(inner
-            .list_peers(self.request(pb::ListPeersRequest {}))
+            .list_peers(self.with_credential(pb::ListPeersRequest {}))
             .await?
             .into_inner()
             .peers)
@@ -253,7 +256,7 @@ impl Client {
     ) -> Result<MessageId, CallError> {
         let mut inner = self.inner.clone();
         let response = inner
-            .send_message(self.request(pb::SendMessageRequest {
+            .send_message(self.with_credential(pb::SendMessageRequest {
                 recipient: recipient.to_owned(),
                 memo: Some(pb::Memo {
                     subject: subject.to_owned(),
@@ -269,7 +272,7 @@ impl Client {
     pub async fn outgoing(&self, id: MessageId) -> Result<Outgoing, CallError> {
         let mut inner = self.inner.clone();
         let r = inner
-            .get_outgoing(self.request(pb::GetOutgoingRequest {
+            .get_outgoing(self.with_credential(pb::GetOutgoingRequest {
                 message_id: id.0.to_vec(),
             }))
             .await?
@@ -325,7 +328,7 @@ impl Client {
     ) -> Result<Vec<pb::ReceivedMessage>, CallError> {
         let mut inner = self.inner.clone();
         Ok(inner
-            .list_messages(self.request(pb::ListMessagesRequest { after_seq, limit }))
+            .list_messages(self.with_credential(pb::ListMessagesRequest { after_seq, limit }))
             .await?
             .into_inner()
             .messages)
@@ -335,7 +338,9 @@ impl Client {
     pub async fn install_trust_list(&self, signed: Vec<u8>) -> Result<u64, CallError> {
         let mut inner = self.inner.clone();
         Ok(inner
-            .install_trust_list(self.request(pb::InstallTrustListRequest { trust_list: signed }))
+            .install_trust_list(
+                self.with_credential(pb::InstallTrustListRequest { trust_list: signed }),
+            )
             .await?
             .into_inner()
             .version)

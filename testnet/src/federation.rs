@@ -17,7 +17,7 @@ use mim4_node::core::keys::SecretKey;
 use mim4_node::core::trust::{SignedTrustList, VerifiedTrustList};
 use mim4_node::identity;
 use mim4_node::node::now_ms;
-use mim4_node::trust_draft::{Draft, DraftKey, DraftMember};
+use mim4_node::trust_draft::{Draft, DraftAttribute, DraftKey, DraftMember, DraftService};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use rand::RngCore as _;
@@ -41,7 +41,83 @@ pub struct OperatorSpec {
     pub roles: &'static [&'static str],
     /// Sector labels.
     pub sectors: &'static [&'static str],
+    /// Its consumer services (the part after the slash of the service id).
+    pub services: &'static [&'static str],
 }
+
+/// The testnet's attribute catalogue: (attribute, type, unit, sensitivity, source, description).
+pub const CATALOGUE: &[(&str, &str, &str, &str, &str, &str)] = &[
+    (
+        "income.gross_monthly",
+        "integer",
+        "EUR/month",
+        "normal",
+        "fi.incomeregister",
+        "Gross monthly earned income, last 12-month average",
+    ),
+    (
+        "income.employer",
+        "string",
+        "",
+        "normal",
+        "fi.incomeregister",
+        "Current main employer",
+    ),
+    (
+        "licence.driving.classes",
+        "string-list",
+        "",
+        "normal",
+        "se.transportstyrelsen",
+        "Driving-licence classes held",
+    ),
+    (
+        "licence.driving.valid_until",
+        "date",
+        "",
+        "normal",
+        "se.transportstyrelsen",
+        "Expiry date of the driving licence",
+    ),
+    (
+        "education.diplomas",
+        "string-list",
+        "",
+        "normal",
+        "se.uhr",
+        "Higher-education degrees awarded",
+    ),
+    (
+        "criminal_record.extract",
+        "string",
+        "",
+        "special-category",
+        "se.polisen",
+        "Extract from the criminal-records register (GDPR Art. 10)",
+    ),
+    (
+        "skills.record",
+        "string-list",
+        "",
+        "normal",
+        "fr.iledefrance",
+        "Skills and certifications recorded by the regional skills platform",
+    ),
+];
+
+/// The purposes each testnet service is registered for.
+pub const SERVICE_PURPOSES: &[(&str, &[&str])] = &[
+    ("fi.helsinki/early-education", &["dpv:ServiceProvision"]),
+    ("se.stockholm/social-services", &["dpv:ServiceProvision"]),
+    (
+        "se.arbetsformedlingen/job-matching",
+        &["dpv:ServiceProvision", "dpv:RecruitmentAndHiring"],
+    ),
+    (
+        "fr.iledefrance/training-platform",
+        &["dpv:EducationalTraining"],
+    ),
+];
 
 /// Real-looking operators, in the order the testnet uses them.
 pub const DEFAULT_OPERATORS: &[OperatorSpec] = &[
@@ -51,13 +127,15 @@ pub const DEFAULT_OPERATORS: &[OperatorSpec] = &[
         country: "FI",
         roles: &["operator", "consumer"],
         sectors: &["education", "social"],
+        services: &["early-education"],
     },
     OperatorSpec {
         id: "fi.incomeregister",
-        name: "Finnish Income Register",
+        name: "Finnish Income Register (Tulorekisteri)",
         country: "FI",
         roles: &["source"],
         sectors: &["registry"],
+        services: &[],
     },
     OperatorSpec {
         id: "se.stockholm",
@@ -65,20 +143,39 @@ pub const DEFAULT_OPERATORS: &[OperatorSpec] = &[
         country: "SE",
         roles: &["operator", "consumer"],
         sectors: &["social"],
+        services: &["social-services"],
     },
     OperatorSpec {
         id: "se.arbetsformedlingen",
-        name: "Arbetsförmedlingen",
+        name: "Arbetsförmedlingen (Swedish Public Employment Service)",
         country: "SE",
         roles: &["consumer"],
         sectors: &["employment"],
+        services: &["job-matching"],
     },
     OperatorSpec {
         id: "se.transportstyrelsen",
-        name: "Swedish Transport Agency",
+        name: "Transportstyrelsen (driving-licence register)",
         country: "SE",
         roles: &["source"],
         sectors: &["registry"],
+        services: &[],
+    },
+    OperatorSpec {
+        id: "se.uhr",
+        name: "Swedish Council for Higher Education (diploma register)",
+        country: "SE",
+        roles: &["source"],
+        sectors: &["registry", "education"],
+        services: &[],
+    },
+    OperatorSpec {
+        id: "se.polisen",
+        name: "Swedish Police Authority (criminal-records register)",
+        country: "SE",
+        roles: &["source"],
+        sectors: &["registry"],
+        services: &[],
     },
     OperatorSpec {
         id: "fr.iledefrance",
@@ -86,20 +183,7 @@ pub const DEFAULT_OPERATORS: &[OperatorSpec] = &[
         country: "FR",
         roles: &["operator", "consumer"],
         sectors: &["education", "employment"],
-    },
-    OperatorSpec {
-        id: "fr.visions",
-        name: "Visions (skills records)",
-        country: "FR",
-        roles: &["operator", "source"],
-        sectors: &["education"],
-    },
-    OperatorSpec {
-        id: "nl.eindhoven",
-        name: "City of Eindhoven",
-        country: "NL",
-        roles: &["operator", "consumer"],
-        sectors: &["social"],
+        services: &["training-platform"],
     },
 ];
 
@@ -140,7 +224,12 @@ impl OperatorState {
 
     /// Its admin credential.
     pub fn admin_credential(&self) -> anyhow::Result<String> {
-        let path = self.dir.join("admin.credential");
+        self.credential("admin")
+    }
+
+    /// The credential of one of its clients (`admin`, `citizen-app`, or a service name).
+    pub fn credential(&self, client: &str) -> anyhow::Result<String> {
+        let path = self.dir.join(format!("{client}.credential"));
         Ok(fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?
             .trim()
@@ -195,6 +284,15 @@ impl Federation {
             identity::write_public_key(&op_dir.join("operator.pub"), &key.public())?;
             let peer_addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i]));
             let api_addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1]));
+            // A source serves the testnet's sample registry for it, if there is one.
+            let sample = sample_data(spec.id);
+            let registry_line = match sample {
+                Some(json) => {
+                    fs::write(op_dir.join("registry.json"), json)?;
+                    "registry_files = [\"registry.json\"]\n"
+                }
+                None => "",
+            };
             let controller = format!(
                 "\n# Testnet placeholder contact details (not a real controller).\n[controller]\n\
                  name = \"{name}\"\ncontact = \"Testnet data protection officer\"\n\
@@ -207,19 +305,29 @@ impl Federation {
             );
             fs::write(
                 op_dir.join("node.toml"),
-                config::template(&id, peer_addr, api_addr, &[governance.public()]) + &controller,
+                config::template(&id, peer_addr, api_addr, &[governance.public()])
+                    .replace("registry_files = []\n", registry_line)
+                    + &controller,
             )?;
-            let mut secret = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut secret);
-            let credential = clients::add(
-                &op_dir.join("clients.toml"),
-                "testnet-admin",
-                ClientRole::Admin,
-                None,
-                secret,
-                now_ms(),
-            )?;
-            write_private(&op_dir.join("admin.credential"), &credential)?;
+            let clients_file = op_dir.join("clients.toml");
+            let add_client = |name: &str, role: ClientRole, service: Option<String>| {
+                let mut secret = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut secret);
+                let credential =
+                    clients::add(&clients_file, name, role, service, secret, now_ms())?;
+                write_private(&op_dir.join(format!("{name}.credential")), &credential)
+            };
+            add_client("admin", ClientRole::Admin, None)?;
+            if spec.roles.contains(&"operator") {
+                add_client("citizen-app", ClientRole::CitizenApp, None)?;
+            }
+            for service in spec.services {
+                add_client(
+                    service,
+                    ClientRole::Service,
+                    Some(format!("{}/{service}", spec.id)),
+                )?;
+            }
             draft.add_member(DraftMember {
                 operator_id: spec.id.to_owned(),
                 name: spec.name.to_owned(),
@@ -243,6 +351,23 @@ impl Federation {
                 peer_addr,
                 api_addr,
                 pid: None,
+            });
+        }
+        for (name, value_type, unit, sensitivity, source, description) in CATALOGUE {
+            draft.attributes.push(DraftAttribute {
+                name: (*name).into(),
+                value_type: (*value_type).into(),
+                unit: (*unit).into(),
+                sensitivity: (*sensitivity).into(),
+                description: (*description).into(),
+                sources: vec![(*source).into()],
+            });
+        }
+        for (service, purposes) in SERVICE_PURPOSES {
+            draft.services.push(DraftService {
+                service_id: (*service).into(),
+                name: (*service).into(),
+                purposes: purposes.iter().map(|p| (*p).into()).collect(),
             });
         }
         let signed = draft.sign_next(&[&governance], now_ms(), 365 * 24 * 60 * 60 * 1000)?;
@@ -535,4 +660,16 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .open(path)?;
     writeln!(file, "{text}")?;
     Ok(())
+}
+
+/// The sample registry of a testnet source, from `testnet/data/`.
+fn sample_data(operator: &str) -> Option<&'static str> {
+    Some(match operator {
+        "fi.incomeregister" => include_str!("../data/fi.incomeregister.json"),
+        "se.transportstyrelsen" => include_str!("../data/se.transportstyrelsen.json"),
+        "se.uhr" => include_str!("../data/se.uhr.json"),
+        "se.polisen" => include_str!("../data/se.polisen.json"),
+        "fr.iledefrance" => include_str!("../data/fr.iledefrance.json"),
+        _ => return None,
+    })
 }

@@ -14,4 +14,6 @@ mod federation;
 pub mod node_binary;
 pub mod receipts;
 
-pub use federation::{Federation, OperatorSpec, OperatorState, DEFAULT_OPERATORS};
+pub use federation::{
+    Federation, OperatorSpec, OperatorState, CATALOGUE, DEFAULT_OPERATORS, SERVICE_PURPOSES,
+};

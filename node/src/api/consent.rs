@@ -379,3 +379,66 @@ impl ApiService {
         }))
     }
 }
+
+impl ApiService {
+    pub(crate) async fn request_data_impl(
+        &self,
+        request: Request<pb::RequestDataRequest>,
+    ) -> Result<Response<pb::RequestDataResponse>, Status> {
+        use crate::core::exchange::DataRequest;
+        use crate::core::ids::MessageId;
+        use crate::node::exchange::{ExchangeError, SourceOutcome};
+        let caller = self.authorize(&request, "RequestData", REQUESTERS)?;
+        let r = request.into_inner();
+        let service = ServiceId::new(r.service).map_err(|e| invalid("service", e))?;
+        check_service(&caller, &service)?;
+        let request_id = if r.idempotency_key.is_empty() {
+            MessageId::from_bytes(rand::random())
+        } else {
+            MessageId::from_slice(&r.idempotency_key)
+                .ok_or_else(|| Status::invalid_argument("idempotency_key must be 16 bytes"))?
+        };
+        let raw = pb::DataRequest {
+            request_id: request_id.as_bytes().to_vec(),
+            subject: r.subject,
+            service: service.to_string(),
+            purpose: r.purpose,
+            attributes: r.attributes,
+            predicates: r.predicates,
+        };
+        let data_request: DataRequest = wire::data_request_from_pb(raw).map_err(|e| {
+            self.shared.count("data-request-invalid");
+            Status::invalid_argument(e)
+        })?;
+        let outcomes = self
+            .shared
+            .request_data(data_request)
+            .await
+            .map_err(|e| match e {
+                ExchangeError::Invalid(e) => Status::invalid_argument(e.to_string()),
+                other => Status::unavailable(other.to_string()),
+            })?;
+        let mut response = pb::RequestDataResponse {
+            request_id: request_id.as_bytes().to_vec(),
+            responses: Vec::new(),
+            failures: Vec::new(),
+        };
+        for outcome in outcomes {
+            match outcome {
+                SourceOutcome::Answered(r) => {
+                    response.responses.push(wire::data_response_to_pb(&r))
+                }
+                SourceOutcome::Failed {
+                    source,
+                    code,
+                    reason,
+                } => response.failures.push(pb::SourceFailure {
+                    source: source.to_string(),
+                    code: code.to_owned(),
+                    reason,
+                }),
+            }
+        }
+        Ok(Response::new(response))
+    }
+}

@@ -19,6 +19,7 @@
 use sha2::{Digest as _, Sha256};
 
 use crate::core::consent::{ConsentId, ConsentLog, ConsentTerms};
+use crate::core::exchange::{DataRequest, DataResponse};
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::keys::{KeyId, SecretKey, ENVELOPE_DOMAIN};
 use crate::core::trust::{MemberStatus, SignedTrustList, VerifiedTrustList};
@@ -75,6 +76,10 @@ pub enum Payload {
     ConsentStatusQuery(ConsentId),
     /// The answer to a status query.
     ConsentStatusAnswer(ConsentLog),
+    /// A request for attributes (a call).
+    DataRequest(DataRequest),
+    /// The holder's answer to a data request.
+    DataResponse(DataResponse),
 }
 
 impl Payload {
@@ -88,6 +93,8 @@ impl Payload {
             Payload::ConsentRecord(_) => "consent-record",
             Payload::ConsentStatusQuery(_) => "consent-status-query",
             Payload::ConsentStatusAnswer(_) => "consent-status-answer",
+            Payload::DataRequest(_) => "data-request",
+            Payload::DataResponse(_) => "data-response",
         }
     }
 }

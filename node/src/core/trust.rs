@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::core::consent::{Attribute, Purpose, ServiceId};
 use crate::core::ids::OperatorId;
 use crate::core::keys::{KeyId, PublicKey, SecretKey, TRUST_LIST_DOMAIN};
 use crate::core::wire;
@@ -140,6 +141,82 @@ pub struct TrustList {
     pub threshold: u32,
     /// The members, in the order governance listed them.
     pub members: Vec<Member>,
+    /// The attribute catalogue.
+    pub attributes: Vec<CatalogueAttribute>,
+    /// The service registry.
+    pub services: Vec<ServiceEntry>,
+}
+
+/// The type of an attribute's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueType {
+    /// A whole number.
+    Integer,
+    /// A number.
+    Number,
+    /// Text.
+    String,
+    /// True or false.
+    Boolean,
+    /// An ISO 8601 date (`YYYY-MM-DD`).
+    Date,
+    /// A list of texts (e.g. licence classes).
+    StringList,
+}
+
+impl ValueType {
+    /// The type's name in the catalogue.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueType::Integer => "integer",
+            ValueType::Number => "number",
+            ValueType::String => "string",
+            ValueType::Boolean => "boolean",
+            ValueType::Date => "date",
+            ValueType::StringList => "string-list",
+        }
+    }
+
+    /// Parses a type name.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "integer" => ValueType::Integer,
+            "number" => ValueType::Number,
+            "string" => ValueType::String,
+            "boolean" => ValueType::Boolean,
+            "date" => ValueType::Date,
+            "string-list" => ValueType::StringList,
+            _ => return None,
+        })
+    }
+}
+
+/// One attribute of the federation's catalogue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogueAttribute {
+    /// Its name.
+    pub name: Attribute,
+    /// The type of its values.
+    pub value_type: ValueType,
+    /// Unit, if any.
+    pub unit: String,
+    /// `normal`, `sensitive` or `special-category`.
+    pub sensitivity: String,
+    /// What it is.
+    pub description: String,
+    /// The members that are its authoritative source (the first is asked).
+    pub sources: Vec<OperatorId>,
+}
+
+/// A consumer service of the registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// Its id.
+    pub service_id: ServiceId,
+    /// Its name.
+    pub name: String,
+    /// The purposes it may request data for.
+    pub purposes: Vec<Purpose>,
 }
 
 impl TrustList {
@@ -191,6 +268,8 @@ pub struct VerifiedTrustList {
     list: TrustList,
     signed: SignedTrustList,
     index: BTreeMap<OperatorId, usize>,
+    attributes: BTreeMap<Attribute, usize>,
+    services: BTreeMap<ServiceId, usize>,
 }
 
 impl VerifiedTrustList {
@@ -212,6 +291,16 @@ impl VerifiedTrustList {
     /// The member with this id, in O(log n).
     pub fn member(&self, id: &OperatorId) -> Option<&Member> {
         self.index.get(id).map(|&i| &self.list.members[i])
+    }
+
+    /// The catalogue entry of an attribute.
+    pub fn attribute(&self, name: &Attribute) -> Option<&CatalogueAttribute> {
+        self.attributes.get(name).map(|&i| &self.list.attributes[i])
+    }
+
+    /// The registry entry of a service.
+    pub fn service(&self, id: &ServiceId) -> Option<&ServiceEntry> {
+        self.services.get(id).map(|&i| &self.list.services[i])
     }
 
     /// Whether the list may still be relied on at `now_ms`.
@@ -278,10 +367,24 @@ impl VerifiedTrustList {
             .enumerate()
             .map(|(i, m)| (m.operator_id.clone(), i))
             .collect();
+        let attributes = list
+            .attributes
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.name.clone(), i))
+            .collect();
+        let services = list
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.service_id.clone(), i))
+            .collect();
         Self {
             list,
             signed,
             index,
+            attributes,
+            services,
         }
     }
 }

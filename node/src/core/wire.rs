@@ -14,11 +14,12 @@ use crate::core::consent::{
     SubjectId, TermsError, EVENTS_MAX,
 };
 use crate::core::envelope::{Envelope, Memo, Payload, Receipt, SignedEnvelope};
+use crate::core::exchange::{Answer, DataRequest, DataResponse, Op, Predicate, Released, Withheld};
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::keys::{KeyId, PublicKey, SIGNATURE_LEN};
 use crate::core::trust::{
-    GovernanceKey, Member, MemberKey, MemberStatus, Role, SignedTrustList, TrustList,
-    TrustListError,
+    CatalogueAttribute, GovernanceKey, Member, MemberKey, MemberStatus, Role, ServiceEntry,
+    SignedTrustList, TrustList, TrustListError, ValueType,
 };
 use crate::limits;
 
@@ -52,6 +53,8 @@ fn envelope_to_pb(envelope: &Envelope) -> pb::Envelope {
             consent_id: id.as_bytes().to_vec(),
         }),
         Payload::ConsentStatusAnswer(log) => P::ConsentStatusAnswer(consent_log_to_pb(log)),
+        Payload::DataRequest(request) => P::DataRequest(data_request_to_pb(request)),
+        Payload::DataResponse(response) => P::DataResponse(data_response_to_pb(response)),
     };
     pb::Envelope {
         protocol_version: envelope.protocol_version,
@@ -152,6 +155,8 @@ pub fn decode_envelope(body: &[u8]) -> Result<Envelope, String> {
         Some(P::ConsentStatusAnswer(log)) => {
             Payload::ConsentStatusAnswer(consent_log_from_pb(log)?)
         }
+        Some(P::DataRequest(request)) => Payload::DataRequest(data_request_from_pb(request)?),
+        Some(P::DataResponse(response)) => Payload::DataResponse(data_response_from_pb(response)?),
     };
     Ok(Envelope {
         protocol_version: raw.protocol_version,
@@ -239,6 +244,27 @@ pub fn encode_trust_list(list: &TrustList) -> Vec<u8> {
             .collect(),
         threshold: list.threshold,
         members: list.members.iter().map(member_to_pb).collect(),
+        attributes: list
+            .attributes
+            .iter()
+            .map(|a| pb::CatalogueAttribute {
+                name: a.name.to_string(),
+                value_type: a.value_type.as_str().into(),
+                unit: a.unit.clone(),
+                sensitivity: a.sensitivity.clone(),
+                description: a.description.clone(),
+                sources: a.sources.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+        services: list
+            .services
+            .iter()
+            .map(|s| pb::ServiceEntry {
+                service_id: s.service_id.to_string(),
+                name: s.name.clone(),
+                purposes: s.purposes.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
     };
     raw.encode_to_vec()
 }
@@ -342,7 +368,62 @@ pub fn decode_trust_list(body: &[u8]) -> Result<TrustList, TrustListError> {
         }
         members.push(member);
     }
+    if raw.attributes.len() > limits::CATALOGUE_ATTRIBUTES_MAX
+        || raw.services.len() > limits::REGISTRY_SERVICES_MAX
+    {
+        return Err(invalid(format!(
+            "at most {} attributes and {} services",
+            limits::CATALOGUE_ATTRIBUTES_MAX,
+            limits::REGISTRY_SERVICES_MAX
+        )));
+    }
+    let mut attributes = Vec::with_capacity(raw.attributes.len());
+    for a in raw.attributes {
+        let name = Attribute::new(a.name).map_err(|e| invalid(e.to_string()))?;
+        let text_ok = [&a.unit, &a.sensitivity, &a.description]
+            .iter()
+            .all(|t| t.len() <= limits::TEXT_FIELD_BYTES_MAX);
+        if !text_ok || a.sources.is_empty() || a.sources.len() > 8 {
+            return Err(invalid(format!(
+                "attribute {name}: 1 to 8 sources and short texts"
+            )));
+        }
+        attributes.push(CatalogueAttribute {
+            value_type: ValueType::parse(&a.value_type).ok_or_else(|| {
+                invalid(format!("attribute {name}: unknown type {:?}", a.value_type))
+            })?,
+            unit: a.unit,
+            sensitivity: a.sensitivity,
+            description: a.description,
+            sources: a
+                .sources
+                .into_iter()
+                .map(|s| OperatorId::new(s).map_err(|e| invalid(format!("attribute {name}: {e}"))))
+                .collect::<Result<_, _>>()?,
+            name,
+        });
+    }
+    let mut services = Vec::with_capacity(raw.services.len());
+    for entry in raw.services {
+        let service_id = ServiceId::new(entry.service_id).map_err(|e| invalid(e.to_string()))?;
+        if entry.name.len() > limits::TEXT_FIELD_BYTES_MAX || entry.purposes.len() > 16 {
+            return Err(invalid(format!(
+                "service {service_id}: name too long or too many purposes"
+            )));
+        }
+        services.push(ServiceEntry {
+            purposes: entry
+                .purposes
+                .into_iter()
+                .map(|p| Purpose::new(p).map_err(|e| invalid(format!("service {service_id}: {e}"))))
+                .collect::<Result<_, _>>()?,
+            name: entry.name,
+            service_id,
+        });
+    }
     Ok(TrustList {
+        attributes,
+        services,
         federation_id: raw.federation_id,
         version: raw.version,
         issued_at_ms: raw.issued_at_ms,
@@ -756,4 +837,170 @@ pub fn encode_consent_log(log: &ConsentLog) -> Vec<u8> {
 pub fn decode_consent_log(bytes: &[u8]) -> Result<ConsentLog, String> {
     let raw = pb::ConsentRecordUpdate::decode(bytes).map_err(|e| e.to_string())?;
     consent_log_from_pb(raw)
+}
+
+// ---------------------------------------------------------------------------
+// Data exchange
+// ---------------------------------------------------------------------------
+
+fn predicate_to_pb(p: &Predicate) -> pb::Predicate {
+    pb::Predicate {
+        attribute: p.attribute.to_string(),
+        op: p.op.as_str().into(),
+        value_json: p.operand.to_string(),
+    }
+}
+
+/// Validates a predicate from the wire or the local API.
+pub fn predicate_from_pb(raw: pb::Predicate) -> Result<Predicate, String> {
+    if raw.value_json.len() > limits::PREDICATE_OPERAND_BYTES_MAX {
+        return Err("predicate operand is too large".into());
+    }
+    Ok(Predicate {
+        attribute: Attribute::new(raw.attribute).map_err(|e| e.to_string())?,
+        op: Op::parse(&raw.op).ok_or_else(|| {
+            format!(
+                "predicate operator {:?} is not one of < <= > >= == != contains",
+                raw.op
+            )
+        })?,
+        operand: serde_json::from_str(&raw.value_json)
+            .map_err(|e| format!("predicate operand is not JSON: {e}"))?,
+    })
+}
+
+/// Converts a data request to its wire type.
+pub fn data_request_to_pb(r: &DataRequest) -> pb::DataRequest {
+    pb::DataRequest {
+        request_id: r.request_id.as_bytes().to_vec(),
+        subject: r.subject.to_string(),
+        service: r.service.to_string(),
+        purpose: r.purpose.to_string(),
+        attributes: r.attributes.iter().map(ToString::to_string).collect(),
+        predicates: r.predicates.iter().map(predicate_to_pb).collect(),
+    }
+}
+
+/// Validates a data request from the wire or the local API (not yet against the catalogue).
+pub fn data_request_from_pb(raw: pb::DataRequest) -> Result<DataRequest, String> {
+    if raw.attributes.len() + raw.predicates.len() > limits::REQUEST_ATTRIBUTES_MAX {
+        return Err(format!(
+            "the request asks for {} attributes and predicates, more than the {} allowed",
+            raw.attributes.len() + raw.predicates.len(),
+            limits::REQUEST_ATTRIBUTES_MAX
+        ));
+    }
+    Ok(DataRequest {
+        request_id: MessageId::from_slice(&raw.request_id)
+            .ok_or_else(|| "request_id must be 16 bytes".to_owned())?,
+        subject: SubjectId::new(raw.subject).map_err(|e| e.to_string())?,
+        service: ServiceId::new(raw.service).map_err(|e| e.to_string())?,
+        purpose: Purpose::new(raw.purpose).map_err(|e| e.to_string())?,
+        attributes: raw
+            .attributes
+            .into_iter()
+            .map(|a| Attribute::new(a).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?,
+        predicates: raw
+            .predicates
+            .into_iter()
+            .map(predicate_from_pb)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// Converts a data response to its wire type (also used by the local API).
+pub fn data_response_to_pb(r: &DataResponse) -> pb::DataResponse {
+    pb::DataResponse {
+        request_id: r.request_id.as_bytes().to_vec(),
+        source: r.source.to_string(),
+        values: r
+            .values
+            .iter()
+            .map(|v| pb::AttributeValue {
+                attribute: v.attribute.to_string(),
+                value_json: v.value.to_string(),
+                consent_id: v.consent_id.as_bytes().to_vec(),
+                retrieved_at_ms: v.retrieved_at_ms,
+            })
+            .collect(),
+        answers: r
+            .answers
+            .iter()
+            .map(|a| pb::PredicateAnswer {
+                predicate: Some(predicate_to_pb(&a.predicate)),
+                holds: a.holds,
+                consent_id: a.consent_id.as_bytes().to_vec(),
+            })
+            .collect(),
+        withheld: r
+            .withheld
+            .iter()
+            .map(|w| pb::Withheld {
+                attribute: w.attribute.to_string(),
+                code: w.code.clone(),
+                reason: w.reason.clone(),
+                predicate: w.predicate,
+            })
+            .collect(),
+    }
+}
+
+/// Validates a data response from the wire.
+pub fn data_response_from_pb(raw: pb::DataResponse) -> Result<DataResponse, String> {
+    let bound = limits::REQUEST_ATTRIBUTES_MAX;
+    if raw.values.len() > bound || raw.answers.len() > bound || raw.withheld.len() > bound {
+        return Err("the response holds more entries than a request may ask for".into());
+    }
+    let consent = |bytes: &[u8]| {
+        ConsentId::from_slice(bytes).ok_or_else(|| "consent_id must be 16 bytes".to_owned())
+    };
+    let attribute = |name: String| Attribute::new(name).map_err(|e| e.to_string());
+    Ok(DataResponse {
+        request_id: MessageId::from_slice(&raw.request_id)
+            .ok_or_else(|| "request_id must be 16 bytes".to_owned())?,
+        source: OperatorId::new(raw.source).map_err(|e| e.to_string())?,
+        values: raw
+            .values
+            .into_iter()
+            .map(|v| {
+                if v.value_json.len() > limits::ATTRIBUTE_VALUE_BYTES_MAX {
+                    return Err("a value exceeds the size limit".to_owned());
+                }
+                Ok(Released {
+                    value: serde_json::from_str(&v.value_json)
+                        .map_err(|e| format!("value is not JSON: {e}"))?,
+                    consent_id: consent(&v.consent_id)?,
+                    retrieved_at_ms: v.retrieved_at_ms,
+                    attribute: attribute(v.attribute)?,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+        answers: raw
+            .answers
+            .into_iter()
+            .map(|a| {
+                Ok(Answer {
+                    predicate: predicate_from_pb(a.predicate.ok_or("answer without predicate")?)?,
+                    holds: a.holds,
+                    consent_id: consent(&a.consent_id)?,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+        withheld: raw
+            .withheld
+            .into_iter()
+            .map(|w| {
+                if w.code.len() > 64 || w.reason.len() > limits::TEXT_FIELD_BYTES_MAX {
+                    return Err("withheld entry text too long".to_owned());
+                }
+                Ok(Withheld {
+                    attribute: attribute(w.attribute)?,
+                    code: w.code,
+                    reason: w.reason,
+                    predicate: w.predicate,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+    })
 }

@@ -96,6 +96,7 @@ fn refusal_status(refusal: Refusal) -> Status {
         }
         Refusal::Unusable { .. } => Status::invalid_argument(message),
         Refusal::NotFound(_) => Status::not_found(message),
+        Refusal::Unavailable(_) => Status::unavailable(message),
         Refusal::Store(_) => Status::unavailable(message),
     }
 }

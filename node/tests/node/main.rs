@@ -8,5 +8,6 @@ mod util;
 mod api_access;
 mod consent;
 mod exchange;
+mod exchange_data;
 mod hostile;
 mod rotation;

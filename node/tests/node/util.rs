@@ -15,6 +15,31 @@ use mim4_node::node::now_ms;
 use mim4_node::trust_draft::{Draft, DraftKey, DraftMember};
 use mim4_node::NodeHandle;
 
+/// The catalogue: (attribute, type, source).
+pub(crate) const CATALOGUE: &[(&str, &str, &str)] = &[
+    ("income.gross_monthly", "integer", "fi.incomeregister"),
+    ("income.employer", "string", "fi.incomeregister"),
+    ("skills.record", "string", "fi.incomeregister"),
+    ("licence.driving.classes", "string-list", "se.stockholm"),
+];
+
+/// The service registry: (service, purpose).
+pub(crate) const SERVICES: &[(&str, &str)] = &[
+    ("fi.helsinki/early-education", "dpv:ServiceProvision"),
+    ("se.stockholm/social-services", "dpv:ServiceProvision"),
+    (
+        "fr.iledefrance/training-platform",
+        "dpv:EducationalTraining",
+    ),
+];
+
+/// Sample data of the income register (node 1).
+pub(crate) const REGISTRY_JSON: &str = r#"{"subjects": {
+  "fi:hetu:010180-1234": {"income.gross_monthly": 3150, "income.employer": "Helsingin kaupunki"},
+  "fi:hetu:mother": {"income.gross_monthly": 2800},
+  "fi:hetu:father": {"income.gross_monthly": 4300}
+}}"#;
+
 /// Sector labels of each operator in the trust list.
 pub(crate) const SECTORS: &[&[&str]] = &[
     &["education", "social"],
@@ -108,6 +133,7 @@ impl TestNet {
                 message_lifetime_ms: limits::MESSAGE_LIFETIME_MS_DEFAULT,
                 rulebook_version: "mim4-rulebook-1.0".into(),
                 log_filter: "info".into(),
+                registry_files: Vec::new(),
                 controller: Some(mim4_node::config::Controller {
                     name: format!("Operator {id}"),
                     contact: "Data Protection Officer".into(),
@@ -122,6 +148,31 @@ impl TestNet {
                 }),
             });
             keys.push(key);
+        }
+        for (name, value_type, source) in CATALOGUE {
+            draft
+                .attributes
+                .push(mim4_node::trust_draft::DraftAttribute {
+                    name: (*name).to_owned(),
+                    value_type: (*value_type).to_owned(),
+                    unit: String::new(),
+                    sensitivity: "normal".into(),
+                    description: String::new(),
+                    sources: vec![(*source).to_owned()],
+                });
+        }
+        for (service, purpose) in SERVICES {
+            draft.services.push(mim4_node::trust_draft::DraftService {
+                service_id: (*service).to_owned(),
+                name: (*service).to_owned(),
+                purposes: vec![(*purpose).to_owned()],
+            });
+        }
+        // The income register holds sample data.
+        if n > 1 {
+            let file = dir.path().join("income-register.json");
+            std::fs::write(&file, REGISTRY_JSON).unwrap();
+            configs[1].registry_files = vec![file];
         }
         let mut net = Self {
             dir,

@@ -131,6 +131,8 @@ pub(super) fn trust_list(
             .collect(),
         threshold,
         members,
+        attributes: Vec::new(),
+        services: Vec::new(),
     }
 }
 

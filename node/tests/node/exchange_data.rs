@@ -1,0 +1,251 @@
+//! Data requests across real nodes: the consumer's node routes each attribute
+//! to its catalogued source, the holder checks consent per attribute and
+//! answers signed.
+
+use std::time::Duration;
+
+use mim4_node::api::clients::ClientRole;
+use mim4_sdk::{Client, ConsentId, RequestError, Terms};
+
+use crate::util::{eventually, TestNet};
+
+const HOME: usize = 0; // fi.helsinki: home of the citizens and the consumer
+const REGISTER: usize = 1; // fi.incomeregister: the source
+const SERVICE: &str = "fi.helsinki/early-education";
+const PURPOSE: &str = "dpv:ServiceProvision";
+const PARENT: &str = "fi:hetu:010180-1234";
+
+/// A consent of `subject` for the early-education service to `scope`, granted at home;
+/// waits until the register holds it.
+async fn consent(net: &TestNet, subject: &str, read: &[&str], verify: &[&str]) -> ConsentId {
+    let admin = net.admin(HOME).await;
+    let mut terms =
+        Terms::consent(subject, "fi.helsinki", SERVICE, "fi.incomeregister").purpose(PURPOSE);
+    for a in read {
+        terms = terms.read(a);
+    }
+    for a in verify {
+        terms = terms.verify(a);
+    }
+    let id = admin.request_consent(terms.build()).await.unwrap();
+    admin.grant(id, subject, None).await.unwrap();
+    let register = net.admin(REGISTER).await;
+    eventually(
+        "the register to hold the consent",
+        Duration::from_secs(60),
+        || {
+            let register = register.clone();
+            async move { (register.consent(id).await.ok()?.status == "given").then_some(()) }
+        },
+    )
+    .await;
+    id
+}
+
+async fn service(net: &TestNet) -> Client {
+    net.client(HOME, "early-education", ClientRole::Service, Some(SERVICE))
+        .await
+}
+
+/// Allowed, partially allowed, predicate-only, denied and unknown-subject
+/// requests each get the precise signed answer; a retried request is answered
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_answers_per_attribute_under_consent() {
+    let mut net = TestNet::new(3);
+    net.start_all().await;
+    let client = service(&net).await;
+    let id = consent(&net, PARENT, &["income.gross_monthly"], &[]).await;
+
+    // Allowed: the value with its provenance.
+    let answer = client
+        .request(PARENT)
+        .service(SERVICE)
+        .purpose(PURPOSE)
+        .attributes(["income.gross_monthly"])
+        .send()
+        .await
+        .unwrap();
+    let value = answer.value("income.gross_monthly").unwrap();
+    assert_eq!(value.value, serde_json::json!(3150));
+    assert_eq!(value.source, "fi.incomeregister");
+    assert_eq!(value.consent_id, id.to_string());
+
+    // Partially allowed: the employer is not covered and says why.
+    let answer = client
+        .request(PARENT)
+        .service(SERVICE)
+        .purpose(PURPOSE)
+        .attributes(["income.gross_monthly", "income.employer"])
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.value("income.gross_monthly").is_some());
+    assert!(answer.value("income.employer").is_none());
+    assert_eq!(answer.withheld.len(), 1);
+    assert_eq!(
+        answer.withheld[0].1, "attribute-not-covered",
+        "{:?}",
+        answer.withheld
+    );
+
+    // Predicate only (read covers verify): yes/no without the amount.
+    let answer = client
+        .request(PARENT)
+        .service(SERVICE)
+        .purpose(PURPOSE)
+        .predicate("income.gross_monthly", "<=", 4000)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.holds("income.gross_monthly"), Some(true));
+    assert!(answer.values.is_empty(), "no value in a predicate answer");
+
+    // Denied: another subject without consent.
+    let denied = client
+        .request("fi:hetu:father")
+        .service(SERVICE)
+        .purpose(PURPOSE)
+        .attributes(["income.gross_monthly"])
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(denied, RequestError::Denied(ref m) if m.contains("no consent")),
+        "{denied}"
+    );
+
+    // Unknown to the holder, though consented.
+    consent(&net, "fi:hetu:nobody", &["income.gross_monthly"], &[]).await;
+    let unknown = client
+        .request("fi:hetu:nobody")
+        .service(SERVICE)
+        .purpose(PURPOSE)
+        .attributes(["income.gross_monthly"])
+        .send()
+        .await
+        .unwrap_err();
+    assert!(matches!(unknown, RequestError::NotFound(_)), "{unknown}");
+
+    // Retried with the same idempotency key: answered from the stored result.
+    let key = [7u8; 16];
+    let first = client
+        .request(PARENT)
+        .service(SERVICE)
+        .purpose(PURPOSE)
+        .attributes(["income.gross_monthly"])
+        .idempotency_key(key)
+        .send()
+        .await
+        .unwrap();
+    let second = client
+        .request(PARENT)
+        .service(SERVICE)
+        .purpose(PURPOSE)
+        .attributes(["income.gross_monthly"])
+        .idempotency_key(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        first.value("income.gross_monthly").unwrap().retrieved_at_ms,
+        second
+            .value("income.gross_monthly")
+            .unwrap()
+            .retrieved_at_ms,
+        "the second answer is the stored first one"
+    );
+    net.shutdown().await;
+}
+
+/// Bad input gets a precise error and is counted: unknown attributes, too
+/// many attributes, a purpose the service is not registered for, another
+/// service's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_precise_errors() {
+    let mut net = TestNet::new(2);
+    net.start_all().await;
+    let client = service(&net).await;
+    let check = |result: Result<mim4_sdk::DataAnswer, RequestError>, needle: &str| match result {
+        Err(RequestError::Invalid(m)) => assert!(m.contains(needle), "{m} should mention {needle}"),
+        other => panic!("expected an invalid-request error mentioning {needle}, got {other:?}"),
+    };
+    let base = || client.request(PARENT).service(SERVICE).purpose(PURPOSE);
+    check(
+        base().attributes(["income.favourite_colour"]).send().await,
+        "not in the federation's catalogue",
+    );
+    let many: Vec<String> = (0..40).map(|i| format!("income.a{i}")).collect();
+    check(
+        base()
+            .attributes(many.iter().map(String::as_str))
+            .send()
+            .await,
+        "more than the 32 allowed",
+    );
+    check(
+        client
+            .request(PARENT)
+            .service(SERVICE)
+            .purpose("dpv:Marketing")
+            .attributes(["income.gross_monthly"])
+            .send()
+            .await,
+        "not registered for purpose",
+    );
+    check(base().send().await, "asks for nothing");
+    let other = client
+        .request(PARENT)
+        .service("se.stockholm/social-services")
+        .purpose(PURPOSE)
+        .attributes(["income.gross_monthly"])
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            other,
+            RequestError::Call(mim4_sdk::CallError::PermissionDenied(_))
+        ),
+        "{other}"
+    );
+    let status = net.admin(HOME).await.status().await.unwrap();
+    assert!(
+        status
+            .refusals
+            .get("data-request-invalid")
+            .copied()
+            .unwrap_or(0)
+            >= 4,
+        "{:?}",
+        status.refusals
+    );
+    net.shutdown().await;
+}
+
+/// A holder that is offline gives a clear "unreachable" error, without hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_holder_is_reported_unreachable() {
+    let mut net = TestNet::new(2);
+    net.start_all().await;
+    let client = service(&net).await;
+    consent(&net, PARENT, &["income.gross_monthly"], &[]).await;
+    net.stop(REGISTER).await;
+    let error = tokio::time::timeout(
+        Duration::from_secs(60),
+        client
+            .request(PARENT)
+            .service(SERVICE)
+            .purpose(PURPOSE)
+            .attributes(["income.gross_monthly"])
+            .send(),
+    )
+    .await
+    .expect("no hang")
+    .unwrap_err();
+    assert!(
+        matches!(error, RequestError::Unreachable(ref m) if m.contains("fi.incomeregister")),
+        "{error}"
+    );
+    net.shutdown().await;
+}
