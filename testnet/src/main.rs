@@ -51,8 +51,9 @@ enum Command {
     Down,
     /// Stop everything and delete the testnet folder.
     Reset,
-    /// Bring the federation up if needed, then have every operator send a signed
-    /// message to every other and verify each signed receipt.
+    /// Bring the federation up if needed, have every operator send a signed
+    /// message to every other and verify each signed receipt, then run the
+    /// Helsinki daycare-fee scenario (consent, data request, predicate, withdrawal).
     Demo {
         /// Operators to create if no testnet exists yet.
         #[arg(long, default_value_t = 3)]
@@ -102,7 +103,15 @@ fn main() -> anyhow::Result<()> {
             Command::Demo { operators } => {
                 let federation = up(&cli.dir, cli.node_bin.as_deref(), operators).await?;
                 print_table(&federation);
-                demo(&federation).await
+                demo(&federation).await?;
+                if federation.operators().len() >= 2 {
+                    mim4_testnet::daycare::run(&federation).await?;
+                }
+                println!("\nThe federation keeps running:");
+                println!("  mim4-testnet status      # health and counters");
+                println!("  mim4-testnet logs fi.helsinki");
+                println!("  mim4-testnet down        # stop every node");
+                Ok(())
             }
         }
     })
@@ -372,11 +381,9 @@ async fn demo(federation: &Federation) -> anyhow::Result<()> {
         bail!("{failures} receipt(s) missing or invalid");
     }
     println!(
-        "\nAll receipts verified against trust list v{}. The federation keeps running:",
+        "\nAll receipts verified against trust list v{}. Try the SDK against it:",
         trust.version()
     );
-    println!("  mim4-testnet status      # health and counters");
-    println!("  mim4-testnet logs fi.helsinki");
     println!(
         "  cargo run -p mim4-sdk --example send_memo -- {} \"$(cat {})\" {}",
         federation.operators()[0].api_url(),
@@ -386,6 +393,5 @@ async fn demo(federation: &Federation) -> anyhow::Result<()> {
             .display(),
         ids.get(1).map_or("se.stockholm", String::as_str)
     );
-    println!("  mim4-testnet down        # stop every node");
     Ok(())
 }

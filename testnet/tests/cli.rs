@@ -76,6 +76,11 @@ fn up_status_demo_down_leaves_no_process_behind() {
         "six verified receipts: {report}"
     );
     assert!(report.contains("All receipts verified"));
+    assert!(
+        report.contains("daycare scenario: all expectations met"),
+        "{report}"
+    );
+    assert!(report.contains("the consent was withdrawn"), "{report}");
 
     let logs = testnet(&dir, &["logs", "fi.helsinki", "-n", "5"]);
     assert!(logs.status.success());

@@ -484,8 +484,15 @@ impl Registry {
                             at: here.clone(),
                             reason,
                         })?;
-                if let Some(value) = value {
-                    values.push((attribute.clone(), value));
+                match value {
+                    None => {}
+                    Some(Value::Null) => {
+                        return Err(LoadError::NullValue {
+                            at: here,
+                            attribute: attribute.clone(),
+                        })
+                    }
+                    Some(value) => values.push((attribute.clone(), value)),
                 }
             }
             if mapping.multiplicity() == Multiplicity::One {
@@ -526,9 +533,6 @@ impl Registry {
                 Multiplicity::Many => {
                     let mut arrays: BTreeMap<Attribute, Vec<Value>> = BTreeMap::new();
                     for (attribute, value) in found.into_iter().flat_map(|f| f.2) {
-                        if value.is_null() {
-                            return Err(LoadError::NullValue { at, attribute });
-                        }
                         arrays.entry(attribute).or_default().push(value);
                     }
                     for (attribute, array) in arrays {
