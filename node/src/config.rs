@@ -46,6 +46,22 @@ pub struct Config {
     pub controller: Option<Controller>,
     /// JSON files loaded into the built-in registry at start (see `sources::registry`).
     pub registry_files: Vec<PathBuf>,
+    /// An NGSI-LD context broker to answer data requests from, instead of the built-in registry.
+    pub ngsi_ld: Option<NgsiLdConfig>,
+}
+
+/// `[ngsi_ld]`: answer data requests from an unchanged NGSI-LD context broker (OASC MIM1).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NgsiLdConfig {
+    /// Base URL of the broker, e.g. `http://127.0.0.1:1026` (plain HTTP on a private link).
+    pub base_url: String,
+    /// The entity type holding the subjects' attributes, e.g. `Person`.
+    pub entity_type: String,
+    /// The entity attribute holding the subject id, e.g. `identifier`.
+    pub subject_attribute: String,
+    /// Catalogue attribute -> NGSI-LD attribute name.
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// `[controller]`: contact details of the operator as data controller,
@@ -127,6 +143,8 @@ struct RawConfig {
     controller: Option<Controller>,
     #[serde(default)]
     registry_files: Vec<String>,
+    #[serde(default)]
+    ngsi_ld: Option<NgsiLdConfig>,
 }
 
 fn no_keys() -> Spanned<Vec<String>> {
@@ -327,6 +345,7 @@ impl Config {
             log_filter: raw.log.filter,
             controller: raw.controller,
             registry_files: raw.registry_files.iter().map(|p| base.join(p)).collect(),
+            ngsi_ld: raw.ngsi_ld,
         })
     }
 }
@@ -369,6 +388,14 @@ governance_threshold = 1
 # JSON files loaded into this node's built-in registry at start, if it is a
 # data source: {{"subjects": {{"<subject id>": {{"<attribute>": <value>, ...}}}}}}.
 registry_files = []
+
+# Or answer from an unchanged NGSI-LD context broker (OASC MIM1) instead:
+# [ngsi_ld]
+# base_url = "http://127.0.0.1:1026"
+# entity_type = "Person"
+# subject_attribute = "identifier"
+# [ngsi_ld.attributes]
+# "income.gross_monthly" = "grossMonthlyIncome"
 
 # Credentials of local API clients (written by `mim4-node client add`).
 clients_file = "clients.toml"
@@ -473,6 +500,25 @@ mod tests {
         check(
             &format!("{}[limits]\nmessage_bytes_max = 99999999\n", valid()),
             Err((Some(10), "limits.message_bytes_max")),
+        );
+    }
+
+    #[test]
+    fn ngsi_ld_section_parses() {
+        let text = format!(
+            "{}registry_files = []\n[ngsi_ld]\nbase_url = \"http://127.0.0.1:1026\"\nentity_type = \"Person\"\n\
+             subject_attribute = \"identifier\"\n[ngsi_ld.attributes]\n\"income.gross_monthly\" = \"grossMonthlyIncome\"\n",
+            valid().replace("[listen]", "").replace("peer = ", "x_peer = ")
+        );
+        // Keep [listen] last-but-one: rebuild it explicitly.
+        let text = text.replace("x_peer = \"127.0.0.1:1\"\napi = \"127.0.0.1:2\"\n", "");
+        let text = format!("{text}[listen]\npeer = \"127.0.0.1:1\"\napi = \"127.0.0.1:2\"\n");
+        let config = Config::parse(&text, Path::new("node.toml")).unwrap();
+        let ngsi = config.ngsi_ld.unwrap();
+        assert_eq!(ngsi.entity_type, "Person");
+        assert_eq!(
+            ngsi.attributes["income.gross_monthly"],
+            "grossMonthlyIncome"
         );
     }
 

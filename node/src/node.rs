@@ -307,6 +307,9 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
 /// The built-in registry in the node's database, (re)loaded from the JSON
 /// files the configuration names; loading is an idempotent upsert.
 fn open_source(config: &Config, store: &Store) -> Result<Arc<dyn DataSource>, Error> {
+    if let Some(ngsi) = &config.ngsi_ld {
+        return open_ngsi_ld(ngsi);
+    }
     let registry = Registry::new(store.registry_tree()?);
     for path in &config.registry_files {
         let text = std::fs::read_to_string(path)
@@ -318,6 +321,28 @@ fn open_source(config: &Config, store: &Store) -> Result<Arc<dyn DataSource>, Er
     }
     store.flush_blocking()?;
     Ok(Arc::new(registry))
+}
+
+/// The NGSI-LD adapter configured in `[ngsi_ld]`.
+fn open_ngsi_ld(config: &crate::config::NgsiLdConfig) -> Result<Arc<dyn DataSource>, Error> {
+    use crate::core::consent::Attribute;
+    use crate::sources::ngsi_ld::{self, Mapping, NgsiLdSource, SubjectKey};
+    let bad = |e: &dyn std::fmt::Display| Error::Source(format!("[ngsi_ld]: {e}"));
+    let mut mapping = Mapping::new(
+        &config.entity_type,
+        SubjectKey::Attribute(config.subject_attribute.clone()),
+    )
+    .map_err(|e| bad(&e))?;
+    for (attribute, name) in &config.attributes {
+        let attribute = Attribute::new(attribute.clone()).map_err(|e| bad(&e))?;
+        mapping = mapping
+            .with_attribute(attribute, name)
+            .map_err(|e| bad(&e))?;
+    }
+    let source = NgsiLdSource::new(ngsi_ld::Config::new(config.base_url.clone(), mapping))
+        .map_err(|e| bad(&e))?;
+    info!(base_url = %config.base_url, "answering data requests from an NGSI-LD broker");
+    Ok(Arc::new(source))
 }
 
 fn local_addr(listener: &tokio::net::TcpListener, addr: SocketAddr) -> Result<SocketAddr, Error> {

@@ -134,6 +134,7 @@ impl TestNet {
                 rulebook_version: "mim4-rulebook-1.0".into(),
                 log_filter: "info".into(),
                 registry_files: Vec::new(),
+                ngsi_ld: None,
                 controller: Some(mim4_node::config::Controller {
                     name: format!("Operator {id}"),
                     contact: "Data Protection Officer".into(),
