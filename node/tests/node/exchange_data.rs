@@ -249,3 +249,137 @@ async fn offline_holder_is_reported_unreachable() {
     );
     net.shutdown().await;
 }
+
+/// A fake holder that answers with an envelope it cannot sign properly.
+struct ForgingHolder {
+    key: mim4_node::core::keys::SecretKey,
+    /// Sign with the holder's real key but answer another request id.
+    wrong_request: bool,
+}
+
+#[tonic::async_trait]
+impl mim4_proto::v1::operator_peer_server::OperatorPeer for ForgingHolder {
+    async fn deliver(
+        &self,
+        _: tonic::Request<mim4_proto::v1::DeliverRequest>,
+    ) -> Result<tonic::Response<mim4_proto::v1::DeliverResponse>, tonic::Status> {
+        Err(tonic::Status::unavailable("not today"))
+    }
+
+    async fn fetch_trust_list(
+        &self,
+        _: tonic::Request<mim4_proto::v1::FetchTrustListRequest>,
+    ) -> Result<tonic::Response<mim4_proto::v1::FetchTrustListResponse>, tonic::Status> {
+        Err(tonic::Status::unavailable("not today"))
+    }
+
+    async fn call(
+        &self,
+        request: tonic::Request<mim4_proto::v1::CallRequest>,
+    ) -> Result<tonic::Response<mim4_proto::v1::CallResponse>, tonic::Status> {
+        use mim4_node::core::envelope::Payload;
+        use mim4_node::core::exchange::{DataResponse, Released};
+        use mim4_node::core::wire;
+        let signed = wire::decode_signed_envelope(&request.into_inner().envelope).unwrap();
+        let asked = wire::decode_envelope(&signed.body).unwrap();
+        let Payload::DataRequest(data_request) = asked.payload else {
+            return Err(tonic::Status::invalid_argument("expected a data request"));
+        };
+        let request_id = if self.wrong_request {
+            mim4_node::core::ids::MessageId::from_bytes([1; 16])
+        } else {
+            data_request.request_id
+        };
+        let forged = DataResponse {
+            request_id,
+            source: asked.recipient.clone(),
+            values: vec![Released {
+                attribute: data_request.attributes[0].clone(),
+                value: serde_json::json!(999_999),
+                consent_id: mim4_node::core::consent::ConsentId::from_bytes([2; 16]),
+                retrieved_at_ms: 0,
+            }],
+            answers: vec![],
+            withheld: vec![],
+        };
+        let envelope = mim4_node::core::delivery::SenderContext {
+            me: &asked.recipient,
+            rulebook_version: "mim4-rulebook-1.0",
+            trust_list_version: 1,
+            lifetime_ms: 60_000,
+        }
+        .envelope(
+            mim4_node::core::ids::MessageId::from_bytes(rand::random()),
+            asked.sender.clone(),
+            mim4_node::node::now_ms(),
+            Some(asked.message_id),
+            Payload::DataResponse(forged),
+        )
+        .seal(&self.key);
+        Ok(tonic::Response::new(mim4_proto::v1::CallResponse {
+            envelope: envelope.bytes,
+        }))
+    }
+}
+
+/// The requester checks every answer: a response signed by a key that is
+/// not the holder's, or one answering another request, is refused and no
+/// value reaches the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_mismatched_answers_are_refused_by_the_requester() {
+    for (key, wrong_request, needle) in [
+        (
+            mim4_node::core::keys::SecretKey::from_bytes(&[66; 32]).unwrap(),
+            false,
+            "key",
+        ),
+        (
+            mim4_node::core::keys::SecretKey::from_bytes(&[0; 32]).unwrap(),
+            true,
+            "another request",
+        ),
+    ] {
+        let mut net = TestNet::new(2);
+        net.start(HOME).await;
+        // The fake listens where the register should be; for the mismatch
+        // case it signs with the register's real key.
+        let key = if wrong_request {
+            mim4_node::core::keys::SecretKey::from_bytes(&net.keys[REGISTER].to_bytes()[..])
+                .unwrap()
+        } else {
+            key
+        };
+        let listener = tokio::net::TcpListener::bind(net.configs[REGISTER].peer_listen)
+            .await
+            .unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    mim4_proto::v1::operator_peer_server::OperatorPeerServer::new(ForgingHolder {
+                        key,
+                        wrong_request,
+                    }),
+                )
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    cancel.clone().cancelled_owned(),
+                ),
+        );
+        let client = service(&net).await;
+        let answer = client
+            .request(PARENT)
+            .service(SERVICE)
+            .purpose(PURPOSE)
+            .attributes(["income.gross_monthly"])
+            .send()
+            .await;
+        match answer {
+            Err(RequestError::Invalid(reason)) => assert!(reason.contains(needle), "{reason}"),
+            other => panic!("a forged answer must be refused, got {other:?}"),
+        }
+        cancel.cancel();
+        server.await.unwrap().unwrap();
+        net.shutdown().await;
+    }
+}
