@@ -192,6 +192,45 @@ enum TrustCommand {
         #[arg(long)]
         not_after_ms: u64,
     },
+    /// Add an attribute to the federation's catalogue.
+    AddAttribute {
+        /// The draft file.
+        #[arg(long)]
+        draft: PathBuf,
+        /// Attribute name, e.g. income.gross_monthly.
+        #[arg(long)]
+        name: String,
+        /// integer, number, string, boolean, date or string-list.
+        #[arg(long = "type")]
+        value_type: String,
+        /// Unit, e.g. EUR/month.
+        #[arg(long, default_value = "")]
+        unit: String,
+        /// normal, sensitive or special-category.
+        #[arg(long, default_value = "normal")]
+        sensitivity: String,
+        /// What it is.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Operator id of an authoritative source (repeatable; the first is asked).
+        #[arg(long = "source", required = true)]
+        sources: Vec<String>,
+    },
+    /// Add a consumer service to the federation's service registry.
+    AddService {
+        /// The draft file.
+        #[arg(long)]
+        draft: PathBuf,
+        /// Service id, e.g. fi.helsinki/early-education.
+        #[arg(long)]
+        service: String,
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// DPV purpose it may request data for (repeatable).
+        #[arg(long = "purpose", required = true)]
+        purposes: Vec<String>,
+    },
     /// Suspend a member (its messages are refused once the list is signed and spread).
     Suspend {
         /// The draft file.
@@ -467,6 +506,56 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
                 key.key_id()
             );
         }
+        TrustCommand::AddAttribute {
+            draft,
+            name,
+            value_type,
+            unit,
+            sensitivity,
+            description,
+            sources,
+        } => {
+            let mut d = Draft::load(&draft)?;
+            if d.attributes.iter().any(|a| a.name == name) {
+                bail!("attribute {name} is already in the catalogue");
+            }
+            d.attributes.push(mim4_node::trust_draft::DraftAttribute {
+                name: name.clone(),
+                value_type,
+                unit,
+                sensitivity,
+                description,
+                sources,
+            });
+            d.to_trust_list(d.version + 1, 0, 1)?;
+            d.save(&draft)?;
+            println!(
+                "added attribute {name} to the catalogue in {}",
+                draft.display()
+            );
+        }
+        TrustCommand::AddService {
+            draft,
+            service,
+            name,
+            purposes,
+        } => {
+            let mut d = Draft::load(&draft)?;
+            if d.services.iter().any(|s| s.service_id == service) {
+                bail!("service {service} is already in the registry");
+            }
+            d.services.push(mim4_node::trust_draft::DraftService {
+                service_id: service.clone(),
+                name,
+                purposes,
+            });
+            d.to_trust_list(d.version + 1, 0, 1)?;
+            d.save(&draft)?;
+            println!(
+                "added service {service} to the registry in {}",
+                draft.display()
+            );
+        }
         TrustCommand::Suspend { draft, operator } => {
             let mut d = Draft::load(&draft)?;
             d.member_mut(&operator)?.status = "suspended".into();
@@ -529,6 +618,25 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
                     m.status.as_str(),
                     m.grpc_endpoint,
                     keys.join(",")
+                );
+            }
+            for a in &list.attributes {
+                let sources: Vec<String> = a.sources.iter().map(ToString::to_string).collect();
+                println!(
+                    "attribute {:<32} {:<12} {:<16} from {}",
+                    a.name,
+                    a.value_type.as_str(),
+                    a.sensitivity,
+                    sources.join(",")
+                );
+            }
+            for service in &list.services {
+                let purposes: Vec<String> =
+                    service.purposes.iter().map(ToString::to_string).collect();
+                println!(
+                    "service   {:<40} for {}",
+                    service.service_id,
+                    purposes.join(",")
                 );
             }
         }

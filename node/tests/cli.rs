@@ -399,3 +399,143 @@ fn run_refuses_an_operator_outside_the_trust_list() {
     let error = fails(&["run", "--config", "hel/node.toml"], d);
     assert!(error.contains("chmod 600"), "{error}");
 }
+
+/// Governance publishes the attribute catalogue and the service registry with
+/// the trust list; invalid entries are refused before they reach the draft.
+#[test]
+fn catalogue_and_service_registry_are_published_with_the_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&["governance", "init", "--dir", "gov"], d);
+    ok(
+        &[
+            "trust",
+            "new",
+            "--federation",
+            "f",
+            "--governance-pub",
+            "gov/governance.pub",
+            "--draft",
+            "draft.toml",
+        ],
+        d,
+    );
+    ok(
+        &[
+            "trust",
+            "add-attribute",
+            "--draft",
+            "draft.toml",
+            "--name",
+            "income.gross_monthly",
+            "--type",
+            "integer",
+            "--unit",
+            "EUR/month",
+            "--source",
+            "fi.incomeregister",
+        ],
+        d,
+    );
+    assert!(fails(
+        &[
+            "trust",
+            "add-attribute",
+            "--draft",
+            "draft.toml",
+            "--name",
+            "income.gross_monthly",
+            "--type",
+            "integer",
+            "--source",
+            "fi.incomeregister"
+        ],
+        d
+    )
+    .contains("already"));
+    assert!(fails(
+        &[
+            "trust",
+            "add-attribute",
+            "--draft",
+            "draft.toml",
+            "--name",
+            "Bad Name",
+            "--type",
+            "integer",
+            "--source",
+            "fi.incomeregister"
+        ],
+        d
+    )
+    .contains("attribute"));
+    assert!(fails(
+        &[
+            "trust",
+            "add-attribute",
+            "--draft",
+            "draft.toml",
+            "--name",
+            "x.y",
+            "--type",
+            "colour",
+            "--source",
+            "fi.incomeregister"
+        ],
+        d
+    )
+    .contains("type"));
+    ok(
+        &[
+            "trust",
+            "add-service",
+            "--draft",
+            "draft.toml",
+            "--service",
+            "fi.helsinki/early-education",
+            "--name",
+            "Early education",
+            "--purpose",
+            "dpv:ServiceProvision",
+        ],
+        d,
+    );
+    assert!(fails(
+        &[
+            "trust",
+            "add-service",
+            "--draft",
+            "draft.toml",
+            "--service",
+            "no-slash",
+            "--name",
+            "x",
+            "--purpose",
+            "dpv:ServiceProvision"
+        ],
+        d
+    )
+    .contains("service id"));
+    ok(
+        &[
+            "trust",
+            "sign",
+            "--draft",
+            "draft.toml",
+            "--key",
+            "gov/governance.key",
+            "--out",
+            "v1.pb",
+        ],
+        d,
+    );
+    let shown = ok(&["trust", "show", "v1.pb"], d);
+    assert!(
+        shown.contains("income.gross_monthly") && shown.contains("integer"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("fi.helsinki/early-education") && shown.contains("dpv:ServiceProvision"),
+        "{shown}"
+    );
+}
