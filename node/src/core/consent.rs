@@ -437,7 +437,12 @@ impl ConsentTerms {
             && self.source == narrower.source
             && self.lawful_basis == narrower.lawful_basis;
         same_parties
-            && narrower.scope.iter().all(|s| self.scope.contains(s))
+            // Reading may narrow to verifying the same attribute.
+            && narrower.scope.iter().all(|n| {
+                self.scope
+                    .iter()
+                    .any(|s| s.attribute == n.attribute && s.action.covers(n.action))
+            })
             && narrower.purposes.iter().all(|p| self.purposes.contains(p))
             && narrower.not_before_ms >= self.not_before_ms
             && narrower.not_after_ms <= self.not_after_ms
@@ -685,6 +690,14 @@ pub enum TransitionError {
     /// Too many events.
     #[error("a record holds at most {EVENTS_MAX} events")]
     TooManyEvents,
+    /// An event is dated before the previous one (a backdated grant).
+    #[error("event at {at_ms} ms is dated before the previous event at {previous_ms} ms")]
+    TimeReversed {
+        /// The previous event's time.
+        previous_ms: u64,
+        /// This event's time.
+        at_ms: u64,
+    },
     /// An event's signature does not verify.
     #[error("event {seq}: {reason}")]
     BadSignature {
@@ -803,6 +816,14 @@ impl ConsentRecord {
         if self.events.len() >= EVENTS_MAX {
             return Err(TransitionError::TooManyEvents);
         }
+        if let Some(last) = self.events.last() {
+            if event.at_ms < last.at_ms {
+                return Err(TransitionError::TimeReversed {
+                    previous_ms: last.at_ms,
+                    at_ms: event.at_ms,
+                });
+            }
+        }
         if event.recorder != self.terms.home {
             return Err(TransitionError::NotTheHome {
                 home: self.terms.home.clone(),
@@ -821,6 +842,7 @@ impl ConsentRecord {
                 if status == ConsentStatus::Expired {
                     return Err(after_expiry);
                 }
+                self.check_grantor(actor)?;
                 if status != ConsentStatus::Requested {
                     return Err(if status == ConsentStatus::Given {
                         TransitionError::AlreadyGranted(actor.for_grantor.clone())
@@ -966,4 +988,81 @@ pub fn verify_event(
         return Err(bad("signature does not verify".into()));
     }
     Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn terms(scope: &[(&str, Action)]) -> ConsentTerms {
+        ConsentTerms {
+            consent_id: ConsentId::from_bytes([1; 16]),
+            kind: RecordKind::Consent,
+            subject: SubjectId::new("fi:hetu:1").unwrap(),
+            home: OperatorId::new("fi.helsinki").unwrap(),
+            grantors: vec![SubjectId::new("fi:hetu:1").unwrap()],
+            audience: Audience::Service(ServiceId::new("fi.helsinki/edu").unwrap()),
+            source: OperatorId::new("fi.incomeregister").unwrap(),
+            scope: scope
+                .iter()
+                .map(|(a, action)| ScopeItem {
+                    attribute: Attribute::new(*a).unwrap(),
+                    action: *action,
+                })
+                .collect(),
+            purposes: vec![Purpose::new("dpv:ServiceProvision").unwrap()],
+            purpose_text: String::new(),
+            lawful_basis: LawfulBasis::Consent,
+            not_before_ms: 0,
+            not_after_ms: 1_000,
+        }
+    }
+
+    fn event(seq: u32, at_ms: u64, kind: EventKind) -> ConsentEvent {
+        ConsentEvent {
+            consent_id: ConsentId::from_bytes([1; 16]),
+            seq,
+            at_ms,
+            recorder: OperatorId::new("fi.helsinki").unwrap(),
+            kind,
+        }
+    }
+
+    fn grant() -> EventKind {
+        EventKind::Granted(Actor {
+            person: SubjectId::new("fi:hetu:1").unwrap(),
+            for_grantor: SubjectId::new("fi:hetu:1").unwrap(),
+            delegations: vec![],
+            authentication: "test".into(),
+        })
+    }
+
+    /// A backdated event (before the previous one) is refused.
+    #[test]
+    fn events_cannot_be_backdated() {
+        let mut record = ConsentRecord::new(event(
+            0,
+            500,
+            EventKind::Requested(terms(&[("a.b", Action::Read)])),
+        ))
+        .unwrap();
+        assert!(matches!(
+            record.apply(event(1, 499, grant())),
+            Err(TransitionError::TimeReversed {
+                previous_ms: 500,
+                at_ms: 499
+            })
+        ));
+        record.apply(event(1, 500, grant())).unwrap();
+    }
+
+    /// Narrowing may reduce reading an attribute to verifying it, never the reverse.
+    #[test]
+    fn read_narrows_to_verify_but_not_back() {
+        let read = terms(&[("a.b", Action::Read)]);
+        let verify = terms(&[("a.b", Action::Verify)]);
+        assert!(read.is_narrowed_by(&verify));
+        assert!(!verify.is_narrowed_by(&read));
+        assert!(!read.is_narrowed_by(&terms(&[("a.c", Action::Verify)])));
+    }
 }

@@ -632,19 +632,22 @@ pub fn terms_from_pb(raw: pb::ConsentTerms) -> Result<ConsentTerms, TermsError> 
             ))
         }
     };
-    if raw.grantors.len() > crate::core::consent::GRANTORS_MAX
-        || raw.scope.len() > crate::core::consent::SCOPE_MAX
-        || raw.purposes.len() > crate::core::consent::PURPOSES_MAX
-    {
-        return Err(TermsError::Count {
-            field: "grantors, scope or purposes",
-            max: crate::core::consent::SCOPE_MAX,
-            got: raw
-                .grantors
-                .len()
-                .max(raw.scope.len())
-                .max(raw.purposes.len()),
-        });
+    for (field, got, max) in [
+        (
+            "grantors",
+            raw.grantors.len(),
+            crate::core::consent::GRANTORS_MAX,
+        ),
+        ("scope", raw.scope.len(), crate::core::consent::SCOPE_MAX),
+        (
+            "purposes",
+            raw.purposes.len(),
+            crate::core::consent::PURPOSES_MAX,
+        ),
+    ] {
+        if got > max {
+            return Err(TermsError::Count { field, max, got });
+        }
     }
     let scope = raw
         .scope
