@@ -64,6 +64,14 @@ pub const CATALOGUE: &[(&str, &str, &str, &str, &str, &str)] = &[
         "Current main employer",
     ),
     (
+        "income.tax_rate",
+        "number",
+        "%",
+        "normal",
+        "fi.incomeregister",
+        "Withholding tax rate on the tax card",
+    ),
+    (
         "licence.driving.classes",
         "string-list",
         "",

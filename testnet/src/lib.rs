@@ -6,11 +6,13 @@
 //!   admin credentials), starts, kills and restarts their processes, and
 //!   remembers them in `DIR/testnet.json` so that a later command (or a later
 //!   run after a crash of the tool) can find and stop them.
+//! - [`bench`]: `mim4-testnet bench`, signed data requests under load next to a tonic echo.
 //! - [`daycare`]: the Helsinki daycare-fee scenario (consent from both parents, data, withdrawal).
 //! - [`receipts`]: checks the signed receipts of a round of messages.
 //! - [`node_binary`]: finds (or builds) the `mim4-node` binary.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod daycare;
 mod federation;
 pub mod node_binary;

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use mim4_node::core::ids::OperatorId;
 use mim4_node::node::now_ms;
-use mim4_testnet::{node_binary, receipts, Federation, DEFAULT_OPERATORS};
+use mim4_testnet::{bench, node_binary, receipts, Federation, DEFAULT_OPERATORS};
 use serde::Serialize;
 
 /// Run a local MIM4 federation and its demo scenarios.
@@ -59,10 +60,30 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         operators: usize,
     },
+    /// Load-test a fresh 2-operator federation: signed 3-attribute data requests
+    /// through the SDK, next to a plain tonic echo of the same size (the ceiling).
+    /// Runs in a temporary folder unless --dir is given; stops every node it starts.
+    Bench {
+        /// Concurrent clients, each with its own connection.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Longest time of each phase (e.g. 10s, 500ms, 1m).
+        #[arg(long, default_value = "10s", value_parser = bench::parse_duration)]
+        duration: Duration,
+        /// Most requests of each phase.
+        #[arg(long, default_value_t = 50_000)]
+        requests: u64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `bench` makes its own temporary federation unless a folder is named.
+    let dir_given = matches.value_source("dir") == Some(ValueSource::CommandLine);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -111,6 +132,27 @@ fn main() -> anyhow::Result<()> {
                 println!("  mim4-testnet status      # health and counters");
                 println!("  mim4-testnet logs fi.helsinki");
                 println!("  mim4-testnet down        # stop every node");
+                Ok(())
+            }
+            Command::Bench {
+                clients,
+                duration,
+                requests,
+                json,
+            } => {
+                let report = bench::run(&bench::Options {
+                    dir: dir_given.then(|| cli.dir.clone()),
+                    node_bin: cli.node_bin.clone(),
+                    clients,
+                    duration,
+                    requests_max: requests,
+                })
+                .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    report.print_table();
+                }
                 Ok(())
             }
         }
