@@ -11,6 +11,7 @@
 //! - `consent_deliveries`: consent id ‖ operator → the latest push of the record to that party;
 //! - `served`: requester ‖ request id → the data response this holder gave (idempotency);
 //! - `received`: request id → the responses this requester received, each value with its consent id;
+//! - `request_states`: side ‖ request id → the request's state and when it changed;
 //! - `registry`: the built-in data source (see `sources::registry`).
 //!
 //! Every state change that is acknowledged to someone (a receipt to a peer, an
@@ -170,6 +171,7 @@ pub struct Store {
     consent_deliveries: sled::Tree,
     served: sled::Tree,
     received: sled::Tree,
+    request_states: sled::Tree,
     counters: Arc<Counters>,
     group: Arc<GroupCommit>,
 }
@@ -205,6 +207,7 @@ impl Store {
             consent_deliveries: db.open_tree("consent_deliveries")?,
             served: db.open_tree("served")?,
             received: db.open_tree("received")?,
+            request_states: db.open_tree("request_states")?,
             db,
             counters: Arc::new(Counters::default()),
             group: Arc::new(GroupCommit::default()),
@@ -482,6 +485,21 @@ struct StoredDelegation {
     revoked: bool,
 }
 
+/// The life of a data request, on either side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestState {
+    /// Received or sent, not yet decided.
+    Requested,
+    /// Consent checked per attribute; reading what is allowed.
+    Authorised,
+    /// Something was released or answered.
+    Fulfilled,
+    /// Everything was withheld.
+    Denied,
+    /// A source failed or could not be reached.
+    Failed,
+}
+
 /// The latest push of a consent record to one party.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsentDelivery {
@@ -642,6 +660,37 @@ impl Store {
         self.received
             .insert(request_id.as_bytes(), list.encode_to_vec())?;
         Ok(())
+    }
+
+    /// Records a data request's state: `side` is `requester` or `holder`,
+    /// `state` one of requested, authorised, fulfilled, denied, failed.
+    pub fn set_request_state(
+        &self,
+        side: &str,
+        request_id: &MessageId,
+        state: RequestState,
+        at_ms: u64,
+    ) -> Result<()> {
+        let mut key = side.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(request_id.as_bytes());
+        self.request_states.insert(key, encode(&(state, at_ms))?)?;
+        Ok(())
+    }
+
+    /// A data request's last recorded state and when it was recorded.
+    pub fn request_state(
+        &self,
+        side: &str,
+        request_id: &MessageId,
+    ) -> Result<Option<(RequestState, u64)>> {
+        let mut key = side.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(request_id.as_bytes());
+        self.request_states
+            .get(key)?
+            .map(|bytes| decode("request_states", &bytes))
+            .transpose()
     }
 
     /// The tree of the built-in registry data source.

@@ -19,7 +19,7 @@ use crate::core::ids::{MessageId, OperatorId};
 use crate::limits;
 use crate::node::{now_ms, Shared};
 use crate::sources::SourceError;
-use crate::store;
+use crate::store::{self, RequestState};
 
 /// Errors of a data request, on either side.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +87,9 @@ impl Shared {
         }
         let sectors = self.sectors_of(sender);
         let now = now_ms();
+        let request_id = request.request_id;
+        self.store
+            .set_request_state("holder", &request_id, RequestState::Requested, now)?;
         let plan = exchange::plan(&request, |attribute, action| {
             self.decide(&Query {
                 subject: &request.subject,
@@ -100,6 +103,8 @@ impl Shared {
                 at_ms: now,
             })
         });
+        self.store
+            .set_request_state("holder", &request_id, RequestState::Authorised, now)?;
         let to_read = plan.attributes_to_read(&request);
         let (values, subject_known) = if to_read.is_empty() {
             (BTreeMap::new(), true)
@@ -109,6 +114,12 @@ impl Shared {
                 Err(SourceError::UnknownSubject) => (BTreeMap::new(), false),
                 Err(e) => {
                     self.count("data-source-failed");
+                    self.store.set_request_state(
+                        "holder",
+                        &request_id,
+                        RequestState::Failed,
+                        now_ms(),
+                    )?;
                     return Err(ExchangeError::Source(e));
                 }
             }
@@ -117,6 +128,13 @@ impl Shared {
         for withheld in &response.withheld {
             self.count(&format!("withheld-{}", withheld.code));
         }
+        let outcome = if response.values.is_empty() && response.answers.is_empty() {
+            RequestState::Denied
+        } else {
+            RequestState::Fulfilled
+        };
+        self.store
+            .set_request_state("holder", &request_id, outcome, now_ms())?;
         self.store.put_served(sender, &response)?;
         self.store.durable().await?;
         info!(
@@ -143,6 +161,12 @@ impl Shared {
         if let Some(stored) = self.store.received(&request.request_id)? {
             return Ok(stored.into_iter().map(SourceOutcome::Answered).collect());
         }
+        self.store.set_request_state(
+            "requester",
+            &request.request_id,
+            RequestState::Requested,
+            now_ms(),
+        )?;
         // Route: the first catalogued source of each attribute.
         let mut by_source: BTreeMap<OperatorId, DataRequest> = BTreeMap::new();
         let source_of = |attribute| {
@@ -189,10 +213,22 @@ impl Shared {
             })
             .collect();
         // Keep only complete outcomes, so a retry after a failure asks again.
-        if answered.len() == outcomes.len() {
+        let given = answered
+            .iter()
+            .any(|r| !r.values.is_empty() || !r.answers.is_empty());
+        let state = if answered.len() != outcomes.len() {
+            RequestState::Failed
+        } else if given {
+            RequestState::Fulfilled
+        } else {
+            RequestState::Denied
+        };
+        if state != RequestState::Failed {
             self.store.put_received(&request.request_id, &answered)?;
-            self.store.durable().await?;
         }
+        self.store
+            .set_request_state("requester", &request.request_id, state, now_ms())?;
+        self.store.durable().await?;
         Ok(outcomes)
     }
 

@@ -70,6 +70,20 @@ async fn holder_answers_per_attribute_under_consent() {
     assert_eq!(value.value, serde_json::json!(3150));
     assert_eq!(value.source, "fi.incomeregister");
     assert_eq!(value.consent_id, id.to_string());
+    let state = |net: &TestNet, request_id: &[u8]| {
+        let id = mim4_node::core::ids::MessageId::from_slice(request_id).unwrap();
+        let shared = &net.nodes[HOME].as_ref().unwrap().shared;
+        shared
+            .store()
+            .request_state("requester", &id)
+            .unwrap()
+            .map(|(s, _)| s)
+    };
+    assert_eq!(
+        state(&net, &answer.request_id),
+        Some(mim4_node::store::RequestState::Fulfilled),
+        "the requester persists the request's final state"
+    );
 
     // Partially allowed: the employer is not covered and says why.
     let answer = client
