@@ -1,17 +1,23 @@
 //! The decision index: "may this recipient do this with this attribute of
 //! this subject, from this source, for this purpose, at this instant?"
 //!
-//! Records are compiled into per-(subject, attribute) lists, so a decision is
-//! two hash lookups and a scan of the few records that name that attribute.
+//! Records are compiled into per-(subject, attribute) lists in one flat table,
+//! keyed by a keyed hash of the pair, so a decision is one hash lookup and a
+//! scan of the few compact entries that name that attribute. Operators,
+//! services, sectors, attributes and purposes are interned into small ids, so
+//! an entry holds no strings but the (shared) subject it is checked against.
 //! Time is an argument: expiry takes effect at its instant without a sweeper.
 //! [`decide_naive`] answers the same question by scanning every record; it is
 //! the reference the index is tested against.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use crate::core::consent::{
     Action, Attribute, Audience, ConsentId, ConsentRecord, ConsentStatus, Purpose, Sector,
-    ServiceId, SubjectId,
+    ServiceId, SubjectId, PURPOSES_MAX,
 };
 use crate::core::ids::OperatorId;
 
@@ -154,13 +160,34 @@ fn verdict(
     purposes: &[Purpose],
     query: &Query<'_>,
 ) -> Decision {
+    verdict_by(
+        consent_id,
+        status,
+        not_before_ms,
+        not_after_ms,
+        missing,
+        || purposes.contains(query.purpose),
+        query,
+    )
+}
+
+/// [`verdict`], with the purpose check as a closure (called only if needed).
+fn verdict_by(
+    consent_id: ConsentId,
+    status: ConsentStatus,
+    not_before_ms: u64,
+    not_after_ms: u64,
+    missing: u32,
+    covers_purpose: impl FnOnce() -> bool,
+    query: &Query<'_>,
+) -> Decision {
     let deny = Decision::Deny;
     match status {
         ConsentStatus::Given if query.at_ms < not_before_ms => deny(DenyReason::NotYetValid {
             consent_id,
             not_before_ms,
         }),
-        ConsentStatus::Given if !purposes.contains(query.purpose) => {
+        ConsentStatus::Given if !covers_purpose() => {
             deny(DenyReason::PurposeNotCovered { consent_id })
         }
         ConsentStatus::Given => Decision::Allow { consent_id },
@@ -246,19 +273,217 @@ pub fn decide_naive<'r>(
     finish(best, any_for_recipient)
 }
 
+/// FxHash (as in rustc): fast for the short, trusted names of the side tables.
+#[derive(Clone, Copy, Debug, Default)]
+struct FxHasher {
+    hash: u64,
+}
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Passes an already well-mixed `u64` key through unchanged.
+#[derive(Clone, Copy, Debug, Default)]
+struct KeyHasher {
+    hash: u64,
+}
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed with this hasher; stay correct regardless.
+        for &b in bytes {
+            self.hash = (self.hash.rotate_left(8) ^ u64::from(b)).wrapping_mul(FX_SEED);
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.hash = i;
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// Names interned into dense `u32` ids. Ids are never reused, so the table
+/// grows only with the number of distinct names ever indexed.
+#[derive(Debug, Default)]
+struct Interner {
+    ids: FxMap<Box<str>, u32>,
+}
+
+impl Interner {
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    #[inline]
+    fn get(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+}
+
+/// An interned audience.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Aud {
+    /// A service id.
+    Service(u32),
+    /// An operator id.
+    Member(u32),
+    /// A sector id.
+    Sector(u32),
+}
+
+/// The interned parts of a query, resolved lazily (only when an entry needs them).
+struct Resolved {
+    source: Option<u32>,
+    operator: Option<u32>,
+    service: Option<u32>,
+    /// The operator running the query's service (if the service is known);
+    /// a service audience admits only if it equals the query's operator.
+    service_operator: Option<u32>,
+}
+
+/// A record's purposes as interned ids, inline (records carry at most
+/// [`PURPOSES_MAX`]).
+#[derive(Clone, Debug)]
+enum Purposes {
+    Inline { ids: [u32; PURPOSES_MAX], len: u8 },
+    Heap(Box<[u32]>),
+}
+
+impl Purposes {
+    fn new(ids: &[u32]) -> Self {
+        match u8::try_from(ids.len()) {
+            Ok(len) if ids.len() <= PURPOSES_MAX => {
+                let mut inline = [0u32; PURPOSES_MAX];
+                inline[..ids.len()].copy_from_slice(ids);
+                Purposes::Inline { ids: inline, len }
+            }
+            _ => Purposes::Heap(ids.into()),
+        }
+    }
+
+    #[inline]
+    fn contains(&self, id: u32) -> bool {
+        match self {
+            Purposes::Inline { ids, len } => ids[..usize::from(*len)].contains(&id),
+            Purposes::Heap(ids) => ids.contains(&id),
+        }
+    }
+}
+
+/// Longest subject id kept inline in an entry.
+const SUBJECT_INLINE_MAX: usize = 30;
+
+/// An entry's subject, inline when short so that checking it costs no
+/// pointer chase; longer ones share the subject's one allocation.
+#[derive(Clone, Debug)]
+enum SubjectKey {
+    Inline {
+        len: u8,
+        bytes: [u8; SUBJECT_INLINE_MAX],
+    },
+    Shared(Arc<str>),
+}
+
+impl SubjectKey {
+    fn new(subject: &Arc<str>) -> Self {
+        let raw = subject.as_bytes();
+        match u8::try_from(raw.len()) {
+            Ok(len) if raw.len() <= SUBJECT_INLINE_MAX => {
+                let mut bytes = [0u8; SUBJECT_INLINE_MAX];
+                bytes[..raw.len()].copy_from_slice(raw);
+                SubjectKey::Inline { len, bytes }
+            }
+            _ => SubjectKey::Shared(Arc::clone(subject)),
+        }
+    }
+
+    #[inline]
+    fn is(&self, subject: &str) -> bool {
+        match self {
+            SubjectKey::Inline { len, bytes } => &bytes[..usize::from(*len)] == subject.as_bytes(),
+            SubjectKey::Shared(shared) => &**shared == subject,
+        }
+    }
+}
+
 /// One record's permission for one attribute, as the index stores it.
 #[derive(Clone, Debug)]
 struct Entry {
+    /// The subject; checked on lookup so that a collision of the table's
+    /// 64-bit key is harmless.
+    subject: SubjectKey,
+    attribute: u32,
+    source: u32,
+    audience: Aud,
     consent_id: ConsentId,
-    source: OperatorId,
-    audience: Audience,
-    action: Action,
-    purposes: Vec<Purpose>,
     not_before_ms: u64,
     not_after_ms: u64,
+    purposes: Purposes,
+    missing: u32,
+    action: Action,
     /// Status before time (never `Expired`).
     status: ConsentStatus,
-    missing: u32,
 }
 
 impl Entry {
@@ -272,21 +497,50 @@ impl Entry {
     }
 }
 
+/// The entries under one table key: almost always one, stored inline.
+#[derive(Clone, Debug)]
+enum Slot {
+    One(Entry),
+    Many(Vec<Entry>),
+}
+
+impl Slot {
+    #[inline]
+    fn entries(&self) -> &[Entry] {
+        match self {
+            Slot::One(entry) => std::slice::from_ref(entry),
+            Slot::Many(entries) => entries,
+        }
+    }
+}
+
 /// Which parties a record concerns, to tell "attribute not covered" from "no consent".
 #[derive(Clone, Debug)]
 struct Summary {
     consent_id: ConsentId,
-    source: OperatorId,
-    audience: Audience,
-    attributes: Vec<Attribute>,
+    source: u32,
+    audience: Aud,
+    attributes: Vec<u32>,
 }
 
 /// The in-memory decision index over every record a node holds.
 #[derive(Debug, Default)]
 pub struct Index {
-    by_subject: HashMap<SubjectId, HashMap<Attribute, Vec<Entry>>>,
-    summaries: HashMap<SubjectId, Vec<Summary>>,
-    subject_of: HashMap<ConsentId, SubjectId>,
+    /// Entries keyed by a keyed hash of (subject, attribute id).
+    entries: HashMap<u64, Slot, BuildHasherDefault<KeyHasher>>,
+    /// The key of `entries`; randomly keyed, so keys cannot be forced to collide.
+    keys: RandomState,
+    summaries: HashMap<Arc<str>, Vec<Summary>>,
+    subject_of: HashMap<ConsentId, Arc<str>>,
+    operators: Interner,
+    services: Interner,
+    /// The operator id of each interned service, by service id.
+    service_operators: Vec<u32>,
+    sectors: Interner,
+    /// Sector names by id, to match a query's sector labels.
+    sector_names: Vec<Sector>,
+    attributes: Interner,
+    purposes: Interner,
 }
 
 impl Index {
@@ -305,41 +559,104 @@ impl Index {
         self.subject_of.is_empty()
     }
 
+    #[inline]
+    fn key(&self, subject: &str, attribute: u32) -> u64 {
+        self.keys.hash_one((subject, attribute))
+    }
+
+    fn intern_audience(&mut self, audience: &Audience) -> Aud {
+        match audience {
+            Audience::Service(service) => {
+                let before = self.services.ids.len();
+                let id = self.services.intern(service.as_str());
+                if self.services.ids.len() != before {
+                    let operator = self.operators.intern(service.operator().as_str());
+                    self.service_operators.push(operator);
+                }
+                Aud::Service(id)
+            }
+            Audience::Member(operator) => Aud::Member(self.operators.intern(operator.as_str())),
+            Audience::Sector(sector) => {
+                let before = self.sectors.ids.len();
+                let id = self.sectors.intern(sector.as_str());
+                if self.sectors.ids.len() != before {
+                    self.sector_names.push(sector.clone());
+                }
+                Aud::Sector(id)
+            }
+        }
+    }
+
     /// Adds a record, or replaces its previous version.
     pub fn upsert(&mut self, record: &ConsentRecord) {
         self.remove(record.id());
         let terms = record.terms();
+        let consent_id = record.id();
         let missing = u32::try_from(record.missing_grantors().len()).unwrap_or(u32::MAX);
         // The status before time: `status_at(0)` cannot be Expired because a
         // valid window ends after 0.
         let status = record.status_at(0);
-        let attributes = self.by_subject.entry(terms.subject.clone()).or_default();
+        let subject: Arc<str> = match self.summaries.get_key_value(terms.subject.as_str()) {
+            Some((subject, _)) => Arc::clone(subject),
+            None => Arc::from(terms.subject.as_str()),
+        };
+        let source = self.operators.intern(terms.source.as_str());
+        let audience = self.intern_audience(&terms.audience);
+        let purpose_ids: Vec<u32> = terms
+            .purposes
+            .iter()
+            .map(|p| self.purposes.intern(p.as_str()))
+            .collect();
+        let purposes = Purposes::new(&purpose_ids);
+        let subject_key = SubjectKey::new(&subject);
+        let mut attributes = Vec::with_capacity(terms.scope.len());
         for item in &terms.scope {
-            attributes
-                .entry(item.attribute.clone())
-                .or_default()
-                .push(Entry {
-                    consent_id: record.id(),
-                    source: terms.source.clone(),
-                    audience: terms.audience.clone(),
-                    action: item.action,
-                    purposes: terms.purposes.clone(),
-                    not_before_ms: terms.not_before_ms,
-                    not_after_ms: terms.not_after_ms,
-                    status,
-                    missing,
-                });
+            let attribute = self.attributes.intern(item.attribute.as_str());
+            attributes.push(attribute);
+            let entry = Entry {
+                subject: subject_key.clone(),
+                attribute,
+                source,
+                audience,
+                consent_id,
+                not_before_ms: terms.not_before_ms,
+                not_after_ms: terms.not_after_ms,
+                purposes: purposes.clone(),
+                missing,
+                action: item.action,
+                status,
+            };
+            let key = self.key(&subject, attribute);
+            match self.entries.entry(key) {
+                std::collections::hash_map::Entry::Vacant(vacant) => {
+                    vacant.insert(Slot::One(entry));
+                }
+                std::collections::hash_map::Entry::Occupied(mut occupied) => {
+                    let slot = occupied.get_mut();
+                    match slot {
+                        Slot::Many(entries) => entries.push(entry),
+                        Slot::One(_) => {
+                            let Slot::One(first) =
+                                std::mem::replace(slot, Slot::Many(Vec::with_capacity(2)))
+                            else {
+                                unreachable!("matched Slot::One above")
+                            };
+                            *slot = Slot::Many(vec![first, entry]);
+                        }
+                    }
+                }
+            }
         }
         self.summaries
-            .entry(terms.subject.clone())
+            .entry(Arc::clone(&subject))
             .or_default()
             .push(Summary {
-                consent_id: record.id(),
-                source: terms.source.clone(),
-                audience: terms.audience.clone(),
-                attributes: terms.scope.iter().map(|s| s.attribute.clone()).collect(),
+                consent_id,
+                source,
+                audience,
+                attributes,
             });
-        self.subject_of.insert(record.id(), terms.subject.clone());
+        self.subject_of.insert(consent_id, subject);
     }
 
     /// Removes a record.
@@ -357,17 +674,28 @@ impl Index {
         if summaries.is_empty() {
             self.summaries.remove(&subject);
         }
-        if let Some(attributes) = self.by_subject.get_mut(&subject) {
-            for attribute in &summary.attributes {
-                if let Some(entries) = attributes.get_mut(attribute) {
+        for &attribute in &summary.attributes {
+            let key = self.key(&subject, attribute);
+            let std::collections::hash_map::Entry::Occupied(mut occupied) = self.entries.entry(key)
+            else {
+                continue;
+            };
+            let empty = match occupied.get_mut() {
+                Slot::One(entry) => entry.consent_id == consent_id,
+                Slot::Many(entries) => {
                     entries.retain(|e| e.consent_id != consent_id);
-                    if entries.is_empty() {
-                        attributes.remove(attribute);
+                    if entries.len() == 1 {
+                        if let Some(last) = entries.pop() {
+                            *occupied.get_mut() = Slot::One(last);
+                        }
+                        false
+                    } else {
+                        entries.is_empty()
                     }
                 }
-            }
-            if attributes.is_empty() {
-                self.by_subject.remove(&subject);
+            };
+            if empty {
+                occupied.remove();
             }
         }
     }
@@ -375,48 +703,83 @@ impl Index {
     /// Ids of the records about `subject`.
     pub fn records_of(&self, subject: &SubjectId) -> Vec<ConsentId> {
         self.summaries
-            .get(subject)
+            .get(subject.as_str())
             .map(|s| s.iter().map(|s| s.consent_id).collect())
             .unwrap_or_default()
     }
 
+    fn resolve(&self, query: &Query<'_>) -> Resolved {
+        let service = self.services.get(query.service.as_str());
+        Resolved {
+            source: self.operators.get(query.source.as_str()),
+            operator: self.operators.get(query.operator.as_str()),
+            service,
+            service_operator: service.and_then(|s| self.service_operators.get(s as usize).copied()),
+        }
+    }
+
+    #[inline]
+    fn admits(&self, audience: Aud, resolved: &Resolved, query: &Query<'_>) -> bool {
+        match audience {
+            Aud::Service(id) => {
+                resolved.service == Some(id)
+                    && resolved.operator.is_some()
+                    && resolved.service_operator == resolved.operator
+            }
+            Aud::Member(id) => resolved.operator == Some(id),
+            Aud::Sector(id) => self
+                .sector_names
+                .get(id as usize)
+                .is_some_and(|label| query.sectors.contains(label)),
+        }
+    }
+
     /// Answers a query.
     pub fn decide(&self, query: &Query<'_>) -> Decision {
-        let entries = self
-            .by_subject
-            .get(query.subject)
-            .and_then(|attributes| attributes.get(query.attribute));
+        let subject = query.subject.as_str();
+        let mut resolved = None;
         let mut best = None;
-        for entry in entries.into_iter().flatten() {
-            if &entry.source != query.source
-                || !entry.action.covers(query.action)
-                || !entry
-                    .audience
-                    .admits(query.operator, query.service, query.sectors)
-            {
-                continue;
+        if let Some(attribute) = self.attributes.get(query.attribute.as_str()) {
+            let key = self.key(subject, attribute);
+            if let Some(slot) = self.entries.get(&key) {
+                let resolved = resolved.get_or_insert_with(|| self.resolve(query));
+                let mut purpose = None;
+                for entry in slot.entries() {
+                    if Some(entry.source) != resolved.source
+                        || entry.attribute != attribute
+                        || !entry.action.covers(query.action)
+                        || !entry.subject.is(subject)
+                        || !self.admits(entry.audience, resolved, query)
+                    {
+                        continue;
+                    }
+                    let decision = verdict_by(
+                        entry.consent_id,
+                        entry.status_at(query.at_ms),
+                        entry.not_before_ms,
+                        entry.not_after_ms,
+                        entry.missing,
+                        || {
+                            purpose
+                                .get_or_insert_with(|| self.purposes.get(query.purpose.as_str()))
+                                .is_some_and(|id| entry.purposes.contains(id))
+                        },
+                        query,
+                    );
+                    best = better(best, (decision, entry.consent_id));
+                }
             }
-            let decision = verdict(
-                entry.consent_id,
-                entry.status_at(query.at_ms),
-                entry.not_before_ms,
-                entry.not_after_ms,
-                entry.missing,
-                &entry.purposes,
-                query,
-            );
-            best = better(best, (decision, entry.consent_id));
         }
         if best.is_some() {
             return finish(best, true);
         }
         // Slow path, only on denial: does any record name this recipient and source?
-        let any_for_recipient = self.summaries.get(query.subject).is_some_and(|summaries| {
-            summaries.iter().any(|s| {
-                &s.source == query.source
-                    && s.audience
-                        .admits(query.operator, query.service, query.sectors)
-            })
+        let any_for_recipient = self.summaries.get(subject).is_some_and(|summaries| {
+            let resolved = resolved.get_or_insert_with(|| self.resolve(query));
+            resolved.source.is_some()
+                && summaries.iter().any(|s| {
+                    Some(s.source) == resolved.source && self.admits(s.audience, resolved, query)
+                })
         });
         finish(None, any_for_recipient)
     }
