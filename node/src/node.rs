@@ -241,7 +241,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     let store = Store::open(&config.data_dir)?;
     let trust = load_trust_list(&config, &store)?;
     check_membership(&config, &key, &trust)?;
-    let consents = consent::load(&store, &trust)?;
+    let consents = consent::load(&store, &trust, &config.operator_id)?;
     let source = open_source(&config, &store)?;
 
     let peer_listener = tokio::net::TcpListener::bind(config.peer_listen)
@@ -295,6 +295,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             .instrument(info_span!("outbox", operator = %me)),
     );
     tasks.spawn(prune_loop(shared.clone(), cancel.clone()));
+    tasks.spawn(expiry_loop(shared.clone(), cancel.clone()));
     Ok(NodeHandle {
         peer_addr,
         api_addr,
@@ -1026,6 +1027,26 @@ impl DeliveryLoop {
         }
         self.attempts.shutdown().await;
         Ok(())
+    }
+}
+
+/// Once a second, records the expiry of consents this node is home of whose
+/// validity ended, so every party is told. Decisions never wait for this:
+/// every copy denies from `not_after` on by itself.
+async fn expiry_loop(shared: Arc<Shared>, cancel: CancellationToken) -> Result<(), Error> {
+    const BATCH: usize = 256;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let recorded = shared.expire_due(now_ms(), BATCH).await;
+        if recorded > 0 {
+            info!(
+                recorded,
+                "consent expiries recorded and pushed to every party"
+            );
+        }
     }
 }
 

@@ -549,6 +549,9 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
+    /// The home recorded that the validity ended, so every party is told
+    /// (parties already deny from `not_after` on; this event only notifies).
+    Expired,
 }
 
 impl EventKind {
@@ -561,6 +564,7 @@ impl EventKind {
             EventKind::Narrowed(_) => "narrowed",
             EventKind::Withdrawn(_) => "withdrawn",
             EventKind::Invalidated { .. } => "invalidated",
+            EventKind::Expired => "expired",
         }
     }
 }
@@ -690,6 +694,14 @@ pub enum TransitionError {
     /// Too many events.
     #[error("a record holds at most {EVENTS_MAX} events")]
     TooManyEvents,
+    /// An expiry recorded before `not_after`, after the record ended, or twice.
+    #[error("expiry recorded at {at_ms} ms, but the consent runs until {not_after_ms} ms or has already ended")]
+    NotExpired {
+        /// End of validity.
+        not_after_ms: u64,
+        /// The event's time.
+        at_ms: u64,
+    },
     /// An event is dated before the previous one (a backdated grant).
     #[error("event at {at_ms} ms is dated before the previous event at {previous_ms} ms")]
     TimeReversed {
@@ -715,7 +727,8 @@ pub enum TransitionError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsentRecord {
     terms: ConsentTerms,
-    /// Status before time is considered (never `Expired`; see [`ConsentRecord::status_at`]).
+    /// Status before time is considered (`Expired` only once the home recorded
+    /// it; see [`ConsentRecord::status_at`]).
     status: ConsentStatus,
     /// Grantor slots filled so far.
     granted: BTreeSet<SubjectId>,
@@ -795,6 +808,10 @@ impl ConsentRecord {
             EventKind::Invalidated { .. } => {
                 self.status = ConsentStatus::Invalidated;
                 self.ended_at_ms = Some(event.at_ms);
+            }
+            EventKind::Expired => {
+                self.status = ConsentStatus::Expired;
+                self.ended_at_ms = Some(self.terms.not_after_ms);
             }
         }
         self.events.push(event);
@@ -884,6 +901,17 @@ impl ConsentRecord {
             EventKind::Invalidated { .. } => {
                 if status.is_terminal() {
                     return Err(terminal("invalidated"));
+                }
+                Ok(())
+            }
+            EventKind::Expired => {
+                // Only once the window has ended, and only once (status_at
+                // says Expired; the stored status must not be already).
+                if status != ConsentStatus::Expired || self.status == ConsentStatus::Expired {
+                    return Err(TransitionError::NotExpired {
+                        not_after_ms: self.terms.not_after_ms,
+                        at_ms: event.at_ms,
+                    });
                 }
                 Ok(())
             }
@@ -1054,6 +1082,36 @@ mod tests {
             })
         ));
         record.apply(event(1, 500, grant())).unwrap();
+    }
+
+    /// The home may record an expiry only once the window has ended, and only once.
+    #[test]
+    fn expiry_is_recorded_only_after_the_end_and_once() {
+        let mut record = ConsentRecord::new(event(
+            0,
+            0,
+            EventKind::Requested(terms(&[("a.b", Action::Read)])),
+        ))
+        .unwrap();
+        record.apply(event(1, 10, grant())).unwrap();
+        assert!(matches!(
+            record.apply(event(2, 999, EventKind::Expired)),
+            Err(TransitionError::NotExpired {
+                not_after_ms: 1_000,
+                at_ms: 999
+            })
+        ));
+        record.apply(event(2, 1_000, EventKind::Expired)).unwrap();
+        assert_eq!(
+            record.status_at(0),
+            ConsentStatus::Expired,
+            "stored, not only derived"
+        );
+        assert!(record.apply(event(3, 1_001, EventKind::Expired)).is_err());
+        assert!(matches!(
+            record.apply(event(3, 1_001, grant())),
+            Err(TransitionError::AfterExpiry { .. })
+        ));
     }
 
     /// Narrowing may reduce reading an attribute to verifying it, never the reverse.

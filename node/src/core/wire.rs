@@ -740,6 +740,7 @@ pub fn encode_consent_event(event: &ConsentEvent) -> Vec<u8> {
         EventKind::Narrowed(terms) => K::Narrowed(terms_to_pb(terms)),
         EventKind::Withdrawn(actor) => K::Withdrawn(actor_to_pb(actor)),
         EventKind::Invalidated { reason } => K::Invalidated(reason.clone()),
+        EventKind::Expired => K::Expired(true),
     };
     pb::ConsentEvent {
         consent_id: event.consent_id.as_bytes().to_vec(),
@@ -776,6 +777,7 @@ pub fn decode_consent_event(body: &[u8]) -> Result<ConsentEvent, String> {
             }
             EventKind::Invalidated { reason }
         }
+        Some(K::Expired(_)) => EventKind::Expired,
     };
     Ok(ConsentEvent {
         consent_id: ConsentId::from_slice(&raw.consent_id)

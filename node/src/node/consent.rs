@@ -32,6 +32,28 @@ pub struct ConsentState {
     pub index: Index,
     /// Who may act for whom (kept by home operators).
     pub delegations: Delegations,
+    /// Records this node is home of that are still requested or given, by
+    /// `not_after`: when one passes, the home records the expiry and tells
+    /// every party (they already deny from that instant on).
+    expiring: std::collections::BTreeSet<(u64, ConsentId)>,
+}
+
+impl ConsentState {
+    /// Indexes a record, and tracks its expiry if this node is its home.
+    fn upsert(&mut self, record: &ConsentRecord, me: &OperatorId) {
+        self.index.upsert(record);
+        let key = (record.terms().not_after_ms, record.id());
+        let open = matches!(
+            record.status_at(0),
+            crate::core::consent::ConsentStatus::Requested
+                | crate::core::consent::ConsentStatus::Given
+        );
+        if &record.terms().home == me && open {
+            self.expiring.insert(key);
+        } else {
+            self.expiring.remove(&key);
+        }
+    }
 }
 
 /// Errors of consent operations.
@@ -84,11 +106,15 @@ pub enum ConsentError {
 /// Builds the in-memory state from the store at start. Logs are verified
 /// again after reading (paired with the check before storing); a log that no
 /// longer verifies (its recorder left the federation) is skipped with a warning.
-pub(crate) fn load(store: &Store, trust: &VerifiedTrustList) -> Result<ConsentState, store::Error> {
+pub(crate) fn load(
+    store: &Store,
+    trust: &VerifiedTrustList,
+    me: &OperatorId,
+) -> Result<ConsentState, store::Error> {
     let mut state = ConsentState::default();
     for log in store.consent_logs()? {
         match log.verify(trust) {
-            Ok(record) => state.index.upsert(&record),
+            Ok(record) => state.upsert(&record, me),
             Err(e) => {
                 warn!(consent = %log.consent_id, error = %e, "stored consent log no longer verifies; not indexed")
             }
@@ -293,7 +319,8 @@ impl Shared {
     ) -> Result<ConsentRecord, ConsentError> {
         self.store.put_consent_log(&log)?;
         self.store.durable().await?;
-        self.write_consents(|state| state.index.upsert(&record));
+        let me = self.operator_id().clone();
+        self.write_consents(|state| state.upsert(&record, &me));
         let events = u32::try_from(log.events.len()).unwrap_or(u32::MAX);
         info!(consent = %record.id(), status = record.status_at(now_ms()).as_str(), events, "consent recorded");
         for party in parties(record.terms(), self.operator_id()) {
@@ -533,9 +560,36 @@ impl Shared {
             }
         }
         self.store.put_consent_log(log).map_err(|e| e.to_string())?;
-        self.write_consents(|state| state.index.upsert(&record));
+        let me = self.operator_id().clone();
+        self.write_consents(|state| state.upsert(&record, &me));
         info!(consent = %log.consent_id, status = record.status_at(now_ms()).as_str(), events = log.events.len(), "consent record updated from home");
         Ok(())
+    }
+
+    /// Records the expiry of up to `max` records whose validity ended by
+    /// `now_ms` (this node being their home) and pushes it to every party.
+    /// Returns how many were recorded.
+    pub(crate) async fn expire_due(self: &Arc<Self>, now_ms: u64, max: usize) -> usize {
+        let due: Vec<(u64, ConsentId)> = self.read_consents(|state| {
+            state
+                .expiring
+                .iter()
+                .take_while(|(not_after, _)| *not_after <= now_ms)
+                .take(max)
+                .copied()
+                .collect()
+        });
+        let mut recorded = 0;
+        for (not_after, id) in due {
+            match self.record_event(id, |_, _| Ok(EventKind::Expired)).await {
+                Ok(_) => recorded += 1,
+                Err(e) => {
+                    warn!(consent = %id, error = %e, "could not record expiry; not retried");
+                    self.write_consents(|state| state.expiring.remove(&(not_after, id)));
+                }
+            }
+        }
+        recorded
     }
 
     /// Asks `from` for its copy of a record, verifies it and keeps it if newer.

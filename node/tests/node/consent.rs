@@ -362,3 +362,57 @@ async fn records_export_as_signed_kantara_receipts_and_27560_json_ld() {
     );
     net.shutdown().await;
 }
+
+/// Expiry takes effect at its instant everywhere, and the home then records
+/// it and pushes it to every party, which acknowledge it with receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_is_pushed_to_every_party() {
+    let mut net = TestNet::new(3);
+    net.start_all().await;
+    let service = net
+        .client(CONSUMER, "social", ClientRole::Service, Some(SERVICE))
+        .await;
+    let citizen = net
+        .client(HOME, "citizen-app", ClientRole::CitizenApp, None)
+        .await;
+    let subject = "fi:hetu:040404-4444";
+    let not_after = mim4_node::node::now_ms() + 3_000;
+    let terms = Terms::consent(subject, "fi.helsinki", SERVICE, "fi.incomeregister")
+        .read(ATTRIBUTE)
+        .purpose(PURPOSE)
+        .valid(0, not_after)
+        .build();
+    let id = service.request_consent(terms).await.unwrap();
+    let home = net.admin(HOME).await;
+    eventually("the offer at home", DEADLINE, || {
+        let home = home.clone();
+        async move { home.consent(id).await.ok() }
+    })
+    .await;
+    citizen.grant(id, subject, None).await.unwrap();
+    // Every party denies from the instant on (asking for that instant directly).
+    let mut at_end = query(subject, SERVICE);
+    at_end.at_ms = not_after;
+    until_decision(&net, SOURCE, at_end.clone(), "expired").await;
+    // After the instant, the home records the expiry and every party gets it.
+    eventually("expiry delivered to every party", DEADLINE, || {
+        let home = home.clone();
+        async move {
+            let view = home.consent(id).await.ok()?;
+            let done = view.status == "expired"
+                && view.events == 3
+                && view.deliveries.len() == 2
+                && view.deliveries.iter().all(|d| {
+                    d.events == 3 && d.state == mim4_sdk::proto::OutgoingState::Delivered as i32
+                });
+            done.then_some(())
+        }
+    })
+    .await;
+    for node in [SOURCE, CONSUMER] {
+        let view = net.admin(node).await.consent(id).await.unwrap();
+        assert_eq!(view.events, 3, "node {node} holds the expiry event");
+        assert_eq!(view.status, "expired");
+    }
+    net.shutdown().await;
+}
