@@ -3,6 +3,8 @@
 //! # Layout
 //! - `util`: the shared fixture (governance key, three operators, a verified
 //!   trust list) and helpers to seal and tamper with envelopes.
+//! - `consent`: every consent transition (legal and illegal), terms, signed
+//!   logs, wire round trips, decisions, and the index-equals-naive property.
 //! - `envelope`: every reason `Verifier::verify` refuses an envelope, replay
 //!   checks and receipt checks.
 //! - `properties`: property tests that altered or random bytes never verify.
