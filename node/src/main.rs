@@ -416,6 +416,19 @@ fn client(command: ClientCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Loads a draft, applies `edit`, and saves it only if it still converts to a
+/// valid trust list, so a draft on disk always signs.
+fn edit_draft(
+    path: &Path,
+    edit: impl FnOnce(&mut Draft) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut draft = Draft::load(path)?;
+    edit(&mut draft)?;
+    draft.to_trust_list(draft.version + 1, 0, 1)?;
+    draft.save(path)?;
+    Ok(())
+}
+
 fn trust(command: TrustCommand) -> anyhow::Result<()> {
     match command {
         TrustCommand::New {
@@ -446,26 +459,24 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
             grpc,
             sectors,
         } => {
-            let mut d = Draft::load(&draft)?;
             let key = identity::read_public_key(&key_file)?;
-            d.add_member(DraftMember {
-                operator_id: operator.clone(),
-                name,
-                country,
-                roles,
-                grpc_endpoint: grpc,
-                p2p_addrs: Vec::new(),
-                status: "active".into(),
-                sectors,
-                keys: vec![DraftKey {
-                    public_key: key.to_hex(),
-                    not_before_ms: 0,
-                    not_after_ms: None,
-                }],
+            edit_draft(&draft, |d| {
+                Ok(d.add_member(DraftMember {
+                    operator_id: operator.clone(),
+                    name,
+                    country,
+                    roles,
+                    grpc_endpoint: grpc,
+                    p2p_addrs: Vec::new(),
+                    status: "active".into(),
+                    sectors,
+                    keys: vec![DraftKey {
+                        public_key: key.to_hex(),
+                        not_before_ms: 0,
+                        not_after_ms: None,
+                    }],
+                })?)
             })?;
-            // Validate before saving, so a draft on disk always converts.
-            d.to_trust_list(d.version + 1, 0, 1)?;
-            d.save(&draft)?;
             println!("added {operator} to {}", draft.display());
         }
         TrustCommand::AddKey {
@@ -474,15 +485,15 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
             key_file,
             not_before_ms,
         } => {
-            let mut d = Draft::load(&draft)?;
             let key = identity::read_public_key(&key_file)?;
-            d.member_mut(&operator)?.keys.push(DraftKey {
-                public_key: key.to_hex(),
-                not_before_ms: not_before_ms.unwrap_or_else(now_ms),
-                not_after_ms: None,
-            });
-            d.to_trust_list(d.version + 1, 0, 1)?;
-            d.save(&draft)?;
+            edit_draft(&draft, |d| {
+                d.member_mut(&operator)?.keys.push(DraftKey {
+                    public_key: key.to_hex(),
+                    not_before_ms: not_before_ms.unwrap_or_else(now_ms),
+                    not_after_ms: None,
+                });
+                Ok(())
+            })?;
             println!("added key {} to {operator}", key.key_id());
         }
         TrustCommand::EndKey {
@@ -491,16 +502,17 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
             key_file,
             not_after_ms,
         } => {
-            let mut d = Draft::load(&draft)?;
             let key = identity::read_public_key(&key_file)?;
-            let member = d.member_mut(&operator)?;
-            let entry = member
-                .keys
-                .iter_mut()
-                .find(|k| k.public_key == key.to_hex())
-                .with_context(|| format!("{operator} has no key {}", key.key_id()))?;
-            entry.not_after_ms = Some(not_after_ms);
-            d.save(&draft)?;
+            edit_draft(&draft, |d| {
+                let entry = d
+                    .member_mut(&operator)?
+                    .keys
+                    .iter_mut()
+                    .find(|k| k.public_key == key.to_hex())
+                    .with_context(|| format!("{operator} has no key {}", key.key_id()))?;
+                entry.not_after_ms = Some(not_after_ms);
+                Ok(())
+            })?;
             println!(
                 "key {} of {operator} ends at {not_after_ms} ms",
                 key.key_id()
@@ -515,20 +527,20 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
             description,
             sources,
         } => {
-            let mut d = Draft::load(&draft)?;
-            if d.attributes.iter().any(|a| a.name == name) {
-                bail!("attribute {name} is already in the catalogue");
-            }
-            d.attributes.push(mim4_node::trust_draft::DraftAttribute {
-                name: name.clone(),
-                value_type,
-                unit,
-                sensitivity,
-                description,
-                sources,
-            });
-            d.to_trust_list(d.version + 1, 0, 1)?;
-            d.save(&draft)?;
+            edit_draft(&draft, |d| {
+                if d.attributes.iter().any(|a| a.name == name) {
+                    bail!("attribute {name} is already in the catalogue");
+                }
+                d.attributes.push(mim4_node::trust_draft::DraftAttribute {
+                    name: name.clone(),
+                    value_type,
+                    unit,
+                    sensitivity,
+                    description,
+                    sources,
+                });
+                Ok(())
+            })?;
             println!(
                 "added attribute {name} to the catalogue in {}",
                 draft.display()
@@ -540,26 +552,27 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
             name,
             purposes,
         } => {
-            let mut d = Draft::load(&draft)?;
-            if d.services.iter().any(|s| s.service_id == service) {
-                bail!("service {service} is already in the registry");
-            }
-            d.services.push(mim4_node::trust_draft::DraftService {
-                service_id: service.clone(),
-                name,
-                purposes,
-            });
-            d.to_trust_list(d.version + 1, 0, 1)?;
-            d.save(&draft)?;
+            edit_draft(&draft, |d| {
+                if d.services.iter().any(|s| s.service_id == service) {
+                    bail!("service {service} is already in the registry");
+                }
+                d.services.push(mim4_node::trust_draft::DraftService {
+                    service_id: service.clone(),
+                    name,
+                    purposes,
+                });
+                Ok(())
+            })?;
             println!(
                 "added service {service} to the registry in {}",
                 draft.display()
             );
         }
         TrustCommand::Suspend { draft, operator } => {
-            let mut d = Draft::load(&draft)?;
-            d.member_mut(&operator)?.status = "suspended".into();
-            d.save(&draft)?;
+            edit_draft(&draft, |d| {
+                d.member_mut(&operator)?.status = "suspended".into();
+                Ok(())
+            })?;
             println!("{operator} suspended in the draft; sign and install to take effect");
         }
         TrustCommand::Sign {

@@ -138,6 +138,14 @@ pub enum SendError {
     ShuttingDown,
 }
 
+/// 16 random bytes for a new message, consent or delegation id (the core
+/// reads no RNG; the driver supplies it from the operating system).
+pub(crate) fn random_id_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes
+}
+
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -461,6 +469,15 @@ impl Shared {
         self.started.elapsed()
     }
 
+    /// A verifier of envelopes addressed to this node under `trust`.
+    fn verifier<'a>(&'a self, trust: &'a VerifiedTrustList) -> Verifier<'a> {
+        Verifier {
+            me: &self.config.operator_id,
+            trust,
+            limits: self.config.envelope_limits,
+        }
+    }
+
     fn sender_context(&self, trust_list_version: u64) -> SenderContext<'_> {
         SenderContext {
             me: &self.config.operator_id,
@@ -476,11 +493,7 @@ impl Shared {
     pub async fn receive(self: &Arc<Self>, bytes: &[u8]) -> Result<Vec<u8>, Refusal> {
         let now = now_ms();
         let trust = self.trust();
-        let verifier = Verifier {
-            me: &self.config.operator_id,
-            trust: &trust,
-            limits: self.config.envelope_limits,
-        };
+        let verifier = self.verifier(&trust);
         let verified = verifier.verify(bytes, now).map_err(|rejection| {
             warn!(message_id = ?rejection.message_id.map(|id| id.to_string()), sender = ?rejection.sender.as_ref().map(|s| s.to_string()), reason = %rejection.reason, "envelope refused");
             Refusal::Rejected {
@@ -565,11 +578,9 @@ impl Shared {
             },
         }
 
-        let mut receipt_id = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut receipt_id);
         let receipt = self
             .sender_context(trust.version())
-            .receipt(MessageId::from_bytes(receipt_id), &verified, now)
+            .receipt(MessageId::from_bytes(random_id_bytes()), &verified, now)
             .seal(&self.key);
         let recorded = self.store.record_applied(
             envelope.message_id,
@@ -740,10 +751,8 @@ impl Shared {
             return Err(SendError::UnknownRecipient(recipient));
         }
         let now = now_ms();
-        let mut id = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut id);
         let envelope = self.sender_context(trust.version()).envelope(
-            MessageId::from_bytes(id),
+            MessageId::from_bytes(random_id_bytes()),
             recipient.clone(),
             now,
             None,
@@ -793,19 +802,13 @@ impl Shared {
             .filter(|m| m.status == MemberStatus::Active)
             .map(|m| m.grpc_endpoint.clone())
             .ok_or_else(|| format!("{to} is not an active member of the federation"))?;
-        let mut id = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut id);
-        let request_id = MessageId::from_bytes(id);
+        let request_id = MessageId::from_bytes(random_id_bytes());
         let sealed = self
             .sender_context(trust.version())
             .envelope(request_id, to.clone(), now_ms(), None, payload)
             .seal(&self.key);
         let answer = self.peers.call(&endpoint, sealed.bytes).await?;
-        let verifier = Verifier {
-            me: &self.config.operator_id,
-            trust: &trust,
-            limits: self.config.envelope_limits,
-        };
+        let verifier = self.verifier(&trust);
         let verified = verifier
             .verify(&answer, now_ms())
             .map_err(|e| e.to_string())?;
@@ -822,11 +825,7 @@ impl Shared {
     /// no replay entry is kept) and returns the signed answer.
     pub async fn answer_call(self: &Arc<Self>, bytes: &[u8]) -> Result<Vec<u8>, Refusal> {
         let trust = self.trust();
-        let verifier = Verifier {
-            me: &self.config.operator_id,
-            trust: &trust,
-            limits: self.config.envelope_limits,
-        };
+        let verifier = self.verifier(&trust);
         let verified = verifier.verify(bytes, now_ms()).map_err(|rejection| {
             warn!(reason = %rejection.reason, "call refused");
             Refusal::Rejected {
@@ -861,12 +860,10 @@ impl Shared {
             }
             other => return Err(unusable(format!("a {} is not a call", other.kind()))),
         };
-        let mut id = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut id);
         let sealed = self
             .sender_context(trust.version())
             .envelope(
-                MessageId::from_bytes(id),
+                MessageId::from_bytes(random_id_bytes()),
                 request.sender.clone(),
                 now_ms(),
                 Some(request.message_id),

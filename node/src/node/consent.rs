@@ -9,7 +9,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use rand::RngCore as _;
 use tracing::{info, warn};
 
 use crate::core::consent::delegation::{Delegation, DelegationError, DelegationKind, Delegations};
@@ -22,7 +21,7 @@ use crate::core::consent::{
 use crate::core::envelope::Payload;
 use crate::core::ids::OperatorId;
 use crate::core::trust::VerifiedTrustList;
-use crate::node::{now_ms, SendError, Shared};
+use crate::node::{now_ms, random_id_bytes, SendError, Shared};
 use crate::store::{self, ConsentDelivery, Store};
 
 /// The decision index and the delegation registry, kept in memory.
@@ -146,9 +145,7 @@ fn parties(terms: &ConsentTerms, me: &OperatorId) -> BTreeSet<OperatorId> {
 }
 
 fn random_id() -> ConsentId {
-    let mut bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    ConsentId::from_bytes(bytes)
+    ConsentId::from_bytes(random_id_bytes())
 }
 
 impl Shared {
