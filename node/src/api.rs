@@ -32,7 +32,7 @@ use crate::core::envelope::{Payload, SignedEnvelope};
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::wire;
 use crate::limits;
-use crate::node::{Error, SendError, Shared};
+use crate::node::{Error, RegistryLoadError, SendError, Shared};
 use crate::store::OutgoingState;
 
 pub(crate) struct ApiService {
@@ -269,6 +269,27 @@ impl OperatorApi for ApiService {
             })?;
         info!(client = %caller.id, version, "trust list installed by admin");
         Ok(Response::new(pb::InstallTrustListResponse { version }))
+    }
+
+    async fn load_registry(
+        &self,
+        request: Request<pb::LoadRegistryRequest>,
+    ) -> Result<Response<pb::LoadRegistryResponse>, Status> {
+        let caller = self.authorize(&request, "LoadRegistry", ADMIN)?;
+        let report = self
+            .shared
+            .load_registry(request.into_inner().json)
+            .await
+            .map_err(|e| match e {
+                RegistryLoadError::NoRegistry => Status::failed_precondition(e.to_string()),
+                RegistryLoadError::Invalid(_) => Status::invalid_argument(e.to_string()),
+                RegistryLoadError::Node(_) => Status::unavailable(e.to_string()),
+            })?;
+        info!(client = %caller.id, subjects = report.subjects, values = report.values, "registry data loaded by admin");
+        Ok(Response::new(pb::LoadRegistryResponse {
+            subjects: report.subjects as u64,
+            values: report.values as u64,
+        }))
     }
 
     async fn request_consent(

@@ -48,6 +48,9 @@ pub struct Config {
     pub registry_files: Vec<PathBuf>,
     /// An NGSI-LD context broker to answer data requests from, instead of the built-in registry.
     pub ngsi_ld: Option<NgsiLdConfig>,
+    /// `[transport] insecure_plaintext`: peer gRPC without TLS, for development
+    /// federations only (logged as a warning at every start). Default `false`.
+    pub insecure_plaintext: bool,
 }
 
 /// `[ngsi_ld]`: answer data requests from an unchanged NGSI-LD context broker (OASC MIM1).
@@ -145,6 +148,17 @@ struct RawConfig {
     registry_files: Vec<String>,
     #[serde(default)]
     ngsi_ld: Option<NgsiLdConfig>,
+    #[serde(default)]
+    transport: RawTransport,
+}
+
+/// `[transport]`: how this node talks to peers.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTransport {
+    /// Plaintext instead of TLS; only ever `true` on purpose.
+    #[serde(default)]
+    insecure_plaintext: bool,
 }
 
 fn no_keys() -> Spanned<Vec<String>> {
@@ -346,6 +360,7 @@ impl Config {
             controller: raw.controller,
             registry_files: raw.registry_files.iter().map(|p| base.join(p)).collect(),
             ngsi_ld: raw.ngsi_ld,
+            insecure_plaintext: raw.transport.insecure_plaintext,
         })
     }
 }
@@ -405,10 +420,20 @@ rulebook_version = "mim4-rulebook-1.0"
 
 [listen]
 # OperatorPeer gRPC server: other operators deliver envelopes here. The address
-# must match the grpc_endpoint of this operator in the trust list.
+# must match the grpc_endpoint of this operator in the trust list
+# (https://host:port).
 peer = "{peer_listen}"
 # OperatorApi gRPC server: cities, citizen apps and admins. Keep it local.
 api = "{api_listen}"
+
+[transport]
+# Peers talk gRPC over TLS 1.3, both sides authenticated: each node presents a
+# certificate made at start from its operator key, and accepts a peer only if
+# the trust list lists that key for an active member (no CA, nothing to renew).
+# insecure_plaintext = true turns TLS off: traffic is then neither encrypted nor
+# authenticated at the transport. Development federations only (their trust
+# list gives http:// endpoints); the node warns at every start.
+insecure_plaintext = false
 
 [limits]
 # Largest accepted envelope in bytes, checked before decoding (at most 1 MiB).
@@ -533,5 +558,22 @@ mod tests {
         );
         let config = Config::parse(&text, Path::new("node.toml")).unwrap();
         assert_eq!(config.governance_keys, vec![key]);
+        assert!(!config.insecure_plaintext, "TLS is the default");
+    }
+
+    #[test]
+    fn plaintext_only_when_asked() {
+        let config = Config::parse(&valid(), Path::new("node.toml")).unwrap();
+        assert!(!config.insecure_plaintext);
+        let text = format!("{}[transport]\ninsecure_plaintext = true\n", valid());
+        assert!(
+            Config::parse(&text, Path::new("node.toml"))
+                .unwrap()
+                .insecure_plaintext
+        );
+        check(
+            &format!("{}[transport]\nplaintext = true\n", valid()),
+            Err((Some(10), "unknown field")),
+        );
     }
 }

@@ -72,6 +72,16 @@ pub const IN_FLIGHT_TOTAL_MAX: usize = 256;
 /// Deadline of one delivery attempt, in ms; a slow peer is retried later.
 pub const DELIVERY_TIMEOUT_MS: u64 = 10_000;
 
+/// Deadline of a peer TLS handshake, in ms (TCP connect excluded on the
+/// client, which has its own timeout). A handshake is two round trips and two
+/// Ed25519 operations; a peer that takes longer is stalling and loses its slot.
+pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// Peer TLS handshakes in progress at once on the peer port; more connections
+/// wait in the kernel's accept queue. Bounds the work a flood of unauthenticated
+/// connections causes (a few KiB of rustls state each).
+pub const TLS_HANDSHAKES_MAX: usize = 64;
+
 /// Concurrent gRPC streams per connection, on both the peer and API ports.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 128;
 

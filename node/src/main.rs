@@ -155,7 +155,8 @@ enum TrustCommand {
         /// The operator's public key file (operator.pub from `init`).
         #[arg(long)]
         key_file: PathBuf,
-        /// gRPC endpoint of its peer server, e.g. http://127.0.0.1:7401.
+        /// gRPC endpoint of its peer server, e.g. https://peer.example.org:7401
+        /// (http:// only for a development federation without TLS).
         #[arg(long)]
         grpc: String,
         /// Sector label (repeatable).
@@ -270,12 +271,23 @@ fn main() -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(&file)?;
             println!(
-                "{}: ok (operator {}, peer {}, api {})",
+                "{}: ok (operator {}, peer {} over {}, api {})",
                 file.display(),
                 config.operator_id,
                 config.peer_listen,
+                if config.insecure_plaintext {
+                    "plaintext"
+                } else {
+                    "TLS"
+                },
                 config.api_listen
             );
+            if config.insecure_plaintext {
+                eprintln!(
+                    "warning: [transport] insecure_plaintext = true: peer traffic is neither \
+                     encrypted nor authenticated by TLS; for development federations only"
+                );
+            }
             Ok(())
         }
         Command::Client(command) => client(command),
@@ -460,6 +472,8 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
             sectors,
         } => {
             let key = identity::read_public_key(&key_file)?;
+            let plaintext = mim4_node::transport::grpc::parse_endpoint(&grpc)
+                .is_ok_and(|endpoint| !endpoint.tls);
             edit_draft(&draft, |d| {
                 Ok(d.add_member(DraftMember {
                     operator_id: operator.clone(),
@@ -478,6 +492,12 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
                 })?)
             })?;
             println!("added {operator} to {}", draft.display());
+            if plaintext {
+                eprintln!(
+                    "warning: {operator}'s endpoint is plaintext (http://): only nodes with \
+                     [transport] insecure_plaintext = true reach it; use https:// in production"
+                );
+            }
         }
         TrustCommand::AddKey {
             draft,

@@ -28,10 +28,11 @@ use crate::core::keys::SecretKey;
 use crate::core::outbox::{Backoff, Scheduler};
 use crate::core::trust::{MemberStatus, SignedTrustList, TrustListError, VerifiedTrustList};
 use crate::limits;
-use crate::sources::registry::Registry;
+use crate::sources::registry::{LoadError, LoadReport, Registry};
 use crate::sources::DataSource;
 use crate::store::{self, Outgoing, OutgoingState, Store};
 use crate::transport::grpc::PeerClients;
+use crate::transport::tls::PeerTls;
 use crate::{api, identity, transport};
 
 pub mod consent;
@@ -77,6 +78,9 @@ pub enum Error {
     /// The data source cannot be opened or loaded.
     #[error("data source: {0}")]
     Source(String),
+    /// The peer TLS certificate or configuration cannot be made.
+    #[error("peer TLS: {0}")]
+    Tls(#[from] transport::tls::Error),
 }
 
 /// Why a received envelope was not applied.
@@ -110,6 +114,20 @@ pub enum Refusal {
     /// The node failed to store it; the sender should retry.
     #[error("storage failure, retry later: {0}")]
     Store(#[from] store::Error),
+    /// A valid envelope of another member than the one the TLS connection
+    /// authenticated: a member delivers only envelopes it signed itself.
+    #[error(
+        "envelope {message_id} is signed by {sender}, but the TLS connection is \
+         authenticated as {peer}; a member sends only its own envelopes"
+    )]
+    NotFromPeer {
+        /// Message id.
+        message_id: MessageId,
+        /// The envelope's (verified) sender.
+        sender: OperatorId,
+        /// The member the connection authenticated.
+        peer: OperatorId,
+    },
 }
 
 /// Errors of [`Shared::send`].
@@ -167,7 +185,9 @@ pub struct Shared {
     config: Config,
     key: SecretKey,
     store: Store,
-    trust: RwLock<Arc<VerifiedTrustList>>,
+    /// The trust list in force; shared with the peer TLS verifiers, which
+    /// read it at every handshake.
+    trust: Arc<RwLock<Arc<VerifiedTrustList>>>,
     clients: Clients,
     peers: PeerClients,
     enqueued: mpsc::Sender<Enqueued>,
@@ -182,10 +202,28 @@ pub struct Shared {
     consents: RwLock<ConsentState>,
     /// Serialises changes to consent records (one event at a time per node).
     consent_writer: tokio::sync::Mutex<()>,
-    /// The registry this node answers data requests from.
+    /// The source this node answers data requests from.
     source: Arc<dyn DataSource>,
+    /// The built-in registry behind `source`, unless the node answers from NGSI-LD.
+    registry: Option<Registry>,
     /// Counts of refused requests and withheld attributes, by reason.
     counters: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// Why an admin's registry load was refused; nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryLoadError {
+    /// The node answers from an NGSI-LD broker.
+    #[error(
+        "this node answers from an NGSI-LD context broker; it has no built-in registry to load"
+    )]
+    NoRegistry,
+    /// The document is not valid registry JSON.
+    #[error(transparent)]
+    Invalid(#[from] LoadError),
+    /// The store failed.
+    #[error(transparent)]
+    Node(#[from] Error),
 }
 
 /// A running node. Dropping it does not stop it: call [`NodeHandle::shutdown`].
@@ -250,7 +288,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     let trust = load_trust_list(&config, &store)?;
     check_membership(&config, &key, &trust)?;
     let consents = consent::load(&store, &trust, &config.operator_id)?;
-    let source = open_source(&config, &store)?;
+    let (source, registry) = open_source(&config, &store)?;
 
     let peer_listener = tokio::net::TcpListener::bind(config.peer_listen)
         .await
@@ -267,15 +305,18 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     let peer_addr = local_addr(&peer_listener, config.peer_listen)?;
     let api_addr = local_addr(&api_listener, config.api_listen)?;
 
+    let trust = Arc::new(RwLock::new(Arc::new(trust)));
+    let tls = peer_tls(&config, &key, &trust)?;
+
     let cancel = CancellationToken::new();
     let (enqueued_tx, enqueued_rx) = mpsc::channel(limits::OUTBOX_WAKE_QUEUE);
     let shared = Arc::new(Shared {
-        peers: PeerClients::new(config.envelope_limits.message_bytes_max),
+        peers: PeerClients::new(config.envelope_limits.message_bytes_max, tls.clone()),
         clients: Clients::new(config.clients_file.clone()),
         config,
         key,
         store,
-        trust: RwLock::new(Arc::new(trust)),
+        trust,
         enqueued: enqueued_tx,
         started: Instant::now(),
         offered: Mutex::new(HashMap::new()),
@@ -284,6 +325,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         consents: RwLock::new(consents),
         consent_writer: tokio::sync::Mutex::new(()),
         source,
+        registry,
         counters: Mutex::new(std::collections::BTreeMap::new()),
     });
     let me = shared.config.operator_id.clone();
@@ -293,6 +335,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     tasks.spawn(transport::grpc::serve(
         shared.clone(),
         peer_listener,
+        tls,
         cancel.clone(),
     ));
     tasks.spawn(api::serve(shared.clone(), api_listener, cancel.clone()));
@@ -313,11 +356,55 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     })
 }
 
+/// The peer TLS identity made from the operator key, whose verifiers read
+/// `trust` at every handshake; `None`, loudly, with `insecure_plaintext`.
+fn peer_tls(
+    config: &Config,
+    key: &SecretKey,
+    trust: &Arc<RwLock<Arc<VerifiedTrustList>>>,
+) -> Result<Option<Arc<PeerTls>>, Error> {
+    let me = &config.operator_id;
+    let endpoint = read_trust(trust)
+        .member(me)
+        .map(|m| m.grpc_endpoint.clone())
+        .unwrap_or_default();
+    let listed_tls = transport::grpc::parse_endpoint(&endpoint).map(|e| e.tls);
+    if config.insecure_plaintext {
+        warn!(
+            operator = %me,
+            "[transport] insecure_plaintext = true: peer traffic is NEITHER ENCRYPTED NOR \
+             AUTHENTICATED by TLS; for development federations only, never with real data"
+        );
+        if listed_tls != Ok(false) {
+            warn!(%endpoint, "this operator's endpoint in the trust list is not http://; TLS peers cannot reach a plaintext node");
+        }
+        return Ok(None);
+    }
+    if listed_tls != Ok(true) {
+        warn!(%endpoint, "this operator's endpoint in the trust list is not https://; peers will not reach it over TLS");
+    }
+    let source = trust.clone();
+    let tls = PeerTls::new(me, key, Arc::new(move || read_trust(&source)))?;
+    info!(key_id = %key.public().key_id(), "peer port serves TLS 1.3 with a certificate of the operator key");
+    Ok(Some(Arc::new(tls)))
+}
+
+/// The list in `trust`, also after a writer panicked (a list is replaced whole).
+fn read_trust(trust: &RwLock<Arc<VerifiedTrustList>>) -> Arc<VerifiedTrustList> {
+    match trust.read() {
+        Ok(guard) => guard.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
 /// The built-in registry in the node's database, (re)loaded from the JSON
 /// files the configuration names; loading is an idempotent upsert.
-fn open_source(config: &Config, store: &Store) -> Result<Arc<dyn DataSource>, Error> {
+fn open_source(
+    config: &Config,
+    store: &Store,
+) -> Result<(Arc<dyn DataSource>, Option<Registry>), Error> {
     if let Some(ngsi) = &config.ngsi_ld {
-        return open_ngsi_ld(ngsi);
+        return Ok((open_ngsi_ld(ngsi)?, None));
     }
     let registry = Registry::new(store.registry_tree()?);
     for path in &config.registry_files {
@@ -329,7 +416,7 @@ fn open_source(config: &Config, store: &Store) -> Result<Arc<dyn DataSource>, Er
         info!(file = %path.display(), ?report, "registry data loaded");
     }
     store.flush_blocking()?;
-    Ok(Arc::new(registry))
+    Ok((Arc::new(registry.clone()), Some(registry)))
 }
 
 /// The NGSI-LD adapter configured in `[ngsi_ld]`.
@@ -458,10 +545,7 @@ impl Shared {
 
     /// The trust list in force.
     pub fn trust(&self) -> Arc<VerifiedTrustList> {
-        match self.trust.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        read_trust(&self.trust)
     }
 
     /// Time since start.
@@ -490,7 +574,14 @@ impl Shared {
     /// Verifies, applies and durably records a received envelope, and returns
     /// the encoded signed receipt. Cancel-safe up to the flush: if the caller
     /// goes away after the write, the write is still flushed by the next one.
-    pub async fn receive(self: &Arc<Self>, bytes: &[u8]) -> Result<Vec<u8>, Refusal> {
+    ///
+    /// `peer` is the member the TLS connection authenticated (`None` only in
+    /// plaintext mode); an envelope signed by anyone else is refused.
+    pub async fn receive(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        peer: Option<&OperatorId>,
+    ) -> Result<Vec<u8>, Refusal> {
         let now = now_ms();
         let trust = self.trust();
         let verifier = self.verifier(&trust);
@@ -502,6 +593,7 @@ impl Shared {
             }
         })?;
         let envelope = verified.envelope();
+        check_sent_by_peer(envelope.message_id, &envelope.sender, peer)?;
         let span = info_span!("receive", message_id = %envelope.message_id, sender = %envelope.sender, kind = envelope.payload.kind());
         let _entered = span.enter();
         let replay = |reason: RejectReason, receipt: Option<Vec<u8>>| {
@@ -603,6 +695,9 @@ impl Shared {
                 stored.map(|(_, r)| r),
             ));
         }
+        // The test-only `broken-ack-before-flush` feature answers before the
+        // write is durable, so the crash loop can show that it catches the bug.
+        #[cfg(not(feature = "broken-ack-before-flush"))]
         self.store.durable().await?;
         info!("applied");
 
@@ -620,7 +715,20 @@ impl Shared {
             Ok(mut guard) => *guard = Arc::new(newer),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(newer),
         }
+        // Connections were authenticated under the old list: dial afresh.
+        self.peers.forget_all();
         info!(version, "trust list updated");
+    }
+
+    /// Loads registry JSON (admin API): parsed and checked whole, written in
+    /// one batch, and flushed before this returns.
+    pub async fn load_registry(&self, json: String) -> Result<LoadReport, RegistryLoadError> {
+        let registry = self.registry.clone().ok_or(RegistryLoadError::NoRegistry)?;
+        let report = tokio::task::spawn_blocking(move || registry.load_json(&json))
+            .await
+            .map_err(|e| Error::Source(format!("registry load task: {e}")))??;
+        self.store.durable().await.map_err(Error::from)?;
+        Ok(report)
     }
 
     /// Installs a newer signed trust list (admin API) and offers it to every peer.
@@ -706,7 +814,7 @@ impl Shared {
         let Some(endpoint) = self.trust().member(peer).map(|m| m.grpc_endpoint.clone()) else {
             return;
         };
-        let bytes = match self.peers.fetch_trust_list(&endpoint).await {
+        let bytes = match self.peers.fetch_trust_list(peer, &endpoint).await {
             Ok(bytes) => bytes,
             Err(e) => {
                 warn!(%peer, error = %e, "trust-list fetch failed");
@@ -807,7 +915,7 @@ impl Shared {
             .sender_context(trust.version())
             .envelope(request_id, to.clone(), now_ms(), None, payload)
             .seal(&self.key);
-        let answer = self.peers.call(&endpoint, sealed.bytes).await?;
+        let answer = self.peers.call(&to, &endpoint, sealed.bytes).await?;
         let verifier = self.verifier(&trust);
         let verified = verifier
             .verify(&answer, now_ms())
@@ -823,7 +931,12 @@ impl Shared {
 
     /// Answers a call: verifies the request (calls read and change nothing, so
     /// no replay entry is kept) and returns the signed answer.
-    pub async fn answer_call(self: &Arc<Self>, bytes: &[u8]) -> Result<Vec<u8>, Refusal> {
+    /// `peer` is as for [`Shared::receive`].
+    pub async fn answer_call(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        peer: Option<&OperatorId>,
+    ) -> Result<Vec<u8>, Refusal> {
         let trust = self.trust();
         let verifier = self.verifier(&trust);
         let verified = verifier.verify(bytes, now_ms()).map_err(|rejection| {
@@ -834,6 +947,7 @@ impl Shared {
             }
         })?;
         let request = verified.into_envelope();
+        check_sent_by_peer(request.message_id, &request.sender, peer)?;
         let unusable = |reason: String| Refusal::Unusable {
             message_id: request.message_id,
             sender: request.sender.clone(),
@@ -890,8 +1004,24 @@ impl Shared {
             .ok_or_else(|| format!("{} is no longer in the trust list", outgoing.recipient))?;
         let receipt = self
             .peers
-            .deliver(&endpoint, outgoing.envelope.clone())
-            .await?;
+            .deliver(&outgoing.recipient, &endpoint, outgoing.envelope.clone())
+            .await
+            .map_err(|error| {
+                // Over TLS a peer refuses a suspended member at the handshake,
+                // before any reason can travel back: name the likely cause.
+                match trust.member(self.operator_id()).map(|m| m.status) {
+                    Some(MemberStatus::Active) => error,
+                    Some(status) => format!(
+                        "{error} (this operator is {} in trust list version {}, so peers refuse it)",
+                        status.as_str(),
+                        trust.version()
+                    ),
+                    None => format!(
+                        "{error} (this operator is not in trust list version {})",
+                        trust.version()
+                    ),
+                }
+            })?;
         let expected = Expected {
             message_id: id,
             recipient: &outgoing.recipient,
@@ -917,6 +1047,26 @@ impl Shared {
         info!(message_id = %id, recipient = %outgoing.recipient, "delivered; receipt verified");
         self.reconcile_trust_version(&outgoing.recipient, verified.envelope().trust_list_version);
         Ok(())
+    }
+}
+
+/// Refuses a verified envelope whose sender is not `peer`, the member the TLS
+/// connection authenticated (no check in plaintext mode, where `peer` is `None`).
+fn check_sent_by_peer(
+    message_id: MessageId,
+    sender: &OperatorId,
+    peer: Option<&OperatorId>,
+) -> Result<(), Refusal> {
+    match peer {
+        Some(peer) if peer != sender => {
+            warn!(%message_id, %sender, %peer, "envelope refused: not signed by the TLS peer");
+            Err(Refusal::NotFromPeer {
+                message_id,
+                sender: sender.clone(),
+                peer: peer.clone(),
+            })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -187,15 +187,49 @@ struct GroupCommit {
 
 const TRUST_KEY: &[u8] = b"current";
 
+/// Removes the snapshot files sled was still writing when its process died;
+/// returns how many.
+///
+/// sled 0.34 writes a snapshot to `snap.<lsn>.generating`, syncs it, renames it
+/// to `snap.<lsn>` and only then deletes the older snapshots; but at open it
+/// takes the newest `snap.*` file, a leftover `.generating` one included, so a
+/// SIGKILL while a snapshot is written leaves a database that never opens again
+/// (`empty/corrupt snapshot file found`, `Corruption { at: None }`; sled issues
+/// 1527 and 1533). Such a file never became the snapshot and the previous one
+/// is still there, so removing it is what sled should do. Called only after an
+/// open failed with corruption, so never under a process that holds the database.
+/// Found by the crash loop (`scripts/crash-loop.sh`).
+fn remove_unfinished_snapshots(dir: &Path) -> Result<usize> {
+    let io = |e: std::io::Error| Error::Sled(e.into());
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(entry.path()).map_err(io)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             // Durability comes from explicit flushes before every acknowledgement;
             // the background flush only bounds how much unacknowledged work a crash loses.
-            .flush_every_ms(Some(1_000))
-            .open()?;
+            // (Off with the test-only `broken-ack-before-flush` feature, so a crash
+            // loses every write it did not flush.)
+            .flush_every_ms((!cfg!(feature = "broken-ack-before-flush")).then_some(1_000));
+        let db = match config.open() {
+            Err(sled::Error::Corruption { .. }) if remove_unfinished_snapshots(dir)? > 0 => {
+                config.open()?
+            }
+            opened => opened?,
+        };
         let store = Self {
             trust: db.open_tree("trust")?,
             seen: db.open_tree("seen")?,
@@ -730,5 +764,27 @@ fn check_digest(tree: &'static str, bytes: &[u8], expected: &[u8; 32]) -> Result
             tree,
             reason: "envelope digest does not match (data altered on disk)".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot that sled was still writing when the process was killed (an
+    /// empty `snap.*.generating` file) no longer keeps the database from
+    /// opening, and what was flushed before is still there.
+    #[test]
+    fn opens_after_a_kill_during_snapshot_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.set_trust_list(b"list").unwrap();
+            store.flush_blocking().unwrap();
+        }
+        std::fs::write(dir.path().join("snap.7FFFFFFFFFFFFFFF.generating"), b"").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.trust_list().unwrap().as_deref(), Some(&b"list"[..]));
+        assert!(!dir.path().join("snap.7FFFFFFFFFFFFFFF.generating").exists());
     }
 }

@@ -3,5 +3,7 @@
 //!
 //! # Layout
 //! - [`grpc`]: the `OperatorPeer` gRPC server and its client.
+//! - [`tls`]: TLS 1.3 between operators, certificates pinned to trust-list keys.
 
 pub mod grpc;
+pub mod tls;

@@ -58,7 +58,8 @@ pub struct DraftMember {
     pub country: String,
     /// Roles: operator, source, consumer.
     pub roles: Vec<String>,
-    /// gRPC endpoint of its peer server.
+    /// gRPC endpoint of its peer server: `https://host:port` (`http://` only
+    /// in a development federation whose nodes run without TLS).
     pub grpc_endpoint: String,
     /// libp2p multiaddrs.
     #[serde(default)]
@@ -233,6 +234,8 @@ impl Draft {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            crate::transport::grpc::parse_endpoint(&m.grpc_endpoint)
+                .map_err(|e| bad(format!("{operator_id}: {e}")))?;
             let status = match m.status.as_str() {
                 "active" => MemberStatus::Active,
                 "suspended" => MemberStatus::Suspended,
@@ -332,5 +335,63 @@ impl Draft {
         let list = self.to_trust_list(version, now_ms, now_ms.saturating_add(valid_for_ms))?;
         self.version = version;
         Ok(list.sign(keys))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A draft edited by hand to hold a small-order (weak) key, as a member
+    /// key or a governance key, does not convert to a trust list, and the
+    /// error names the member and says why.
+    #[test]
+    fn small_order_keys_in_a_draft_are_refused() {
+        let governance = SecretKey::from_bytes(&[9; 32]).unwrap();
+        let operator = SecretKey::from_bytes(&[10; 32]).unwrap();
+        let weak = "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa";
+        let key = |public_key: String| DraftKey {
+            public_key,
+            not_before_ms: 0,
+            not_after_ms: None,
+        };
+        let mut draft = Draft::new("weak-test", &[governance.public()]);
+        draft
+            .add_member(DraftMember {
+                operator_id: "fi.helsinki".into(),
+                name: "City of Helsinki".into(),
+                country: "FI".into(),
+                roles: vec!["operator".into()],
+                grpc_endpoint: "http://127.0.0.1:7401".into(),
+                p2p_addrs: Vec::new(),
+                status: "active".into(),
+                sectors: Vec::new(),
+                keys: vec![key(operator.public().to_hex())],
+            })
+            .unwrap();
+        assert!(draft.to_trust_list(1, 0, 1).is_ok());
+
+        let mut with_weak_member_key = draft.clone();
+        with_weak_member_key
+            .member_mut("fi.helsinki")
+            .unwrap()
+            .keys
+            .push(key(weak.into()));
+        let error = with_weak_member_key
+            .to_trust_list(1, 0, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("fi.helsinki") && error.contains("weak (small order)"),
+            "{error}"
+        );
+
+        let mut with_weak_governance_key = draft;
+        with_weak_governance_key.governance_keys.push(weak.into());
+        let error = with_weak_governance_key
+            .to_trust_list(1, 0, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("weak (small order)"), "{error}");
     }
 }

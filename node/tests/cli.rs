@@ -145,6 +145,35 @@ fn operator_and_governance_workflow() {
         d
     )
     .contains("role"));
+    // A peer endpoint is https://host:port (or http:// for a plaintext development federation).
+    for endpoint in [
+        "127.0.0.1:7403",
+        "ftp://127.0.0.1:7403",
+        "https://127.0.0.1",
+    ] {
+        let error = fails(
+            &[
+                "trust",
+                "add-member",
+                "--draft",
+                "draft.toml",
+                "--operator",
+                "se.y",
+                "--name",
+                "y",
+                "--country",
+                "SE",
+                "--role",
+                "operator",
+                "--key-file",
+                "hel/operator.pub",
+                "--grpc",
+                endpoint,
+            ],
+            d,
+        );
+        assert!(error.contains("peer endpoint"), "{endpoint}: {error}");
+    }
     assert!(ok(
         &[
             "trust",
@@ -537,5 +566,92 @@ fn catalogue_and_service_registry_are_published_with_the_list() {
     assert!(
         shown.contains("fi.helsinki/early-education") && shown.contains("dpv:ServiceProvision"),
         "{shown}"
+    );
+}
+
+/// `trust add-member` and `trust add-key` refuse a small-order (weak) public
+/// key, whose signatures anyone could forge, and leave the draft unchanged.
+#[test]
+fn trust_refuses_small_order_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&["governance", "init", "--dir", "gov"], d);
+    ok(&["governance", "init", "--dir", "op"], d);
+    ok(
+        &[
+            "trust",
+            "new",
+            "--federation",
+            "weak-test",
+            "--governance-pub",
+            "gov/governance.pub",
+            "--draft",
+            "draft.toml",
+        ],
+        d,
+    );
+    let add_member = |key_file: &str| {
+        [
+            "trust",
+            "add-member",
+            "--draft",
+            "draft.toml",
+            "--operator",
+            "fi.helsinki",
+            "--name",
+            "City of Helsinki",
+            "--country",
+            "FI",
+            "--role",
+            "operator",
+            "--key-file",
+            key_file,
+            "--grpc",
+            "http://127.0.0.1:7401",
+        ]
+        .map(str::to_owned)
+    };
+    // The identity (order 1) and a point of order 8, as 64 hex digits.
+    for (i, weak) in [
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let file = format!("weak{i}.pub");
+        std::fs::write(d.join(&file), format!("{weak}\n")).unwrap();
+        let before = std::fs::read_to_string(d.join("draft.toml")).unwrap();
+        let args = add_member(&file);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let error = fails(&args, d);
+        assert!(error.contains("weak (small order)"), "{error}");
+        assert!(error.contains(&file), "names the file: {error}");
+        assert_eq!(
+            std::fs::read_to_string(d.join("draft.toml")).unwrap(),
+            before
+        );
+    }
+    let args = add_member("op/governance.pub");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&args, d);
+    let before = std::fs::read_to_string(d.join("draft.toml")).unwrap();
+    let error = fails(
+        &[
+            "trust",
+            "add-key",
+            "--draft",
+            "draft.toml",
+            "--operator",
+            "fi.helsinki",
+            "--key-file",
+            "weak1.pub",
+        ],
+        d,
+    );
+    assert!(error.contains("weak (small order)"), "{error}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("draft.toml")).unwrap(),
+        before
     );
 }

@@ -10,6 +10,11 @@ use crate::{pb, CallError, Client};
 pub struct ConsentId(pub [u8; 16]);
 
 impl ConsentId {
+    /// The id in a [`pb::ConsentView`]'s terms (`consent_id` bytes).
+    pub fn of(view: &pb::ConsentView) -> Result<Self, CallError> {
+        Self::from_wire(view.terms.as_ref().map_or(&[][..], |t| &t.consent_id))
+    }
+
     pub(crate) fn from_wire(bytes: &[u8]) -> Result<Self, CallError> {
         <[u8; 16]>::try_from(bytes)
             .map(Self)

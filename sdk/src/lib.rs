@@ -345,6 +345,18 @@ impl Client {
             .into_inner()
             .version)
     }
+
+    /// Loads subjects into the node's built-in registry (admin): JSON of the form
+    /// `{"subjects": {"<subject id>": {"<attribute>": <value>}}}`, authoritative
+    /// for the subjects and attributes it lists. Returns (subjects, values) written.
+    pub async fn load_registry(&self, json: &str) -> Result<(u64, u64), CallError> {
+        let mut inner = self.inner.clone();
+        let r = inner
+            .load_registry(self.with_credential(pb::LoadRegistryRequest { json: json.into() }))
+            .await?
+            .into_inner();
+        Ok((r.subjects, r.values))
+    }
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -117,6 +117,7 @@ pub const CATALOGUE: &[(&str, &str, &str, &str, &str, &str)] = &[
 pub const SERVICE_PURPOSES: &[(&str, &[&str])] = &[
     ("fi.helsinki/early-education", &["dpv:ServiceProvision"]),
     ("se.stockholm/social-services", &["dpv:ServiceProvision"]),
+    ("se.stockholm/recruitment", &["dpv:RecruitmentAndHiring"]),
     (
         "se.arbetsformedlingen/job-matching",
         &["dpv:ServiceProvision", "dpv:RecruitmentAndHiring"],
@@ -151,7 +152,8 @@ pub const DEFAULT_OPERATORS: &[OperatorSpec] = &[
         country: "SE",
         roles: &["operator", "consumer"],
         sectors: &["social"],
-        services: &["social-services"],
+        // Also an employer: the job-seeker scenario's recruiter.
+        services: &["social-services", "recruitment"],
     },
     OperatorSpec {
         id: "se.arbetsformedlingen",
@@ -341,7 +343,8 @@ impl Federation {
                 name: spec.name.to_owned(),
                 country: spec.country.to_owned(),
                 roles: spec.roles.iter().map(|r| (*r).to_owned()).collect(),
-                grpc_endpoint: format!("http://{peer_addr}"),
+                // Peers talk TLS (the node.toml template's default).
+                grpc_endpoint: format!("https://{peer_addr}"),
                 p2p_addrs: Vec::new(),
                 status: "active".into(),
                 sectors: spec.sectors.iter().map(|s| (*s).to_owned()).collect(),
@@ -467,16 +470,16 @@ impl Federation {
 
     /// Whether the operator's recorded process is alive and is really its node.
     pub fn is_running(&self, id: &str) -> bool {
-        self.operator(id)
-            .ok()
-            .and_then(|op| op.pid.map(|pid| (op, pid)))
-            .is_some_and(|(op, pid)| process_is_node(pid, &op.config_path()))
+        self.operator(id).ok().and_then(node_pid).is_some()
     }
 
     /// Starts the operator's node unless it runs already. Returns its pid.
     pub fn start(&mut self, id: &str) -> anyhow::Result<u32> {
-        if self.is_running(id) {
-            return self.operator(id)?.pid.context("running without a pid");
+        if let Some(pid) = node_pid(self.operator(id)?) {
+            if self.operator(id)?.pid != Some(pid) {
+                self.set_pid(id, Some(pid))?;
+            }
+            return Ok(pid);
         }
         let op = self.operator(id)?.clone();
         let log = fs::OpenOptions::new()
@@ -526,14 +529,13 @@ impl Federation {
     /// Returns whether it was running.
     pub fn stop(&mut self, id: &str, signal: Signal, wait: Duration) -> anyhow::Result<bool> {
         let op = self.operator(id)?.clone();
-        let Some(pid) = op.pid else {
+        let Some(pid) = node_pid(&op) else {
+            self.reap(id);
+            if op.pid.is_some() {
+                self.set_pid(id, None)?;
+            }
             return Ok(false);
         };
-        if !process_is_node(pid, &op.config_path()) {
-            self.reap(id);
-            self.set_pid(id, None)?;
-            return Ok(false);
-        }
         let target = Pid::from_raw(i32::try_from(pid)?);
         let _ = signal::kill(target, signal);
         let deadline = Instant::now() + wait;
@@ -623,6 +625,20 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The operator's live node process: the recorded pid, or else any process
+/// running with its configuration (started by a tool that was killed before
+/// it could record the pid), so that `down` leaves no orphan.
+fn node_pid(op: &OperatorState) -> Option<u32> {
+    let config = op.config_path();
+    if let Some(pid) = op.pid.filter(|&pid| process_is_node(pid, &config)) {
+        return Some(pid);
+    }
+    fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&pid| process_is_node(pid, &config))
 }
 
 /// Whether `pid` is a live (not zombie) process running with `config` on its command line.

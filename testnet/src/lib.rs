@@ -7,16 +7,23 @@
 //!   remembers them in `DIR/testnet.json` so that a later command (or a later
 //!   run after a crash of the tool) can find and stop them.
 //! - [`bench`]: `mim4-testnet bench`, signed data requests under load next to a tonic echo.
-//! - [`daycare`]: the Helsinki daycare-fee scenario (consent from both parents, data, withdrawal).
+//! - [`scenario`]: scenario files (`mim4-testnet run`), and the built-in ones under `testnet/scenarios/`.
 //! - [`receipts`]: checks the signed receipts of a round of messages.
+//! - [`checker`]: the offline check of every store after a crash test, the crash loop or chaos.
+//! - [`crashloop`]: `mim4-testnet crashloop`, runs of SIGKILLs of a receiver mid-stream.
+//! - [`chaos`]: `mim4-testnet chaos`, memos and consents under random SIGKILLs of any node.
 //! - [`node_binary`]: finds (or builds) the `mim4-node` binary.
 #![warn(missing_docs)]
 
 pub mod bench;
-pub mod daycare;
+pub mod chaos;
+pub mod checker;
+pub mod crashloop;
 mod federation;
+mod guard;
 pub mod node_binary;
 pub mod receipts;
+pub mod scenario;
 
 pub use federation::{
     Federation, OperatorSpec, OperatorState, CATALOGUE, DEFAULT_OPERATORS, SERVICE_PURPOSES,

@@ -9,7 +9,8 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use mim4_node::core::ids::OperatorId;
 use mim4_node::node::now_ms;
-use mim4_testnet::{bench, node_binary, receipts, Federation, DEFAULT_OPERATORS};
+use mim4_testnet::scenario::{self, Scenario};
+use mim4_testnet::{bench, chaos, crashloop, node_binary, receipts, Federation, DEFAULT_OPERATORS};
 use serde::Serialize;
 
 /// Run a local MIM4 federation and its demo scenarios.
@@ -53,12 +54,26 @@ enum Command {
     /// Stop everything and delete the testnet folder.
     Reset,
     /// Bring the federation up if needed, have every operator send a signed
-    /// message to every other and verify each signed receipt, then run the
-    /// Helsinki daycare-fee scenario (consent, data request, predicate, withdrawal).
+    /// message to every other and verify each signed receipt, then run a
+    /// scenario (default: the Helsinki daycare fees) and leave the federation running.
     Demo {
-        /// Operators to create if no testnet exists yet.
+        /// A built-in scenario (daycare, job-seeker, skills) or a scenario file.
+        #[arg(default_value = "daycare")]
+        scenario: String,
+        /// Operators to create if no testnet exists yet (at least what the scenario needs).
         #[arg(long, default_value_t = 3)]
         operators: usize,
+    },
+    /// Run a scenario against the running federation and report each step;
+    /// exits non-zero when an expectation fails. Built-in scenarios: daycare,
+    /// job-seeker, skills (the last two need `up --operators 8`).
+    /// The file format is documented in testnet/scenarios/README.md.
+    Run {
+        /// A built-in scenario name or a scenario file (TOML).
+        scenario: String,
+        /// Machine-readable report.
+        #[arg(long)]
+        json: bool,
     },
     /// Load-test a fresh 2-operator federation: signed 3-attribute data requests
     /// through the SDK, next to a plain tonic echo of the same size (the ceiling).
@@ -77,6 +92,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Crash loop: runs of a fresh 3-operator federation in which two senders
+    /// stream memos to a receiver that is SIGKILLed and restarted at random
+    /// moments; every store is checked offline after each run (nothing
+    /// acknowledged lost, nothing applied twice). Temporary folder unless --dir is given.
+    Crashloop(crashloop::Args),
+    /// Chaos: memos between all operators and consent grant/withdraw cycles
+    /// while random nodes are SIGKILLed and restarted; then drain, stop and
+    /// check every store offline. Exits non-zero on a violation.
+    Chaos(chaos::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,6 +121,24 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Status { json } => status(&cli.dir, json).await,
+            Command::Run { scenario, json } => {
+                let scenario = Scenario::load(&scenario)?;
+                let federation = Federation::open(&cli.dir)?.with_context(|| {
+                    format!(
+                        "no testnet in {}; start one with `mim4-testnet up --operators {}`",
+                        cli.dir.display(),
+                        operators_needed(&scenario).unwrap_or(DEFAULT_OPERATORS.len())
+                    )
+                })?;
+                let report = scenario::run(&federation, &scenario, !json).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                }
+                if !report.passed {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
             Command::Logs { operator, lines } => logs(&cli.dir, operator.as_deref(), lines),
             Command::Down => {
                 let Some(mut federation) = Federation::open(&cli.dir)? else {
@@ -121,14 +163,23 @@ fn main() -> anyhow::Result<()> {
                 println!("testnet in {} removed", cli.dir.display());
                 Ok(())
             }
-            Command::Demo { operators } => {
+            Command::Demo {
+                scenario,
+                operators,
+            } => {
+                let scenario = Scenario::load(&scenario)?;
+                let operators = operators.max(operators_needed(&scenario)?);
                 let federation = up(&cli.dir, cli.node_bin.as_deref(), operators).await?;
                 print_table(&federation);
                 demo(&federation).await?;
-                if federation.operators().len() >= 2 {
-                    mim4_testnet::daycare::run(&federation).await?;
+                let report = scenario::run(&federation, &scenario, true).await?;
+                if !report.passed {
+                    bail!("scenario {:?} failed", scenario.name);
                 }
                 println!("\nThe federation keeps running:");
+                println!(
+                    "  mim4-testnet run job-seeker   # more scenarios: daycare, job-seeker, skills"
+                );
                 println!("  mim4-testnet status      # health and counters");
                 println!("  mim4-testnet logs fi.helsinki");
                 println!("  mim4-testnet down        # stop every node");
@@ -155,7 +206,27 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            Command::Crashloop(args) => {
+                crashloop::command(&args, dir_given.then(|| cli.dir.clone()), cli.node_bin).await
+            }
+            Command::Chaos(args) => chaos::command(&args, &cli.dir, dir_given, cli.node_bin).await,
         }
+    })
+}
+
+/// How many of the default operators (taken in order) a scenario needs.
+fn operators_needed(scenario: &Scenario) -> anyhow::Result<usize> {
+    scenario.operators.iter().try_fold(1, |needed, id| {
+        let index = DEFAULT_OPERATORS
+            .iter()
+            .position(|o| o.id == id)
+            .with_context(|| {
+                format!(
+                    "scenario {:?} needs operator {id}, which the testnet does not create",
+                    scenario.name
+                )
+            })?;
+        Ok(needed.max(index + 1))
     })
 }
 

@@ -1,5 +1,11 @@
 //! Finds the `mim4-node` binary, building it when the testnet runs from the
 //! source tree and the binary is not there yet.
+//!
+//! A node with extra Cargo features (`$MIM4_NODE_FEATURES`, e.g. the test-only
+//! `broken-ack-before-flush` of the crash loop) is built into its own target
+//! folder, `<target>/node-features/<features>/`, so it never replaces the
+//! ordinary binary that other tests run; its first build compiles the
+//! dependencies once more.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,12 +33,13 @@ pub fn find(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         }
         bail!("MIM4_NODE_BIN={}: no such file", path.display());
     }
-    let exe = std::env::current_exe().context("locating the running executable")?;
-    let mut dir = exe.parent().map(Path::to_owned).unwrap_or_default();
-    // Test binaries live in target/<profile>/deps; binaries one level up.
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.pop();
+    if let Some(features) = std::env::var_os(FEATURES_ENV).filter(|f| !f.is_empty()) {
+        let features = features
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("{FEATURES_ENV} is not UTF-8"))?;
+        return find_with_features(&features);
     }
+    let (exe, dir) = profile_dir()?;
     let sibling = dir.join("mim4-node");
     let from_cargo = std::env::var_os("CARGO").is_some();
     if from_cargo || !sibling.is_file() {
@@ -47,7 +54,63 @@ pub fn find(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The environment variable naming extra Cargo features of `mim4-node`
+/// (comma-separated) for [`find`].
+pub const FEATURES_ENV: &str = "MIM4_NODE_FEATURES";
+
+/// The node binary built with `features` (comma-separated Cargo features of
+/// `mim4-node`) in `<target>/node-features/<features>/<profile>/`, built (or
+/// brought up to date) now. Needs the source tree.
+pub fn find_with_features(features: &str) -> anyhow::Result<PathBuf> {
+    let mut names: Vec<&str> = features
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        bail!("no features named in {features:?}");
+    }
+    if let Some(bad) = names.iter().find(|f| {
+        !f.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }) {
+        bail!("{bad:?} is not a Cargo feature name");
+    }
+    let (_, dir) = profile_dir()?;
+    let profile = dir.file_name().context("target profile folder")?.to_owned();
+    let target = dir
+        .parent()
+        .context("target folder")?
+        .join("node-features")
+        .join(names.join("+"));
+    build_into(&dir, Some((&names.join(","), &target)))?;
+    let binary = target.join(profile).join("mim4-node");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    bail!("cargo built no {}", binary.display())
+}
+
+/// The running executable and the target profile folder it lives in
+/// (test binaries live in `target/<profile>/deps`, binaries one level up).
+fn profile_dir() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let mut dir = exe.parent().map(Path::to_owned).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    Ok((exe, dir))
+}
+
 fn build(target_profile_dir: &Path) -> anyhow::Result<()> {
+    build_into(target_profile_dir, None)
+}
+
+/// `cargo build -p mim4-node` with the profile of `target_profile_dir`; with
+/// `features`, those features into that other target folder.
+fn build_into(target_profile_dir: &Path, features: Option<(&str, &Path)>) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -71,6 +134,18 @@ fn build(target_profile_dir: &Path) -> anyhow::Result<()> {
         .args(["build", "-p", "mim4-node", "--bin", "mim4-node"]);
     if release {
         command.arg("--release");
+    }
+    if let Some((features, target)) = features {
+        command
+            .arg("--features")
+            .arg(features)
+            .arg("--target-dir")
+            .arg(target)
+            // A test-only node needs no debug info: its separate build is
+            // about half the time and disk without it.
+            .env("CARGO_PROFILE_DEV_DEBUG", "0")
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "0");
+        spinner.set_message(format!("building mim4-node with {features} ..."));
     }
     let output = command.output().context("running cargo build")?;
     spinner.finish_and_clear();

@@ -1,46 +1,21 @@
 //! Real `mim4-node` processes on loopback, killed with SIGKILL mid-stream.
 //!
-//! Results are counted as Jepsen's total-queue checker does: attempted,
-//! acknowledged, applied; lost = acknowledged but not applied, duplicated =
-//! applied more than once, unexpected = applied but never attempted. The
-//! applied set is read from every node's sled store offline, after the nodes
-//! have stopped, not from the nodes' own counters.
+//! Results are counted by `mim4_testnet::checker` as Jepsen's total-queue
+//! checker does: attempted, acknowledged, applied; lost = acknowledged but not
+//! applied, duplicated = applied more than once, unexpected = applied but never
+//! attempted. The applied set is read from every node's sled store offline,
+//! after the nodes have stopped, not from the nodes' own counters. The crash
+//! loop (`tests/crashloop.rs`) repeats this with seeded kill schedules.
 
 // Helpers outside #[test] functions panic on failure too; that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mim4_node::core::envelope::Payload;
-use mim4_node::core::wire;
 use mim4_node::store::{OutgoingState, Store};
+use mim4_testnet::checker::{self, Ledger};
 use mim4_testnet::{node_binary, Federation, DEFAULT_OPERATORS};
-
-#[derive(Default, Debug)]
-struct Ledger {
-    attempted: BTreeSet<String>,
-    acknowledged: BTreeSet<String>,
-}
-
-/// Memo texts applied at `operator`, read from its store offline.
-fn applied_tags(federation: &Federation, operator: &str) -> Vec<String> {
-    let dir = federation.operator(operator).unwrap().dir.join("data");
-    let store = Store::open(&dir).expect("every database opens after the crash");
-    store
-        .incoming(0, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|m| {
-            let signed = wire::decode_signed_envelope(&m.envelope).unwrap();
-            match wire::decode_envelope(&signed.body).unwrap().payload {
-                Payload::Memo(memo) => memo.text,
-                other => format!("non-memo {}", other.kind()),
-            }
-        })
-        .collect()
-}
 
 /// Three nodes; every pair exchanges memos while two senders stream to the
 /// receiver, which is killed with SIGKILL mid-stream and restarted. In the
@@ -134,40 +109,25 @@ async fn receiver_killed_mid_stream_loses_and_duplicates_nothing() {
     assert_eq!(federation.stop_all().unwrap(), 3);
 
     // Offline check of every store.
-    let ledger = ledger.lock().unwrap();
-    let mut applied: BTreeMap<String, usize> = BTreeMap::new();
-    for id in &ids {
-        for tag in applied_tags(&federation, id) {
-            *applied.entry(tag).or_default() += 1;
-        }
-    }
-    let lost: Vec<_> = ledger
-        .acknowledged
-        .iter()
-        .filter(|t| !applied.contains_key(*t))
-        .collect();
-    let duplicated: Vec<_> = applied.iter().filter(|(_, &n)| n > 1).collect();
-    let unexpected: Vec<_> = applied
-        .keys()
-        .filter(|t| !ledger.attempted.contains(*t))
-        .collect();
-    println!(
-        "attempted {}, acknowledged {}, applied {}, lost {}, duplicated {}, unexpected {}",
-        ledger.attempted.len(),
-        ledger.acknowledged.len(),
-        applied.len(),
-        lost.len(),
-        duplicated.len(),
-        unexpected.len()
+    let ledger = ledger.lock().unwrap().clone();
+    let report = checker::check(&federation, &ledger).unwrap();
+    println!("{}", report.summary());
+    assert!(
+        report.is_clean(),
+        "{:?}: {:#?}",
+        report.violations(),
+        report.samples
     );
-    assert!(lost.is_empty(), "lost: {lost:?}");
-    assert!(duplicated.is_empty(), "duplicated: {duplicated:?}");
-    assert!(unexpected.is_empty(), "unexpected: {unexpected:?}");
+    assert_eq!(
+        report.databases_opened, 3,
+        "every database opens after the crash"
+    );
     assert_eq!(
         ledger.acknowledged.len(),
         6 + 2 * PER_SENDER,
         "every send was acknowledged"
     );
+    assert_eq!(report.applied, ledger.acknowledged.len());
 
     // Every sender's outbox holds a receipt for every message, read offline too.
     for id in &ids {

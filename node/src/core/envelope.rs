@@ -342,7 +342,8 @@ impl Rejection {
     }
 }
 
-/// Why an envelope was refused. Each variant reads as a sentence for a person.
+/// Why an envelope was refused. Each variant reads as a sentence for a person,
+/// and [`RejectReason::code`] names it for a program.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RejectReason {
@@ -430,4 +431,29 @@ pub enum RejectReason {
     /// The same message id was applied with a different body.
     #[error("message id was already used for a different message")]
     IdReused,
+}
+
+impl RejectReason {
+    /// The variant's stable snake_case name, for programs: the gRPC edge
+    /// sends it beside the readable message, so a peer or a test can tell
+    /// refusals apart without parsing text. Never renamed once released.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RejectReason::Oversized { .. } => "oversized",
+            RejectReason::Malformed(_) => "malformed",
+            RejectReason::UnsupportedProtocol(_) => "unsupported_protocol",
+            RejectReason::TrustListExpired { .. } => "trust_list_expired",
+            RejectReason::UnknownSender => "unknown_sender",
+            RejectReason::SenderNotActive(_) => "sender_not_active",
+            RejectReason::UnknownKey(_) => "unknown_key",
+            RejectReason::KeyNotValidNow { .. } => "key_not_valid_now",
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::WrongRecipient(_) => "wrong_recipient",
+            RejectReason::BadLifetime { .. } => "bad_lifetime",
+            RejectReason::Expired { .. } => "expired",
+            RejectReason::ClockSkew { .. } => "clock_skew",
+            RejectReason::Replayed { .. } => "replayed",
+            RejectReason::IdReused => "id_reused",
+        }
+    }
 }

@@ -80,6 +80,26 @@ impl SecretKey {
         signed.extend_from_slice(message);
         self.0.sign(&signed).to_bytes()
     }
+
+    /// Signs an X.509 `TBSCertificate` or a TLS 1.3 `CertificateVerify` input
+    /// as is, for the peer TLS certificate made from this key.
+    ///
+    /// These formats carry their own context, and neither can begin like
+    /// anything else this key signs (a domain prefix `mim4/...`, or a JWS
+    /// signing input, which is base64url text): a `TBSCertificate` is a DER
+    /// SEQUENCE with a long-form length (0x30, then a byte of at least 0x81,
+    /// which no ASCII text has), a `CertificateVerify` input opens with 64
+    /// spaces. Anything else is refused (`None`), so a signature made here is
+    /// never a valid envelope, trust-list, consent or receipt signature, and
+    /// none of those can pass for a TLS handshake signature.
+    pub fn sign_x509_or_tls13(&self, message: &[u8]) -> Option<[u8; SIGNATURE_LEN]> {
+        const DER_SEQUENCE: u8 = 0x30;
+        const DER_LONG_LENGTH_MIN: u8 = 0x81;
+        const TLS13_PADDING: &[u8] = &[0x20; 64];
+        let der = matches!(message, [DER_SEQUENCE, length, ..] if *length >= DER_LONG_LENGTH_MIN);
+        let allowed = der || message.starts_with(TLS13_PADDING);
+        allowed.then(|| self.0.sign(message).to_bytes())
+    }
 }
 
 impl fmt::Debug for SecretKey {
@@ -211,6 +231,27 @@ mod tests {
             Err(KeyError::BadLength(31))
         );
         assert!(PublicKey::from_hex("not hex").is_err());
+    }
+
+    #[test]
+    fn tls_signing_refuses_anything_but_x509_and_tls13_inputs() {
+        let key = SecretKey::from_bytes(&[3; 32]).unwrap();
+        let mut tls13 = vec![0x20; 64];
+        tls13.extend_from_slice(b"TLS 1.3, server CertificateVerify\0");
+        assert!(key.sign_x509_or_tls13(&tls13).is_some());
+        assert!(key.sign_x509_or_tls13(&[0x30, 0x82, 0x01]).is_some());
+        let refused: [&[u8]; 7] = [
+            ENVELOPE_DOMAIN,
+            TRUST_LIST_DOMAIN,
+            b"eyJhbGciOi",
+            b"0eyJ",
+            &[0x30, 0x20],
+            &[0x20; 63],
+            b"",
+        ];
+        for refused in refused {
+            assert!(key.sign_x509_or_tls13(refused).is_none(), "{refused:?}");
+        }
     }
 
     #[test]

@@ -98,7 +98,8 @@ pub struct Member {
     pub roles: Vec<Role>,
     /// Signing keys; several overlap during rotation.
     pub keys: Vec<MemberKey>,
-    /// gRPC endpoint of its `OperatorPeer` service (`http://host:port`).
+    /// gRPC endpoint of its `OperatorPeer` service: `https://host:port`
+    /// (`http://` only in a development federation without TLS).
     pub grpc_endpoint: String,
     /// libp2p multiaddrs.
     pub p2p_addrs: Vec<String>,

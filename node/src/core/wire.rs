@@ -200,11 +200,12 @@ pub fn signed_envelope_to_pb(signed: &SignedEnvelope) -> pb::SignedEnvelope {
 pub fn decode_signed_envelope(bytes: &[u8]) -> Result<SignedEnvelope, String> {
     let raw = pb::SignedEnvelope::decode(bytes)
         .map_err(|e| format!("signed envelope does not decode: {e}"))?;
-    // prost skips unknown fields and lets a repeated field override an earlier
-    // one; refuse both, so one message has one byte form (replay and storage
-    // see exactly what was signed and nothing else).
-    if raw.encoded_len() != bytes.len() {
-        return Err("signed envelope has unknown, repeated or padded fields".into());
+    // prost skips unknown fields, lets a repeated field override an earlier
+    // one and takes fields in any order; refuse all three, so one message has
+    // one byte form, the canonical one (replay and storage see exactly what
+    // was signed and nothing else). The copy is bounded by the size limit.
+    if raw.encoded_len() != bytes.len() || raw.encode_to_vec() != bytes {
+        return Err("signed envelope has unknown, repeated, padded or reordered fields".into());
     }
     if raw.signature.len() != SIGNATURE_LEN {
         return Err(format!(

@@ -3,6 +3,15 @@
 //!
 //! Size limits are enforced by tonic before decoding (the request is a bytes
 //! field of at most the message limit plus framing), and again by the core.
+//!
+//! Peers talk over TLS ([`super::tls`]) unless the node runs with
+//! `[transport] insecure_plaintext`. Over TLS, every request is checked
+//! against the connection's authenticated key under the trust list in force
+//! now, and an envelope is accepted only from the member the connection
+//! belongs to: a member delivers and calls with envelopes it signed itself.
+//! `FetchTrustList` needs the same authenticated active member; the list is
+//! not secret, but the peer port serves members only (a suspended member
+//! learns of its status from the list pushed to it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,15 +25,44 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 use tracing::warn;
 
+use super::tls::{self, PeerIdentity, PeerTls};
 use crate::core::envelope::RejectReason;
+use crate::core::ids::OperatorId;
 use crate::limits;
-use crate::node::{Error, Refusal, Shared};
+use crate::node::{now_ms, Error, Refusal, Shared};
 
 /// Room for protobuf framing around the envelope bytes.
 const FRAMING_BYTES: usize = 64;
 
 struct PeerService {
     shared: Arc<Shared>,
+    /// Whether connections are TLS: then every request must carry a [`PeerIdentity`].
+    tls: bool,
+}
+
+impl PeerService {
+    /// The member this request's connection is authenticated as, checked
+    /// against the trust list in force now (the connection may predate a
+    /// suspension or the end of a key); `None` in plaintext mode.
+    fn peer<T>(&self, request: &Request<T>) -> Result<Option<OperatorId>, Status> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let identity = request.extensions().get::<PeerIdentity>().ok_or_else(|| {
+            Status::unauthenticated("no authenticated TLS peer on this connection")
+        })?;
+        tls::active_member_with_key(&self.shared.trust(), &identity.key, now_ms())
+            .map(Some)
+            .map_err(|e| {
+                warn!(remote_addr = %identity.remote_addr, reason = %e, "request from a TLS peer no longer allowed");
+                let mut status = Status::permission_denied(format!("TLS peer refused: {e}"));
+                status.metadata_mut().insert(
+                    REASON_METADATA_KEY,
+                    tonic::metadata::MetadataValue::from_static("tls_peer_refused"),
+                );
+                status
+            })
+    }
 }
 
 impl std::fmt::Debug for PeerService {
@@ -39,8 +77,9 @@ impl OperatorPeer for PeerService {
         &self,
         request: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverResponse>, Status> {
+        let peer = self.peer(&request)?;
         let bytes = request.into_inner().envelope;
-        match self.shared.receive(&bytes).await {
+        match self.shared.receive(&bytes, peer.as_ref()).await {
             Ok(receipt) => Ok(Response::new(pb::DeliverResponse { receipt })),
             Err(refusal) => Err(refusal_status(refusal)),
         }
@@ -50,8 +89,9 @@ impl OperatorPeer for PeerService {
         &self,
         request: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallResponse>, Status> {
+        let peer = self.peer(&request)?;
         let bytes = request.into_inner().envelope;
-        match self.shared.answer_call(&bytes).await {
+        match self.shared.answer_call(&bytes, peer.as_ref()).await {
             Ok(envelope) => Ok(Response::new(pb::CallResponse { envelope })),
             Err(refusal) => Err(refusal_status(refusal)),
         }
@@ -59,19 +99,34 @@ impl OperatorPeer for PeerService {
 
     async fn fetch_trust_list(
         &self,
-        _request: Request<pb::FetchTrustListRequest>,
+        request: Request<pb::FetchTrustListRequest>,
     ) -> Result<Response<pb::FetchTrustListResponse>, Status> {
+        self.peer(&request)?;
         Ok(Response::new(pb::FetchTrustListResponse {
             trust_list: self.shared.trust().signed().encode(),
         }))
     }
 }
 
+/// Metadata key of the machine-readable refusal reason: a stable snake_case
+/// name ([`RejectReason::code`], or the kind of refusal), so a peer or a test
+/// tells refusals apart without parsing the message meant for people.
+pub const REASON_METADATA_KEY: &str = "mim4-reason";
+
 /// The one conversion from a refusal to a gRPC status. A replay carries the
-/// original receipt in the status details, so a retrying sender can finish.
+/// original receipt in the status details, so a retrying sender can finish;
+/// every refusal names its reason under [`REASON_METADATA_KEY`].
 fn refusal_status(refusal: Refusal) -> Status {
     let message = refusal.to_string();
-    match refusal {
+    let reason = match &refusal {
+        Refusal::Rejected { rejection, .. } => rejection.reason.code(),
+        Refusal::Unusable { .. } => "unusable",
+        Refusal::NotFound(_) => "not_found",
+        Refusal::Unavailable(_) => "unavailable",
+        Refusal::Store(_) => "store_failure",
+        Refusal::NotFromPeer { .. } => "not_from_peer",
+    };
+    let mut status = match refusal {
         Refusal::Rejected { rejection, receipt } => {
             let code = match rejection.reason {
                 RejectReason::Oversized { .. } => Code::ResourceExhausted,
@@ -98,34 +153,155 @@ fn refusal_status(refusal: Refusal) -> Status {
         Refusal::NotFound(_) => Status::not_found(message),
         Refusal::Unavailable(_) => Status::unavailable(message),
         Refusal::Store(_) => Status::unavailable(message),
-    }
+        Refusal::NotFromPeer { .. } => Status::permission_denied(message),
+    };
+    status.metadata_mut().insert(
+        REASON_METADATA_KEY,
+        tonic::metadata::MetadataValue::from_static(reason),
+    );
+    status
 }
 
-/// Serves `OperatorPeer` (and gRPC health) on `listener` until `cancel` fires.
+/// Serves `OperatorPeer` (and gRPC health) on `listener` until `cancel`
+/// fires: over TLS with `tls`, in plaintext without.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<PeerTls>>,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
     let message_max = shared.config().envelope_limits.message_bytes_max + FRAMING_BYTES;
     // Requests are envelopes; responses are receipts or the trust list, which may be larger.
-    let service = OperatorPeerServer::new(PeerService { shared })
-        .max_decoding_message_size(message_max)
-        .max_encoding_message_size(limits::TRUST_LIST_BYTES_MAX + FRAMING_BYTES);
+    let service = OperatorPeerServer::new(PeerService {
+        shared,
+        tls: tls.is_some(),
+    })
+    .max_decoding_message_size(message_max)
+    .max_encoding_message_size(limits::TRUST_LIST_BYTES_MAX + FRAMING_BYTES);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<OperatorPeerServer<PeerService>>()
         .await;
-    let incoming = tokio_stream_from(listener);
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(limits::STREAMS_PER_CONNECTION_MAX as usize)
         .max_concurrent_streams(limits::STREAMS_PER_CONNECTION_MAX)
         .timeout(Duration::from_millis(limits::DELIVERY_TIMEOUT_MS))
         .add_service(health_service)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
-        .await
-        .map_err(|e| Error::Server(format!("peer server: {e}")))
+        .add_service(service);
+    let served = match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(tokio_stream_from(listener), cancel.cancelled_owned())
+                .await
+        }
+        Some(tls) => {
+            // Handshakes run in the accept loop; tonic serves what it hands over.
+            let (accepted, incoming) = tokio::sync::mpsc::channel(limits::TLS_HANDSHAKES_MAX);
+            let accepting = tls::accept(listener, tls.server_config(), accepted, cancel.clone());
+            let serving = router.serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(incoming),
+                cancel.cancelled_owned(),
+            );
+            let ((), served) = tokio::join!(accepting, serving);
+            served
+        }
+    };
+    served.map_err(|e| Error::Server(format!("peer server: {e}")))
+}
+
+/// A member's peer endpoint as the trust list gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerEndpoint {
+    /// `https://`: TLS; `http://`: plaintext, for development federations only.
+    pub tls: bool,
+    /// Host name or IP address (an IPv6 address in brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// Why a peer endpoint is not usable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("peer endpoint {endpoint:?}: {reason}")]
+pub struct EndpointError {
+    /// The endpoint as given.
+    pub endpoint: String,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// Parses a peer endpoint: `https://host:port`, or `http://host:port` for a
+/// development federation whose nodes run with `insecure_plaintext`.
+pub fn parse_endpoint(text: &str) -> Result<PeerEndpoint, EndpointError> {
+    let error = |reason| EndpointError {
+        endpoint: text.to_owned(),
+        reason,
+    };
+    let uri: tonic::transport::Uri = text
+        .parse()
+        .map_err(|_| error("not a URL such as https://peer.example.org:7401"))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            return Err(error(
+                "the scheme must be https:// (http:// only without TLS)",
+            ))
+        }
+    };
+    let authority = uri.authority().ok_or_else(|| error("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(error("user information is not allowed"));
+    }
+    let host = authority.host();
+    if host.is_empty() {
+        return Err(error("no host"));
+    }
+    let port = authority
+        .port_u16()
+        .ok_or_else(|| error("the port must be given, e.g. https://peer.example.org:7401"))?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(error("a path or query is not allowed"));
+    }
+    Ok(PeerEndpoint {
+        tls,
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// A lazily connecting channel to `member`'s peer server at `endpoint`:
+/// over TLS that accepts only `member`'s keys when `tls` is given, else in
+/// plaintext. The endpoint's scheme must agree, so a TLS node never falls
+/// back to plaintext.
+pub fn channel(
+    endpoint: &str,
+    member: &OperatorId,
+    tls: Option<&PeerTls>,
+) -> Result<Channel, String> {
+    let parsed = parse_endpoint(endpoint).map_err(|e| format!("{member}: {e}"))?;
+    let builder = Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| format!("bad endpoint {endpoint:?} in the trust list: {e}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_millis(limits::DELIVERY_TIMEOUT_MS))
+        .tcp_nodelay(true);
+    match (tls, parsed.tls) {
+        (Some(tls), true) => {
+            let connector = tls
+                .connector(member, &parsed.host)
+                .map_err(|e| format!("{member}: {e}"))?;
+            Ok(builder.connect_with_connector_lazy(connector))
+        }
+        (None, false) => Ok(builder.connect_lazy()),
+        (Some(_), false) => Err(format!(
+            "{member}'s endpoint {endpoint} is plaintext (http://), but this node talks to \
+             peers over TLS only: governance must list an https:// endpoint"
+        )),
+        (None, true) => Err(format!(
+            "{member}'s endpoint {endpoint} is https://, but this node runs with \
+             [transport] insecure_plaintext = true"
+        )),
+    }
 }
 
 /// Adapts a bound listener to the stream tonic expects.
@@ -135,36 +311,63 @@ pub(crate) fn tokio_stream_from(
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Cached gRPC clients, one per peer endpoint.
+/// A failed call as one line: code and message, then for a transport
+/// failure its causes, which say why (say, the peer refused this node's
+/// certificate: `received fatal alert: HandshakeFailure`).
+fn describe(status: &Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Cached gRPC clients, one per (member, endpoint): a TLS channel is pinned
+/// to the member it dials.
 #[derive(Debug)]
 pub struct PeerClients {
     message_max: usize,
-    clients: Mutex<HashMap<String, OperatorPeerClient<Channel>>>,
+    /// This node's TLS identity; `None` in plaintext mode.
+    tls: Option<Arc<PeerTls>>,
+    clients: Mutex<HashMap<(OperatorId, String), OperatorPeerClient<Channel>>>,
 }
 
 impl PeerClients {
     /// An empty cache; `message_bytes_max` bounds what a peer may send back.
-    pub fn new(message_bytes_max: usize) -> Self {
+    /// Peers are dialled over TLS with `tls`, in plaintext without.
+    pub fn new(message_bytes_max: usize, tls: Option<Arc<PeerTls>>) -> Self {
         Self {
             message_max: message_bytes_max + FRAMING_BYTES,
+            tls,
             clients: Mutex::new(HashMap::new()),
         }
     }
 
-    fn client(&self, endpoint: &str) -> Result<OperatorPeerClient<Channel>, String> {
+    /// Drops every cached client, so that later calls connect, and run the
+    /// TLS checks, again: for when the trust list changes.
+    pub fn forget_all(&self) {
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.clear();
+        }
+    }
+
+    fn client(
+        &self,
+        member: &OperatorId,
+        endpoint: &str,
+    ) -> Result<OperatorPeerClient<Channel>, String> {
         let mut clients = self
             .clients
             .lock()
             .map_err(|_| "client cache poisoned".to_owned())?;
-        if let Some(client) = clients.get(endpoint) {
+        let cache_key = (member.clone(), endpoint.to_owned());
+        if let Some(client) = clients.get(&cache_key) {
             return Ok(client.clone());
         }
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| format!("bad endpoint {endpoint:?} in the trust list: {e}"))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_millis(limits::DELIVERY_TIMEOUT_MS))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = channel(endpoint, member, self.tls.as_deref())?;
         // Answers may be a trust list, larger than an envelope; the core bounds receipts again.
         let client = OperatorPeerClient::new(channel)
             .max_decoding_message_size(limits::TRUST_LIST_BYTES_MAX + FRAMING_BYTES)
@@ -173,45 +376,61 @@ impl PeerClients {
         if clients.len() >= limits::MEMBERS_MAX {
             clients.clear();
         }
-        clients.insert(endpoint.to_owned(), client.clone());
+        clients.insert(cache_key, client.clone());
         Ok(client)
     }
 
     /// Delivers encoded envelope bytes; returns the encoded receipt. A replay
     /// refusal that carries the original receipt counts as delivered.
-    pub async fn deliver(&self, endpoint: &str, envelope: Vec<u8>) -> Result<Vec<u8>, String> {
-        let mut client = self.client(endpoint)?;
+    pub async fn deliver(
+        &self,
+        member: &OperatorId,
+        endpoint: &str,
+        envelope: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        let mut client = self.client(member, endpoint)?;
         match client.deliver(pb::DeliverRequest { envelope }).await {
             Ok(response) => Ok(response.into_inner().receipt),
             Err(status) if status.code() == Code::AlreadyExists && !status.details().is_empty() => {
                 Ok(status.details().to_vec())
             }
             Err(status) => {
-                if status.code() != Code::Unavailable {
+                // A transport failure (unreachable, TLS refused) is not the peer's verdict.
+                let transport = std::error::Error::source(&status).is_some();
+                if status.code() != Code::Unavailable && !transport {
                     warn!(code = ?status.code(), message = status.message(), "peer refused delivery");
                 }
-                Err(format!("{:?}: {}", status.code(), status.message()))
+                Err(describe(&status))
             }
         }
     }
 
     /// Makes a synchronous call; returns the encoded answer envelope.
-    pub async fn call(&self, endpoint: &str, envelope: Vec<u8>) -> Result<Vec<u8>, String> {
-        let mut client = self.client(endpoint)?;
+    pub async fn call(
+        &self,
+        member: &OperatorId,
+        endpoint: &str,
+        envelope: Vec<u8>,
+    ) -> Result<Vec<u8>, String> {
+        let mut client = self.client(member, endpoint)?;
         client
             .call(pb::CallRequest { envelope })
             .await
             .map(|r| r.into_inner().envelope)
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+            .map_err(|s| describe(&s))
     }
 
     /// Fetches a peer's current signed trust list.
-    pub async fn fetch_trust_list(&self, endpoint: &str) -> Result<Vec<u8>, String> {
-        let mut client = self.client(endpoint)?;
+    pub async fn fetch_trust_list(
+        &self,
+        member: &OperatorId,
+        endpoint: &str,
+    ) -> Result<Vec<u8>, String> {
+        let mut client = self.client(member, endpoint)?;
         client
             .fetch_trust_list(pb::FetchTrustListRequest {})
             .await
             .map(|r| r.into_inner().trust_list)
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+            .map_err(|s| describe(&s))
     }
 }

@@ -367,19 +367,31 @@ async fn forged_or_mismatched_answers_are_refused_by_the_requester() {
             .await
             .unwrap();
         let cancel = tokio_util::sync::CancellationToken::new();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(
-                    mim4_proto::v1::operator_peer_server::OperatorPeerServer::new(ForgingHolder {
-                        key,
-                        wrong_request,
-                    }),
-                )
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener),
-                    cancel.clone().cancelled_owned(),
-                ),
+        // The fake holds the register's TLS identity (the connection is the
+        // register's); only the answers it signs are forged.
+        let register_key =
+            mim4_node::core::keys::SecretKey::from_bytes(&net.keys[REGISTER].to_bytes()[..])
+                .unwrap();
+        let tls = net.peer_tls(&net.id(REGISTER), &register_key, HOME);
+        let (accepted, incoming) = tokio::sync::mpsc::channel(8);
+        let accepting = mim4_node::transport::tls::accept(
+            listener,
+            tls.server_config(),
+            accepted,
+            cancel.clone(),
         );
+        let serving = tonic::transport::Server::builder()
+            .add_service(
+                mim4_proto::v1::operator_peer_server::OperatorPeerServer::new(ForgingHolder {
+                    key,
+                    wrong_request,
+                }),
+            )
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(incoming),
+                cancel.clone().cancelled_owned(),
+            );
+        let server = tokio::spawn(async move { tokio::join!(accepting, serving).1 });
         let client = service(&net).await;
         let answer = client
             .request(PARENT)

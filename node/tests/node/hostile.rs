@@ -13,7 +13,6 @@ use mim4_node::core::wire;
 use mim4_node::limits;
 use mim4_node::node::now_ms;
 use mim4_proto::v1 as pb;
-use pb::operator_peer_client::OperatorPeerClient;
 use tonic::Code;
 
 use crate::util::{eventually, TestNet};
@@ -57,9 +56,11 @@ fn valid_memo(net: &TestNet, from: usize, to: usize, text: &str) -> Vec<u8> {
         .bytes
 }
 
-/// Sends `envelope` to node `to`'s peer port as a remote node would.
+/// Sends `envelope` to node `to`'s peer port as node 1 would: over TLS with
+/// node 1's certificate (the envelopes here claim to come from node 1, or fail
+/// verification before the sender is compared with the TLS peer).
 async fn deliver(net: &TestNet, to: usize, envelope: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
-    let mut client = OperatorPeerClient::connect(net.peer_url(to)).await.unwrap();
+    let mut client = net.peer_client(1, to);
     client
         .deliver(pb::DeliverRequest { envelope })
         .await

@@ -7,7 +7,9 @@ mod util;
 
 mod api_access;
 mod consent;
+mod corpus;
 mod exchange;
 mod exchange_data;
 mod hostile;
 mod rotation;
+mod tls;

@@ -13,7 +13,6 @@ use mim4_node::identity;
 use mim4_node::node::now_ms;
 use mim4_node::trust_draft::DraftKey;
 use mim4_proto::v1 as pb;
-use pb::operator_peer_client::OperatorPeerClient;
 use tonic::Code;
 
 use crate::util::{eventually, TestNet, OPERATORS};
@@ -73,7 +72,8 @@ async fn memo_through_the_api(net: &TestNet, subject: &str) -> String {
         .to_string()
 }
 
-/// Delivers a memo from node 0 to node 1 signed by hand with `key`.
+/// Delivers a memo from node 0 to node 1 signed by hand with `key`, over a
+/// TLS connection authenticated with node 0's configured (current) key.
 async fn deliver_signed_by(net: &TestNet, key: &SecretKey) -> Result<Vec<u8>, tonic::Status> {
     let sealed = SenderContext {
         me: &net.id(0),
@@ -98,7 +98,7 @@ async fn deliver_signed_by(net: &TestNet, key: &SecretKey) -> Result<Vec<u8>, to
         }),
     )
     .seal(key);
-    let mut client = OperatorPeerClient::connect(net.peer_url(1)).await.unwrap();
+    let mut client = net.peer_client(0, 1);
     client
         .deliver(pb::DeliverRequest {
             envelope: sealed.bytes,

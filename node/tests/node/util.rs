@@ -2,6 +2,7 @@
 //! temporary folder: the one helper every fast integration test uses.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mim4_node::api::clients::{self, ClientRole};
@@ -12,8 +13,12 @@ use mim4_node::core::keys::SecretKey;
 use mim4_node::identity;
 use mim4_node::limits;
 use mim4_node::node::now_ms;
+use mim4_node::transport::grpc;
+use mim4_node::transport::tls::PeerTls;
 use mim4_node::trust_draft::{Draft, DraftKey, DraftMember};
 use mim4_node::NodeHandle;
+use mim4_proto::v1::operator_peer_client::OperatorPeerClient;
+use tonic::transport::Channel;
 
 /// The catalogue: (attribute, type, source).
 pub(crate) const CATALOGUE: &[(&str, &str, &str)] = &[
@@ -67,8 +72,20 @@ pub(crate) struct TestNet {
 
 impl TestNet {
     /// `n` operators with keys, configs on free loopback ports, admin
-    /// credentials and a signed trust list v1 naming them all. Nothing runs yet.
+    /// credentials and a signed trust list v1 naming them all, talking TLS
+    /// (`https://` endpoints). Nothing runs yet.
     pub(crate) fn new(n: usize) -> Self {
+        Self::with_transport(n, false)
+    }
+
+    /// As [`TestNet::new`], but every node runs with `insecure_plaintext` and
+    /// the trust list gives `http://` endpoints.
+    pub(crate) fn plaintext(n: usize) -> Self {
+        Self::with_transport(n, true)
+    }
+
+    fn with_transport(n: usize, insecure_plaintext: bool) -> Self {
+        let scheme = if insecure_plaintext { "http" } else { "https" };
         let dir = tempfile::tempdir().unwrap();
         let governance = SecretKey::from_bytes(&[0x60; 32]).unwrap();
         let mut draft = Draft::new("test-federation", &[governance.public()]);
@@ -96,7 +113,7 @@ impl TestNet {
                     name: format!("Operator {id}"),
                     country: id[..2].to_uppercase(),
                     roles: vec!["operator".into()],
-                    grpc_endpoint: format!("http://{peer_listen}"),
+                    grpc_endpoint: format!("{scheme}://{peer_listen}"),
                     p2p_addrs: vec![],
                     status: "active".into(),
                     sectors: SECTORS[i].iter().map(|s| (*s).to_owned()).collect(),
@@ -135,6 +152,7 @@ impl TestNet {
                 log_filter: "info".into(),
                 registry_files: Vec::new(),
                 ngsi_ld: None,
+                insecure_plaintext,
                 controller: Some(mim4_node::config::Controller {
                     name: format!("Operator {id}"),
                     contact: "Data Protection Officer".into(),
@@ -254,8 +272,49 @@ impl TestNet {
         format!("http://{}", self.configs[i].api_listen)
     }
 
+    /// Node `i`'s peer endpoint, as the trust list gives it.
     pub(crate) fn peer_url(&self, i: usize) -> String {
-        format!("http://{}", self.configs[i].peer_listen)
+        let scheme = if self.configs[i].insecure_plaintext {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{}", self.configs[i].peer_listen)
+    }
+
+    /// A client of node `to`'s peer port as node `from` would dial it: over
+    /// TLS with the key `from` is configured with now (after a rotation, the
+    /// new one), or in plaintext if `to` runs so.
+    pub(crate) fn peer_client(&self, from: usize, to: usize) -> OperatorPeerClient<Channel> {
+        if self.configs[to].insecure_plaintext {
+            let channel = grpc::channel(&self.peer_url(to), &self.id(to), None).unwrap();
+            return OperatorPeerClient::new(channel);
+        }
+        let key = identity::read_secret_key(&self.configs[from].key_file).unwrap();
+        self.peer_client_with_key(&self.id(from), &key, to)
+    }
+
+    /// A TLS client of node `to`'s peer port that presents a certificate of
+    /// `key` (named `name`) and accepts only node `to`'s keys.
+    pub(crate) fn peer_client_with_key(
+        &self,
+        name: &OperatorId,
+        key: &SecretKey,
+        to: usize,
+    ) -> OperatorPeerClient<Channel> {
+        let tls = self.peer_tls(name, key, to);
+        let channel = grpc::channel(&self.peer_url(to), &self.id(to), Some(&tls)).unwrap();
+        OperatorPeerClient::new(channel)
+    }
+
+    /// A TLS identity for `key` whose verifiers read running node `i`'s trust list.
+    pub(crate) fn peer_tls(&self, name: &OperatorId, key: &SecretKey, i: usize) -> PeerTls {
+        let shared = self.nodes[i]
+            .as_ref()
+            .expect("node is running")
+            .shared
+            .clone();
+        PeerTls::new(name, key, Arc::new(move || shared.trust())).unwrap()
     }
 
     pub(crate) fn id(&self, i: usize) -> OperatorId {

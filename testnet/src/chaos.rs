@@ -1,0 +1,770 @@
+//! `mim4-testnet chaos`: traffic under random crashes, checked offline.
+//!
+//! For a bounded time, every operator sends memos to random others through
+//! the SDK, and a consent cycle runs over and over (a service asks, the
+//! citizen grants at the home, then withdraws), while SIGKILLs hit random
+//! nodes at random moments drawn from a seeded RNG, some right after a
+//! restart (during open and recovery). Then every node is started, the
+//! outboxes drain, the nodes stop, and [`checker`] reads every store: no
+//! acknowledged memo lost, none applied twice or unasked, every stored consent
+//! log valid, every acknowledged withdrawal recorded at the home and every
+//! withdrawal delivered to every party.
+//!
+//! Network partitions are not injected: they need network namespaces that a
+//! test sets up for itself, and the federation's processes run in the host's.
+//! The report says so. Every node the run started is stopped on every way out
+//! (an error, a panic, Ctrl-C).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use mim4_sdk::{Client, ConsentId, Terms};
+use rand::rngs::StdRng;
+use rand::{Rng as _, RngCore as _, SeedableRng as _};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::checker::{self, Ledger};
+use crate::guard::{temporary_dir, NodeGuard};
+use crate::{bench, node_binary, Federation, OperatorState, DEFAULT_OPERATORS};
+
+/// Longest run the options accept.
+const DURATION_MAX: Duration = Duration::from_secs(3_600);
+/// At most this many kills per run, whatever the duration.
+const KILLS_MAX: usize = 10_000;
+/// Pause between two faults (ms, range).
+const FAULT_PAUSE_MS: std::ops::RangeInclusive<u64> = 200..=1_500;
+/// How long a killed node stays dead (ms, at most).
+const DOWN_MS_MAX: u64 = 800;
+/// Share of kills followed by a second kill during open and recovery.
+const RECOVERY_KILL_PROBABILITY: f64 = 0.25;
+/// That second kill comes this long after the restart (ms, at most).
+const RECOVERY_KILL_MS_MAX: u64 = 50;
+/// Memos per operator and run, at most.
+const MEMOS_PER_OPERATOR_MAX: usize = 200_000;
+/// Pause between two memos of one operator.
+const MEMO_PAUSE: Duration = Duration::from_millis(20);
+/// Consent cycles per run, at most.
+const CONSENTS_MAX: usize = 20_000;
+/// Deadline of one API call; a slower call counts as unanswered.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one consent step (ask, grant, withdraw) keeps retrying.
+const STEP_WAIT: Duration = Duration::from_secs(20);
+/// Pause before retrying a failed call or connection.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long the traffic may take to wind down after the faults stop: a
+/// consent cycle in progress finishes, and each of its three steps retries
+/// for at most [`STEP_WAIT`].
+const WIND_DOWN_WAIT: Duration = Duration::from_secs(90);
+/// How long a node may take to start.
+const START_WAIT: Duration = Duration::from_secs(60);
+/// How long the outboxes may take to drain (retries back off up to a minute).
+const DRAIN_WAIT: Duration = Duration::from_secs(120);
+/// The consent traffic: a subject of `testnet/data/fi.incomeregister.json`,
+/// their home, the source, the attribute and purpose.
+const SUBJECT: &str = "fi:hetu:010180-123N";
+const HOME: &str = "fi.helsinki";
+const SOURCE: &str = "fi.incomeregister";
+const ATTRIBUTE: &str = "income.gross_monthly";
+const PURPOSE: &str = "dpv:ServiceProvision";
+/// The consumer service: Stockholm's (a third party) when it is in the
+/// federation, else Helsinki's own. (operator, client name, service id)
+const CONSUMERS: [(&str, &str, &str); 2] = [
+    (
+        "se.stockholm",
+        "social-services",
+        "se.stockholm/social-services",
+    ),
+    (
+        "fi.helsinki",
+        "early-education",
+        "fi.helsinki/early-education",
+    ),
+];
+/// What the report says about partitions.
+const PARTITIONS: &str = "not injected (the nodes share the host's network namespace)";
+
+/// `mim4-testnet chaos` options.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// How long to inject faults (e.g. 60s, 2m); draining and checking come after.
+    #[arg(long, default_value = "60s", value_parser = bench::parse_duration)]
+    pub duration: Duration,
+    /// Seed of the fault schedule (default: random; printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Operators of a new federation (2 to 8; consents need 3 for a third-party consumer).
+    #[arg(long, default_value_t = 3)]
+    pub operators: usize,
+    /// The report as JSON: on stdout (`--json`), or into FILE (`--json FILE`,
+    /// with the figures printed as text too).
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    pub json: Option<PathBuf>,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long to inject faults.
+    pub duration: Duration,
+    /// Seed of the fault schedule.
+    pub seed: u64,
+    /// Operators of a new federation.
+    pub operators: usize,
+    /// The federation's folder: an existing testnet is used (and its nodes
+    /// started again afterwards if they were running), else one is created.
+    /// `None`: a new temporary one, removed after a clean run.
+    pub dir: Option<PathBuf>,
+    /// The `mim4-node` binary (see [`node_binary::find`]).
+    pub node_bin: Option<PathBuf>,
+}
+
+/// Consent traffic figures.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConsentTraffic {
+    /// Requests acknowledged by the consumer's node.
+    pub requested: usize,
+    /// Grants that took effect at the home.
+    pub granted: usize,
+    /// Withdrawals acknowledged to the citizen app.
+    pub withdrawals_acknowledged: usize,
+    /// Withdrawals that took effect although the call failed.
+    pub withdrawals_unacknowledged: usize,
+    /// Cycles given up (a step kept failing for [`STEP_WAIT`]).
+    pub abandoned: usize,
+}
+
+/// [`ConsentTraffic`] while the traffic runs.
+#[derive(Debug, Default)]
+struct ConsentCounters {
+    requested: AtomicUsize,
+    granted: AtomicUsize,
+    withdrawals_acknowledged: AtomicUsize,
+    withdrawals_unacknowledged: AtomicUsize,
+    abandoned: AtomicUsize,
+}
+
+impl ConsentCounters {
+    fn figures(&self) -> ConsentTraffic {
+        ConsentTraffic {
+            requested: self.requested.load(Ordering::Relaxed),
+            granted: self.granted.load(Ordering::Relaxed),
+            withdrawals_acknowledged: self.withdrawals_acknowledged.load(Ordering::Relaxed),
+            withdrawals_unacknowledged: self.withdrawals_unacknowledged.load(Ordering::Relaxed),
+            abandoned: self.abandoned.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The result of a run.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Seed of the fault schedule.
+    pub seed: u64,
+    /// Faults were injected for this long, in seconds.
+    pub duration_s: f64,
+    /// The operators.
+    pub operators: Vec<String>,
+    /// SIGKILLs.
+    pub kills: usize,
+    /// Of which during open and recovery (right after a restart).
+    pub kills_recovering: usize,
+    /// Kills per operator.
+    pub kills_by_operator: BTreeMap<String, usize>,
+    /// Partitions.
+    pub partitions: &'static str,
+    /// The consumer service of the consent traffic (none without Helsinki and the income register).
+    pub consent_consumer: Option<String>,
+    /// Consent traffic.
+    pub consent_traffic: ConsentTraffic,
+    /// Whether the outboxes drained before the deadline.
+    pub drained: bool,
+    /// Time to drain, in ms.
+    pub drain_ms: u64,
+    /// The offline check (absent if the run failed before it).
+    pub check: Option<checker::Report>,
+    /// Violated invariants, and the error if the run failed.
+    pub violations: Vec<String>,
+    /// Every node process the run started.
+    pub node_pids: Vec<u32>,
+    /// Of those, still alive at the end (none unless the federation was running before and was restarted).
+    pub nodes_left: Vec<u32>,
+    /// The federation's folder.
+    pub dir: PathBuf,
+    /// Whether the folder was kept.
+    pub kept: bool,
+    /// Whole run, in seconds.
+    pub elapsed_s: f64,
+}
+
+impl Report {
+    /// Whether every invariant held.
+    pub fn is_clean(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// Prints the figures.
+    pub fn print(&self) {
+        println!(
+            "chaos: seed {}, {:.0} s of faults on {} operators ({})",
+            self.seed,
+            self.duration_s,
+            self.operators.len(),
+            self.operators.join(", ")
+        );
+        let by: Vec<String> = self
+            .kills_by_operator
+            .iter()
+            .map(|(op, n)| format!("{op} {n}"))
+            .collect();
+        println!(
+            "  kills: {} ({} during recovery): {}",
+            self.kills,
+            self.kills_recovering,
+            by.join(", ")
+        );
+        println!("  partitions: {}", self.partitions);
+        let c = &self.consent_traffic;
+        match &self.consent_consumer {
+            Some(consumer) => println!(
+                "  consents for {consumer}: requested {}, granted {}, withdrawals acknowledged {} \
+                 (+{} took effect unacknowledged), abandoned {}",
+                c.requested,
+                c.granted,
+                c.withdrawals_acknowledged,
+                c.withdrawals_unacknowledged,
+                c.abandoned,
+            ),
+            None => println!("  consents: no traffic (needs {HOME} and {SOURCE})"),
+        }
+        println!(
+            "  drain: {} in {:.1} s",
+            if self.drained {
+                "complete"
+            } else {
+                "INCOMPLETE"
+            },
+            self.drain_ms as f64 / 1_000.0
+        );
+        if let Some(check) = &self.check {
+            println!("  check: {}", check.summary());
+            for text in check
+                .samples
+                .lost
+                .iter()
+                .chain(&check.samples.duplicated)
+                .chain(&check.samples.unexpected)
+                .chain(&check.samples.other)
+            {
+                println!("    {text}");
+            }
+        }
+        println!(
+            "  node processes started {}, left running {}",
+            self.node_pids.len(),
+            self.nodes_left.len()
+        );
+        if self.violations.is_empty() {
+            println!("  verdict: every invariant held ({:.1} s)", self.elapsed_s);
+        } else {
+            println!("  verdict: VIOLATED: {}", self.violations.join("; "));
+        }
+        if self.kept {
+            println!("  federation folder kept: {}", self.dir.display());
+        }
+    }
+}
+
+/// The `chaos` subcommand. `dir` is the testnet folder and `dir_given` whether
+/// it was named: a named folder, or the default one while its nodes run, is
+/// used; otherwise a temporary federation is made. Fails on a violation.
+pub async fn command(
+    args: &Args,
+    dir: &Path,
+    dir_given: bool,
+    node_bin: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let running_here = Federation::open(dir)
+        .ok()
+        .flatten()
+        .is_some_and(|f| f.operators().iter().any(|o| f.is_running(&o.id)));
+    let options = Options {
+        duration: args.duration,
+        seed: args.seed.unwrap_or_else(rand::random),
+        operators: args.operators,
+        dir: (dir_given || running_here).then(|| dir.to_owned()),
+        node_bin,
+    };
+    let report = run(&options).await?;
+    match &args.json {
+        Some(path) if path.as_os_str() == "-" => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Some(path) => {
+            report.print();
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("report written to {}", path.display());
+        }
+        None => report.print(),
+    }
+    if !report.is_clean() {
+        bail!("chaos found {} violation(s)", report.violations.len());
+    }
+    Ok(())
+}
+
+/// Runs chaos and returns the report (violations are in it, not errors).
+/// Errors are set-up failures. Ctrl-C stops the nodes and returns an error.
+pub async fn run(options: &Options) -> anyhow::Result<Report> {
+    if options.duration.is_zero() || options.duration > DURATION_MAX {
+        bail!(
+            "--duration must be above zero and at most {} s",
+            DURATION_MAX.as_secs()
+        );
+    }
+    if !(2..=DEFAULT_OPERATORS.len()).contains(&options.operators) {
+        bail!(
+            "--operators must be between 2 and {}",
+            DEFAULT_OPERATORS.len()
+        );
+    }
+    let started = Instant::now();
+    let node_bin = node_binary::find(options.node_bin.as_deref())?;
+    let (dir, temporary) = match &options.dir {
+        Some(dir) => (dir.clone(), false),
+        None => (temporary_dir("mim4-chaos"), true),
+    };
+    let (federation, was_running) = match Federation::open(&dir)? {
+        Some(mut existing) => {
+            let running: Vec<String> = existing
+                .operators()
+                .iter()
+                .filter(|o| existing.is_running(&o.id))
+                .map(|o| o.id.clone())
+                .collect();
+            if existing.node_bin() != node_bin {
+                existing.set_node_bin(node_bin)?;
+            }
+            (existing, running)
+        }
+        None => (
+            Federation::create(&dir, &DEFAULT_OPERATORS[..options.operators], node_bin)?,
+            Vec::new(),
+        ),
+    };
+    if federation.operators().len() < 2 {
+        bail!("chaos needs at least 2 operators");
+    }
+    eprintln!(
+        "chaos: {} operators in {}, faults for {:.0} s, seed {}",
+        federation.operators().len(),
+        federation.dir().display(),
+        options.duration.as_secs_f64(),
+        options.seed
+    );
+    let mut report = Report {
+        seed: options.seed,
+        duration_s: options.duration.as_secs_f64(),
+        operators: federation
+            .operators()
+            .iter()
+            .map(|o| o.id.clone())
+            .collect(),
+        kills: 0,
+        kills_recovering: 0,
+        kills_by_operator: BTreeMap::new(),
+        partitions: PARTITIONS,
+        consent_consumer: None,
+        consent_traffic: ConsentTraffic::default(),
+        drained: false,
+        drain_ms: 0,
+        check: None,
+        violations: Vec::new(),
+        node_pids: Vec::new(),
+        nodes_left: Vec::new(),
+        dir: federation.dir().to_owned(),
+        kept: true,
+        elapsed_s: 0.0,
+    };
+    let mut guard = NodeGuard::new(federation, "chaos");
+    let outcome = tokio::select! {
+        outcome = inject(options, &mut guard, &mut report) => Some(outcome),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    report.node_pids = guard.pids.clone();
+    // Stop the nodes before checking (and on every way out).
+    let stopped = guard.stop();
+    let Some(outcome) = outcome else {
+        bail!(
+            "interrupted; every node this run started was stopped; folder kept: {}",
+            report.dir.display()
+        );
+    };
+    let checked = match (outcome, stopped) {
+        (Ok(ledger), Ok(federation)) => {
+            checker::check(&federation, &ledger).map(|c| (c, federation))
+        }
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e.context("stopping the nodes")),
+    };
+    match checked {
+        Ok((check, mut federation)) => {
+            report.violations.extend(check.violations());
+            report.check = Some(check);
+            if !was_running.is_empty() {
+                // It was running before: leave it running.
+                for id in &was_running {
+                    federation.start(id)?;
+                }
+                for id in &was_running {
+                    federation.wait_ready(id, START_WAIT).await?;
+                }
+            }
+        }
+        Err(e) => report.violations.push(format!("run failed: {e:#}")),
+    }
+    // Nodes started again above for a federation that was running are not in `node_pids`.
+    report.nodes_left = checker::live_nodes(&report.node_pids);
+    if !report.nodes_left.is_empty() {
+        report.violations.push(format!(
+            "node process(es) left running: {:?}",
+            report.nodes_left
+        ));
+    }
+    if temporary && report.is_clean() {
+        std::fs::remove_dir_all(&report.dir)
+            .with_context(|| format!("removing {}", report.dir.display()))?;
+        report.kept = false;
+    }
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Starts the nodes and the traffic, injects faults until the duration has
+/// passed, winds the traffic down, restarts every node and drains. Returns
+/// what the clients were told.
+async fn inject(
+    options: &Options,
+    guard: &mut NodeGuard,
+    report: &mut Report,
+) -> anyhow::Result<Ledger> {
+    guard.start_all_ready(START_WAIT).await?;
+    let operators: Vec<OperatorState> = guard.federation()?.operators().to_vec();
+    let ids: Vec<String> = operators.iter().map(|o| o.id.clone()).collect();
+    let mut run_id = [0u8; 4];
+    rand::rngs::OsRng.fill_bytes(&mut run_id);
+    let ledger = Arc::new(Mutex::new(Ledger::with_prefix(&format!(
+        "chaos {} ",
+        hex::encode(run_id)
+    ))));
+    let stop = Arc::new(AtomicBool::new(false));
+    let consents = Arc::new(ConsentCounters::default());
+    let mut traffic = JoinSet::new();
+    for (i, op) in operators.iter().enumerate() {
+        let others: Vec<String> = ids.iter().filter(|id| **id != op.id).cloned().collect();
+        traffic.spawn(memos(
+            Connection::new(op, "admin")?,
+            op.id.clone(),
+            others,
+            ledger.clone(),
+            stop.clone(),
+            options.seed.wrapping_add(1 + i as u64),
+        ));
+    }
+    let home = operators.iter().find(|o| o.id == HOME);
+    let source = operators.iter().any(|o| o.id == SOURCE);
+    let consumer = CONSUMERS
+        .iter()
+        .find(|(id, _, _)| operators.iter().any(|o| o.id == *id));
+    if let (Some(home), true, Some(&(consumer_id, client, service))) = (home, source, consumer) {
+        let consumer_op = guard.federation()?.operator(consumer_id)?.clone();
+        report.consent_consumer = Some(service.to_owned());
+        traffic.spawn(consent_cycles(
+            Connection::new(&consumer_op, client)?,
+            Connection::new(home, "citizen-app")?,
+            service,
+            ledger.clone(),
+            consents.clone(),
+            stop.clone(),
+            options.seed,
+        ));
+    }
+
+    let faults = faults(options, &ids, guard, report).await;
+    stop.store(true, Ordering::Relaxed);
+    let wind_down = tokio::time::timeout(WIND_DOWN_WAIT, async {
+        while let Some(joined) = traffic.join_next().await {
+            joined.context("a traffic task failed")?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await;
+    traffic.abort_all();
+    faults?;
+    wind_down.context("the traffic did not wind down")??;
+    report.consent_traffic = consents.figures();
+
+    guard.start_all_ready(START_WAIT).await?;
+    let draining = Instant::now();
+    report.drained = guard.drain(DRAIN_WAIT).await?;
+    report.drain_ms = u64::try_from(draining.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let ledger = ledger
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    Ok(ledger)
+}
+
+/// The fault schedule: until the duration has passed, pause, SIGKILL a
+/// random node, keep it dead a while, restart it, and now and then kill it
+/// again right after the restart.
+async fn faults(
+    options: &Options,
+    ids: &[String],
+    guard: &mut NodeGuard,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let deadline = tokio::time::Instant::now() + options.duration;
+    while report.kills < KILLS_MAX {
+        let pause = Duration::from_millis(rng.gen_range(FAULT_PAUSE_MS));
+        let now = tokio::time::Instant::now();
+        if now + pause >= deadline {
+            tokio::time::sleep_until(deadline).await;
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        let victim = &ids[rng.gen_range(0..ids.len())];
+        let second = rng.gen_bool(RECOVERY_KILL_PROBABILITY);
+        for recovering in [false, true] {
+            if recovering {
+                if !second {
+                    break;
+                }
+                sleep_ms(rng.gen_range(0..=RECOVERY_KILL_MS_MAX)).await;
+            }
+            // A node that died by itself shows up when it is started again.
+            if guard.federation()?.kill(victim)? {
+                report.kills += 1;
+                report.kills_recovering += usize::from(recovering);
+                *report.kills_by_operator.entry(victim.clone()).or_default() += 1;
+            }
+            sleep_ms(rng.gen_range(0..=DOWN_MS_MAX)).await;
+            guard.start(victim)?;
+        }
+    }
+    Ok(())
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// A client of one node's API that connects again after a failure (the node
+/// may have been killed and restarted in between).
+#[derive(Debug)]
+struct Connection {
+    url: String,
+    credential: String,
+    client: Option<Client>,
+}
+
+impl Connection {
+    fn new(op: &OperatorState, client: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            url: op.api_url(),
+            credential: op.credential(client)?,
+            client: None,
+        })
+    }
+
+    /// The client, connecting if needed; `None` while the node does not answer.
+    async fn client(&mut self) -> Option<Client> {
+        if self.client.is_none() {
+            let connect = Client::connect(&self.url, &self.credential);
+            self.client = tokio::time::timeout(CALL_TIMEOUT, connect)
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        self.client.clone()
+    }
+
+    /// Drops the client after a failed call.
+    fn reset(&mut self) {
+        self.client = None;
+    }
+}
+
+/// Memos from `from` to random others until `stop`.
+async fn memos(
+    mut connection: Connection,
+    from: String,
+    others: Vec<String>,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let prefix = ledger
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .memo_prefix
+        .clone();
+    for n in 0..MEMOS_PER_OPERATOR_MAX {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        tokio::time::sleep(MEMO_PAUSE).await;
+        let Some(client) = connection.client().await else {
+            tokio::time::sleep(RETRY_PAUSE).await;
+            continue;
+        };
+        let to = &others[rng.gen_range(0..others.len())];
+        let text = format!("{prefix}{from}->{to} #{n}");
+        ledger
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .attempt(&text);
+        let sent = tokio::time::timeout(CALL_TIMEOUT, client.send_message(to, "chaos", &text));
+        match sent.await {
+            Ok(Ok(_)) => ledger
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .acknowledge(&text),
+            _ => connection.reset(),
+        }
+    }
+}
+
+/// Retries `step` until it succeeds (`Ok`, or `Err(Some)`: the call failed
+/// but its effect is known to be there), for at most [`STEP_WAIT`].
+async fn retry<T, F, Fut>(connection: &mut Connection, mut step: F) -> Option<T>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + STEP_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(client) = connection.client().await {
+            match tokio::time::timeout(CALL_TIMEOUT, step(client)).await {
+                Ok(Ok(value)) => return Some(value),
+                // The call failed but its effect is known to be there.
+                Ok(Err(Some(value))) => return Some(value),
+                Ok(Err(None)) | Err(_) => connection.reset(),
+            }
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    None
+}
+
+/// The status of a record at the home, if it answers.
+async fn status_at_home(client: &Client, id: ConsentId) -> Option<String> {
+    client.consent(id).await.ok().map(|view| view.status)
+}
+
+/// Consent cycles until `stop`: the service asks (with an id it chooses, so a
+/// retry asks for the same record), the citizen grants at the home, then
+/// withdraws. A call that fails is retried until it succeeds or the home
+/// shows its effect; a withdrawal counts as acknowledged only when the call
+/// returned OK.
+async fn consent_cycles(
+    mut service: Connection,
+    mut citizen_app: Connection,
+    service_id: &'static str,
+    ledger: Arc<Mutex<Ledger>>,
+    figures: Arc<ConsentCounters>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xC0DE);
+    for _ in 0..CONSENTS_MAX {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        let id = ConsentId(id);
+        let terms = Terms::consent(SUBJECT, HOME, service_id, SOURCE)
+            .id(id)
+            .read(ATTRIBUTE)
+            .purpose(PURPOSE)
+            .purpose_text("Chaos test of the federation")
+            .build();
+        let asked = retry(&mut service, |client| {
+            let terms = terms.clone();
+            async move {
+                match client.request_consent(terms).await {
+                    Ok(_) => Ok(()),
+                    // A retry after an answer that got lost: the record may exist already.
+                    Err(_) if client.consent(id).await.is_ok() => Err(Some(())),
+                    Err(_) => Err(None),
+                }
+            }
+        })
+        .await;
+        if asked.is_none() {
+            figures.abandoned.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        figures.requested.fetch_add(1, Ordering::Relaxed);
+        // The request reaches the home through the consumer's outbox: until
+        // then the grant fails (no such record) and is retried.
+        let granted = retry(&mut citizen_app, |client| async move {
+            match client.grant(id, SUBJECT, None).await {
+                Ok(_) => Ok(()),
+                Err(_) => match status_at_home(&client, id).await.as_deref() {
+                    Some("given") => Err(Some(())),
+                    _ => Err(None),
+                },
+            }
+        })
+        .await;
+        if granted.is_none() {
+            figures.abandoned.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        figures.granted.fetch_add(1, Ordering::Relaxed);
+        sleep_ms(rng.gen_range(0..=200)).await;
+        let withdrawn = retry(&mut citizen_app, |client| async move {
+            match client.withdraw(id, SUBJECT, None).await {
+                Ok(_) => Ok(true),
+                Err(_) => match status_at_home(&client, id).await.as_deref() {
+                    Some("withdrawn") => Err(Some(false)),
+                    _ => Err(None),
+                },
+            }
+        })
+        .await;
+        match withdrawn {
+            Some(true) => {
+                ledger
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .withdrawals_acknowledged
+                    .insert(hex::encode(id.0));
+                figures
+                    .withdrawals_acknowledged
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Some(false) => {
+                figures
+                    .withdrawals_unacknowledged
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                figures.abandoned.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
