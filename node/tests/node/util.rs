@@ -219,8 +219,24 @@ impl TestNet {
     }
 
     /// Starts node `i` in this process.
+    ///
+    /// A restarted node binds the address the trust list names; meanwhile a
+    /// parallel test's outgoing connection may hold that port as its
+    /// ephemeral one, so a busy port is retried for a while.
     pub(crate) async fn start(&mut self, i: usize) {
-        let handle = mim4_node::start(self.configs[i].clone()).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let handle = loop {
+            match mim4_node::start(self.configs[i].clone()).await {
+                Ok(handle) => break handle,
+                Err(mim4_node::node::Error::Bind { addr, source })
+                    if std::time::Instant::now() < deadline =>
+                {
+                    eprintln!("node {i}: {addr} busy ({source}); retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("node {i} did not start: {e}"),
+            }
+        };
         self.nodes[i] = Some(handle);
     }
 
