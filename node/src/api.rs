@@ -1,7 +1,9 @@
 //! The local API (`OperatorApi`) for cities, citizen apps and admins.
 //!
-//! Every call authenticates with a bearer credential from `clients.toml` and
-//! is authorised by the caller's role; refusals are logged with the caller.
+//! Every call authenticates with a bearer credential from `clients.toml`, takes
+//! a token from that client's rate bucket (`[limits] api_requests_per_second`;
+//! the excess gets `RESOURCE_EXHAUSTED`, reason `rate_limited`) and is
+//! authorised by the caller's role; refusals are logged with the caller.
 //!
 //! | call | roles |
 //! |---|---|
@@ -19,13 +21,13 @@ pub mod clients;
 mod consent;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mim4_proto::v1 as pb;
 use pb::operator_api_server::{OperatorApi, OperatorApiServer};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::clients::{AuthError, Caller, ClientRole};
 use crate::core::envelope::{Payload, SignedEnvelope};
@@ -33,10 +35,23 @@ use crate::core::ids::{MessageId, OperatorId};
 use crate::core::wire;
 use crate::limits;
 use crate::node::{Error, RegistryLoadError, SendError, Shared};
+use crate::rate_limit::KeyedLimiter;
 use crate::store::OutgoingState;
+use crate::transport::grpc::REASON_METADATA_KEY;
 
 pub(crate) struct ApiService {
     shared: Arc<Shared>,
+    /// Call rate per client id.
+    rate: KeyedLimiter<String>,
+}
+
+/// A status carrying `reason` under [`REASON_METADATA_KEY`].
+fn with_reason(mut status: Status, reason: &'static str) -> Status {
+    status.metadata_mut().insert(
+        REASON_METADATA_KEY,
+        tonic::metadata::MetadataValue::from_static(reason),
+    );
+    status
 }
 
 impl std::fmt::Debug for ApiService {
@@ -69,6 +84,15 @@ impl ApiService {
                     _ => Status::unauthenticated(e.to_string()),
                 }
             })?;
+        if let Err(limited) = self.rate.check(&caller.id, Instant::now()) {
+            // Per refusal only at debug: a flood must not become a log flood.
+            debug!(call, client = %caller.id, "API call refused: rate limited");
+            self.shared.count("rate_limited");
+            return Err(with_reason(
+                Status::resource_exhausted(format!("rate limited: API client {limited}")),
+                "rate_limited",
+            ));
+        }
         if !allowed.contains(&caller.role) {
             warn!(call, client = %caller.id, role = %caller.role, "API call refused: role not allowed");
             let roles: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
@@ -117,6 +141,7 @@ impl OperatorApi for ApiService {
             operator_id: me.to_string(),
             trust_list_version: trust.version(),
             trust_list_valid_until_ms: trust.list().valid_until_ms,
+            trust_list_expired: !trust.is_current(crate::node::now_ms()),
             federation_id: trust.list().federation_id.clone(),
             peers: u32::try_from(peers).unwrap_or(u32::MAX),
             messages_received: stats.received,
@@ -179,6 +204,10 @@ impl OperatorApi for ApiService {
                     Status::invalid_argument(e.to_string())
                 }
                 SendError::ShuttingDown => Status::unavailable(e.to_string()),
+                SendError::TrustListExpired { .. } => with_reason(
+                    Status::failed_precondition(e.to_string()),
+                    "trust_list_expired",
+                ),
                 _ => store_status(e),
             })?;
         info!(client = %caller.id, message_id = %id, %recipient, "message queued");
@@ -376,7 +405,8 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
-    let service = OperatorApiServer::new(ApiService { shared })
+    let rate = KeyedLimiter::new(shared.config().limits.api_rate);
+    let service = OperatorApiServer::new(ApiService { shared, rate })
         .max_decoding_message_size(limits::TRUST_LIST_BYTES_MAX + 64)
         .max_encoding_message_size(
             limits::LIST_MESSAGES_MAX as usize * (limits::MESSAGE_BYTES_MAX / 8),

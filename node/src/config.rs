@@ -11,6 +11,7 @@ use crate::core::envelope::EnvelopeLimits;
 use crate::core::ids::OperatorId;
 use crate::core::keys::PublicKey;
 use crate::limits;
+use crate::rate_limit::Rate;
 
 /// A validated configuration. Relative paths are resolved against the
 /// folder of the configuration file.
@@ -51,6 +52,36 @@ pub struct Config {
     /// `[transport] insecure_plaintext`: peer gRPC without TLS, for development
     /// federations only (logged as a warning at every start). Default `false`.
     pub insecure_plaintext: bool,
+    /// `[limits]` rates and the trust-list refresh interval.
+    pub limits: Limits,
+}
+
+/// The tunable `[limits]` beyond envelope bounds (see [`crate::limits`] for
+/// the reasons behind each default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests (`Deliver` + `Call`) per peer operator on the peer port.
+    pub peer_rate: Rate,
+    /// Calls per API client (credential) on the API port.
+    pub api_rate: Rate,
+    /// Interval between trust-list refreshes from peers, in ms (plus jitter).
+    pub trust_refresh_interval_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            peer_rate: Rate {
+                per_second: limits::PEER_REQUESTS_PER_SECOND_DEFAULT,
+                burst: limits::PEER_REQUEST_BURST_DEFAULT,
+            },
+            api_rate: Rate {
+                per_second: limits::API_REQUESTS_PER_SECOND_DEFAULT,
+                burst: limits::API_REQUEST_BURST_DEFAULT,
+            },
+            trust_refresh_interval_ms: limits::TRUST_REFRESH_INTERVAL_MS_DEFAULT,
+        }
+    }
 }
 
 /// `[ngsi_ld]`: answer data requests from an unchanged NGSI-LD context broker (OASC MIM1).
@@ -190,6 +221,11 @@ struct RawLimits {
     message_bytes_max: Option<Spanned<u64>>,
     clock_skew_ms_max: Option<Spanned<u64>>,
     message_lifetime_ms: Option<Spanned<u64>>,
+    peer_requests_per_second: Option<Spanned<u32>>,
+    peer_request_burst: Option<Spanned<u32>>,
+    api_requests_per_second: Option<Spanned<u32>>,
+    api_request_burst: Option<Spanned<u32>>,
+    trust_refresh_interval_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -336,6 +372,54 @@ impl Config {
             }
             message_lifetime_ms = value;
         }
+        let mut tuned = Limits::default();
+        let rates = [
+            (
+                &raw.limits.peer_requests_per_second,
+                "limits.peer_requests_per_second",
+                &mut tuned.peer_rate.per_second,
+            ),
+            (
+                &raw.limits.peer_request_burst,
+                "limits.peer_request_burst",
+                &mut tuned.peer_rate.burst,
+            ),
+            (
+                &raw.limits.api_requests_per_second,
+                "limits.api_requests_per_second",
+                &mut tuned.api_rate.per_second,
+            ),
+            (
+                &raw.limits.api_request_burst,
+                "limits.api_request_burst",
+                &mut tuned.api_rate.burst,
+            ),
+        ];
+        for (value, key, target) in rates {
+            if let Some(v) = value {
+                if *v.get_ref() == 0 {
+                    return Err(error(Some(v.span()), key, "must be at least 1".into()));
+                }
+                *target = *v.get_ref();
+            }
+        }
+        if let Some(v) = &raw.limits.trust_refresh_interval_ms {
+            let value = *v.get_ref();
+            let range =
+                limits::TRUST_REFRESH_INTERVAL_MS_MIN..=limits::TRUST_REFRESH_INTERVAL_MS_MAX;
+            if !range.contains(&value) {
+                return Err(error(
+                    Some(v.span()),
+                    "limits.trust_refresh_interval_ms",
+                    format!(
+                        "must be between {} and {} (revocations must reach every node within a minute)",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+            }
+            tuned.trust_refresh_interval_ms = value;
+        }
         if raw.rulebook_version.is_empty() || raw.rulebook_version.len() > 64 {
             return Err(error(
                 None,
@@ -361,6 +445,7 @@ impl Config {
             registry_files: raw.registry_files.iter().map(|p| base.join(p)).collect(),
             ngsi_ld: raw.ngsi_ld,
             insecure_plaintext: raw.transport.insecure_plaintext,
+            limits: tuned,
         })
     }
 }
@@ -442,6 +527,18 @@ message_bytes_max = {bytes}
 clock_skew_ms_max = {skew}
 # Lifetime of messages this node sends, in ms; undelivered messages expire after it.
 message_lifetime_ms = {lifetime}
+# Requests (Deliver + Call) one peer operator may make per second on the peer
+# port, and the burst above it. The excess is refused with RESOURCE_EXHAUSTED
+# (reason `rate_limited`) before it is decoded; senders retry it from their outbox.
+peer_requests_per_second = {peer_rate}
+peer_request_burst = {peer_burst}
+# Calls one API client (credential) may make per second, and the burst above it.
+api_requests_per_second = {api_rate}
+api_request_burst = {api_burst}
+# How often the node asks a few peers for a newer trust list, in ms (plus up to
+# a fifth as jitter); at most 50000, so that a revocation is in force everywhere
+# within a minute.
+trust_refresh_interval_ms = {refresh}
 
 [log]
 # tracing filter; RUST_LOG overrides it.
@@ -465,6 +562,11 @@ filter = "info"
         bytes = limits::MESSAGE_BYTES_MAX,
         skew = limits::CLOCK_SKEW_MS_DEFAULT,
         lifetime = limits::MESSAGE_LIFETIME_MS_DEFAULT,
+        peer_rate = limits::PEER_REQUESTS_PER_SECOND_DEFAULT,
+        peer_burst = limits::PEER_REQUEST_BURST_DEFAULT,
+        api_rate = limits::API_REQUESTS_PER_SECOND_DEFAULT,
+        api_burst = limits::API_REQUEST_BURST_DEFAULT,
+        refresh = limits::TRUST_REFRESH_INTERVAL_MS_DEFAULT,
     )
 }
 
@@ -559,6 +661,40 @@ mod tests {
         let config = Config::parse(&text, Path::new("node.toml")).unwrap();
         assert_eq!(config.governance_keys, vec![key]);
         assert!(!config.insecure_plaintext, "TLS is the default");
+        assert_eq!(config.limits, Limits::default());
+    }
+
+    #[test]
+    fn rates_and_refresh_are_tunable_within_bounds() {
+        let text = format!(
+            "{}[limits]\npeer_requests_per_second = 5\npeer_request_burst = 7\n\
+             api_requests_per_second = 3\napi_request_burst = 4\ntrust_refresh_interval_ms = 500\n",
+            valid()
+        );
+        let config = Config::parse(&text, Path::new("node.toml")).unwrap();
+        assert_eq!(
+            config.limits.peer_rate,
+            Rate {
+                per_second: 5,
+                burst: 7
+            }
+        );
+        assert_eq!(
+            config.limits.api_rate,
+            Rate {
+                per_second: 3,
+                burst: 4
+            }
+        );
+        assert_eq!(config.limits.trust_refresh_interval_ms, 500);
+        check(
+            &format!("{}[limits]\npeer_requests_per_second = 0\n", valid()),
+            Err((Some(10), "limits.peer_requests_per_second")),
+        );
+        check(
+            &format!("{}[limits]\ntrust_refresh_interval_ms = 3600000\n", valid()),
+            Err((Some(10), "limits.trust_refresh_interval_ms")),
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - [`identity`]: key files.
 //! - [`trust_draft`]: governance's editable trust-list draft.
 //! - [`limits`]: every limit, with its reason.
+//! - [`rate_limit`]: token buckets per peer and per API client.
 #![warn(missing_docs)]
 
 pub mod api;
@@ -24,6 +25,7 @@ pub mod core;
 pub mod identity;
 pub mod limits;
 pub mod node;
+pub mod rate_limit;
 pub mod sources;
 pub mod store;
 pub mod transport;

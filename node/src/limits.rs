@@ -116,3 +116,70 @@ pub const ATTRIBUTE_VALUE_BYTES_MAX: usize = 64 * 1024;
 /// Deadline of a data request across operators, in ms: a holder that does not
 /// answer by then is reported unreachable.
 pub const DATA_REQUEST_TIMEOUT_MS: u64 = 10_000;
+
+/// Default sustained rate of requests (`Deliver` + `Call`) one peer operator
+/// may make on the peer port, per second; `[limits] peer_requests_per_second`.
+///
+/// A node applies about 5,000 durable messages/s on this machine class (one
+/// batched flush is about 0.2 ms), and the load benchmark drives about 2,000
+/// data-request calls/s from one peer: 4,000/s leaves that run untouched while
+/// a single operator can no longer take the whole node for itself. A
+/// federation of small operators should lower it. Memory: one bucket (about
+/// 100 bytes) per member that has called.
+pub const PEER_REQUESTS_PER_SECOND_DEFAULT: u32 = 4_000;
+
+/// Default burst a peer may send above its rate (the bucket's size);
+/// `[limits] peer_request_burst`. Two seconds' worth: an outbox draining
+/// after a peer's outage sends a burst of up to `IN_FLIGHT_PER_PEER_MAX`
+/// at a time, far below this, so recovery is never throttled.
+pub const PEER_REQUEST_BURST_DEFAULT: u32 = 8_000;
+
+/// Default sustained rate of calls one API client (one credential) may make,
+/// per second; `[limits] api_requests_per_second`. The benchmark's 16
+/// connections share one service credential at about 2,000 calls/s, so the
+/// default is twice that; a citizen app or city service far exceeding it is
+/// broken or hostile and should not starve the other clients.
+pub const API_REQUESTS_PER_SECOND_DEFAULT: u32 = 4_000;
+
+/// Default burst of one API client above its rate; `[limits] api_request_burst`.
+pub const API_REQUEST_BURST_DEFAULT: u32 = 8_000;
+
+/// Most rate-limit buckets kept per port. Keys are authenticated members
+/// (at most [`MEMBERS_MAX`]) or API clients (at most [`API_CLIENTS_MAX`]);
+/// in plaintext mode, remote IP addresses, which is why the table is bounded:
+/// when it is full, idle (full) buckets are dropped first.
+pub const RATE_BUCKETS_MAX: usize = 10_000;
+
+/// Authenticated TLS connections open at once on the peer port. Each holds an
+/// HTTP/2 connection (tens of KiB of buffers); 1,024 serves a federation in
+/// which every member keeps a connection to this node, with room for reconnects.
+pub const PEER_CONNECTIONS_MAX: usize = 1_024;
+
+/// Authenticated TLS connections one peer key may hold open at once. A node
+/// keeps one channel per peer and redials after a trust-list change (the old
+/// connection closes shortly after), so 16 covers reconnects and tools; more
+/// is a peer hoarding connections, and the extra ones are closed at once.
+pub const PEER_CONNECTIONS_PER_KEY_MAX: usize = 16;
+
+/// Default interval between trust-list refreshes, in ms; `[limits]
+/// trust_refresh_interval_ms`. Every interval (plus up to a fifth of it as
+/// jitter, so nodes do not ask in step) a node fetches the list of a few peers
+/// and installs a newer valid one. Together with the offer a node sends to
+/// every peer when an admin installs a list, 30 s (+6 s) puts a revocation
+/// in force at every node within a minute, also at a node that missed the offer.
+pub const TRUST_REFRESH_INTERVAL_MS_DEFAULT: u64 = 30_000;
+
+/// Shortest and longest configurable refresh interval, in ms. Above 50 s a
+/// node that missed an offer may accept a revoked member for more than a minute.
+pub const TRUST_REFRESH_INTERVAL_MS_MIN: u64 = 100;
+/// See [`TRUST_REFRESH_INTERVAL_MS_MIN`].
+pub const TRUST_REFRESH_INTERVAL_MS_MAX: u64 = 50_000;
+
+/// Peers asked per refresh round, chosen at random among the active members:
+/// a pull gossip that reaches a newer list in a few rounds without every node
+/// asking every peer (10,000 members asking all would be 10^8 calls a round).
+pub const TRUST_REFRESH_PEERS_PER_ROUND: usize = 3;
+
+/// How often an expired trust list is logged at error level while the node
+/// refuses traffic, in ms: loud enough to page someone, not a log flood.
+pub const TRUST_EXPIRED_LOG_INTERVAL_MS: u64 = 60_000;

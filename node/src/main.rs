@@ -324,6 +324,11 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
     let key = SecretKey::generate(&mut rand::rngs::OsRng);
     identity::write_secret_key(&args.dir.join("operator.key"), &key)?;
     identity::write_public_key(&args.dir.join("operator.pub"), &key.public())?;
+    // Encryption at rest of the node's database (see README, "Data at rest").
+    identity::write_storage_key(
+        &args.dir.join(identity::STORAGE_KEY_FILE),
+        &mim4_node::store::StorageKey::generate(),
+    )?;
     std::fs::write(
         &config_path,
         config::template(

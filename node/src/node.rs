@@ -37,6 +37,7 @@ use crate::{api, identity, transport};
 
 pub mod consent;
 pub mod exchange;
+mod trust_refresh;
 
 use consent::ConsentState;
 
@@ -154,6 +155,17 @@ pub enum SendError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The trust list held has expired: the node sends nothing until it has a newer one.
+    #[error(
+        "this node's trust list expired: version {version} was valid until {valid_until_ms} ms; \
+         it sends nothing until it fetches a newer one from a peer or an admin installs one"
+    )]
+    TrustListExpired {
+        /// Version of the expired list.
+        version: u64,
+        /// End of its validity.
+        valid_until_ms: u64,
+    },
 }
 
 /// 16 random bytes for a new message, consent or delegation id (the core
@@ -284,7 +296,12 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         path: config.data_dir.display().to_string(),
         reason: e.to_string(),
     })?;
-    let store = Store::open(&config.data_dir)?;
+    let storage_key = identity::open_storage_key(
+        &identity::storage_key_file(&config.key_file),
+        &config.data_dir,
+    )?;
+    let store = Store::open(&config.data_dir, &storage_key)?;
+    drop(storage_key);
     let trust = load_trust_list(&config, &store)?;
     check_membership(&config, &key, &trust)?;
     let consents = consent::load(&store, &trust, &config.operator_id)?;
@@ -347,6 +364,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     );
     tasks.spawn(prune_loop(shared.clone(), cancel.clone()));
     tasks.spawn(expiry_loop(shared.clone(), cancel.clone()));
+    tasks.spawn(trust_refresh::run(shared.clone(), cancel.clone()));
     Ok(NodeHandle {
         peer_addr,
         api_addr,
@@ -406,7 +424,7 @@ fn open_source(
     if let Some(ngsi) = &config.ngsi_ld {
         return Ok((open_ngsi_ld(ngsi)?, None));
     }
-    let registry = Registry::new(store.registry_tree()?);
+    let registry = Registry::new(store.registry_tree()?, store.vault().clone());
     for path in &config.registry_files {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Source(format!("{}: {e}", path.display())))?;
@@ -711,9 +729,16 @@ impl Shared {
     /// Puts a verified (and stored) trust list in force.
     fn install_trust(&self, newer: VerifiedTrustList) {
         let version = newer.version();
-        match self.trust.write() {
-            Ok(mut guard) => *guard = Arc::new(newer),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(newer),
+        {
+            let mut guard = match self.trust.write() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            // A refresh and a pushed update may race: never step back.
+            if guard.version() >= version {
+                return;
+            }
+            *guard = Arc::new(newer);
         }
         // Connections were authenticated under the old list: dial afresh.
         self.peers.forget_all();
@@ -799,7 +824,9 @@ impl Shared {
                 .unwrap_or(false);
             if started {
                 set.spawn(async move {
-                    shared.fetch_trust_list(&peer).await;
+                    if let Err(e) = shared.fetch_trust_list(&peer).await {
+                        warn!(%peer, error = %e, "trust-list fetch failed");
+                    }
                     if let Ok(mut f) = shared.fetching.lock() {
                         f.remove(&peer);
                     }
@@ -810,17 +837,14 @@ impl Shared {
         while set.try_join_next().is_some() {}
     }
 
-    async fn fetch_trust_list(self: &Arc<Self>, peer: &OperatorId) {
+    /// Fetches `peer`'s trust list and installs it if it is a valid update:
+    /// `Ok(Some(version))` when installed, `Ok(None)` when not newer (or
+    /// refused, which is logged here), `Err` when the fetch itself failed.
+    async fn fetch_trust_list(self: &Arc<Self>, peer: &OperatorId) -> Result<Option<u64>, String> {
         let Some(endpoint) = self.trust().member(peer).map(|m| m.grpc_endpoint.clone()) else {
-            return;
+            return Err(format!("{peer} is not in the trust list"));
         };
-        let bytes = match self.peers.fetch_trust_list(peer, &endpoint).await {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                warn!(%peer, error = %e, "trust-list fetch failed");
-                return;
-            }
-        };
+        let bytes = self.peers.fetch_trust_list(peer, &endpoint).await?;
         let result = async {
             let signed = SignedTrustList::decode(&bytes)?;
             let newer = self.trust().check_update(signed, now_ms())?;
@@ -830,9 +854,16 @@ impl Shared {
         }
         .await;
         match result {
-            Ok(newer) => self.install_trust(newer),
-            Err(Error::TrustList(TrustListError::NotNewer { .. })) => {}
-            Err(e) => warn!(%peer, error = %e, "trust list fetched from peer refused"),
+            Ok(newer) => {
+                let version = newer.version();
+                self.install_trust(newer);
+                Ok(Some(version))
+            }
+            Err(Error::TrustList(TrustListError::NotNewer { .. })) => Ok(None),
+            Err(e) => {
+                warn!(%peer, error = %e, "trust list fetched from peer refused");
+                Ok(None)
+            }
         }
     }
 
@@ -847,6 +878,13 @@ impl Shared {
             return Err(SendError::ToSelf);
         }
         let trust = self.trust();
+        let now = now_ms();
+        if !trust.is_current(now) {
+            return Err(SendError::TrustListExpired {
+                version: trust.version(),
+                valid_until_ms: trust.list().valid_until_ms,
+            });
+        }
         // Notices go to active members; a trust-list update also reaches suspended ones.
         let reachable = |status| match &payload {
             Payload::TrustListUpdate(_) => status != MemberStatus::Revoked,
@@ -858,7 +896,6 @@ impl Shared {
         {
             return Err(SendError::UnknownRecipient(recipient));
         }
-        let now = now_ms();
         let envelope = self.sender_context(trust.version()).envelope(
             MessageId::from_bytes(random_id_bytes()),
             recipient.clone(),
@@ -905,6 +942,9 @@ impl Shared {
         payload: Payload,
     ) -> Result<Payload, String> {
         let trust = self.trust();
+        if !trust.is_current(now_ms()) {
+            return Err(trust_expired_message(&trust));
+        }
         let endpoint = trust
             .member(&to)
             .filter(|m| m.status == MemberStatus::Active)
@@ -998,6 +1038,10 @@ impl Shared {
             return Ok(());
         }
         let trust = self.trust();
+        if !trust.is_current(now_ms()) {
+            // Kept in the outbox, retried with backoff once a newer list is in force.
+            return Err(trust_expired_message(&trust));
+        }
         let endpoint = trust
             .member(&outgoing.recipient)
             .map(|m| m.grpc_endpoint.clone())
@@ -1048,6 +1092,16 @@ impl Shared {
         self.reconcile_trust_version(&outgoing.recipient, verified.envelope().trust_list_version);
         Ok(())
     }
+}
+
+/// Why nothing goes out under an expired list, naming the list.
+fn trust_expired_message(trust: &VerifiedTrustList) -> String {
+    format!(
+        "trust_list_expired: this node's trust list version {} was valid until {} ms; \
+         nothing is sent until a newer one is in force",
+        trust.version(),
+        trust.list().valid_until_ms
+    )
 }
 
 /// Refuses a verified envelope whose sender is not `peer`, the member the TLS

@@ -12,7 +12,22 @@
 //! - `served`: requester ‖ request id → the data response this holder gave (idempotency);
 //! - `received`: request id → the responses this requester received, each value with its consent id;
 //! - `request_states`: side ‖ request id → the request's state and when it changed;
-//! - `registry`: the built-in data source (see `sources::registry`).
+//! - `registry`: the built-in data source (see `sources::registry`);
+//! - `subject_keys`: subject hash → the subject's wrapped data key (see [`at_rest`]);
+//! - `subject_records`: subject hash ‖ tree tag ‖ record key → (), the records
+//!   of `served` and `received` that hold the subject's values, for erasure.
+//!
+//! # Encryption at rest
+//! Values of subjects' attributes are personal data and are stored encrypted
+//! with the subject's data key ([`at_rest`]): the registry's values, and the
+//! `served` and `received` responses (whose value starts with the subject hash,
+//! so that a read finds the key). Registry keys carry the subject hash instead
+//! of the subject id. [`Store::erase_subject`] deletes a subject's key and
+//! records and rotates the keyring, after which no file of the data directory
+//! holds anything that decrypts the subject's old copies. Not encrypted yet:
+//! consent logs and delegations (they name subjects and consent terms but hold
+//! no attribute values), the inbox and outbox (signed envelopes; data answers
+//! travel in calls, not through them) and request states.
 //!
 //! Every state change that is acknowledged to someone (a receipt to a peer, an
 //! answer to an API client) goes through [`Store::durable`] first, which
@@ -29,6 +44,10 @@ use sha2::{Digest as _, Sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional as _;
 
+pub mod at_rest;
+
+pub use at_rest::{StorageKey, SubjectHash, Vault};
+
 use crate::core::consent::delegation::{Delegation, DelegationKind};
 use crate::core::consent::{ConsentId, ConsentLog, SubjectId};
 use crate::core::delivery::Applied;
@@ -36,6 +55,7 @@ use crate::core::exchange::DataResponse;
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::wire;
 use prost::Message as _;
+use zeroize::Zeroizing;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +75,9 @@ pub enum Error {
     /// The flush task could not run.
     #[error("flush task failed: {0}")]
     Flush(String),
+    /// Keys of encryption at rest: wrong storage key, older database, corrupt key material.
+    #[error(transparent)]
+    AtRest(#[from] at_rest::Error),
 }
 
 /// Result alias of the store.
@@ -172,6 +195,9 @@ pub struct Store {
     served: sled::Tree,
     received: sled::Tree,
     request_states: sled::Tree,
+    registry: sled::Tree,
+    subject_records: sled::Tree,
+    vault: Vault,
     counters: Arc<Counters>,
     group: Arc<GroupCommit>,
 }
@@ -208,6 +234,10 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<usize> {
         let name = name.to_string_lossy();
         if name.starts_with("snap.") && name.ends_with(".generating") {
             std::fs::remove_file(entry.path()).map_err(io)?;
+            tracing::warn!(
+                file = %entry.path().display(),
+                "removed a sled snapshot left unfinished by a crash"
+            );
             removed += 1;
         }
     }
@@ -215,8 +245,10 @@ fn remove_unfinished_snapshots(dir: &Path) -> Result<usize> {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// Opens (or creates) the database in `dir`, whose records are encrypted
+    /// under `key` (see [`at_rest`]). A database from a version without
+    /// encryption at rest is refused ([`at_rest::Error::OlderVersion`]).
+    pub fn open(dir: &Path, key: &StorageKey) -> Result<Self> {
         let config = sled::Config::new()
             .path(dir)
             // Durability comes from explicit flushes before every acknowledgement;
@@ -230,6 +262,7 @@ impl Store {
             }
             opened => opened?,
         };
+        let vault = Vault::open(&db, dir, key)?;
         let store = Self {
             trust: db.open_tree("trust")?,
             seen: db.open_tree("seen")?,
@@ -242,6 +275,9 @@ impl Store {
             served: db.open_tree("served")?,
             received: db.open_tree("received")?,
             request_states: db.open_tree("request_states")?,
+            registry: db.open_tree("registry")?,
+            subject_records: db.open_tree("subject_records")?,
+            vault,
             db,
             counters: Arc::new(Counters::default()),
             group: Arc::new(GroupCommit::default()),
@@ -639,38 +675,46 @@ impl Store {
 }
 
 impl Store {
-    /// The response already given to `requester` for `request_id`.
+    /// The response already given to `requester` for `request_id` (none
+    /// either if there is none or if its subject was erased).
     pub fn served(
         &self,
         requester: &OperatorId,
         request_id: &MessageId,
     ) -> Result<Option<DataResponse>> {
-        let mut key = requester.as_str().as_bytes().to_vec();
-        key.push(0);
-        key.extend_from_slice(request_id.as_bytes());
-        self.served
-            .get(key)?
+        let key = served_key(requester, request_id);
+        let Some(sealed) = self.served.get(&key)? else {
+            return Ok(None);
+        };
+        self.open_record(TAG_SERVED, &key, &sealed)?
             .map(|bytes| decode_response("served", &bytes))
             .transpose()
     }
 
-    /// Stores the response given to `requester` (call [`Store::durable`] before sending it).
-    pub fn put_served(&self, requester: &OperatorId, response: &DataResponse) -> Result<()> {
-        let mut key = requester.as_str().as_bytes().to_vec();
-        key.push(0);
-        key.extend_from_slice(response.request_id.as_bytes());
-        self.served
-            .insert(key, wire::data_response_to_pb(response).encode_to_vec())?;
-        Ok(())
+    /// Stores the response given to `requester` about `subject`, encrypted
+    /// with the subject's data key (call [`Store::durable`] before sending it).
+    pub fn put_served(
+        &self,
+        requester: &OperatorId,
+        subject: &SubjectId,
+        response: &DataResponse,
+    ) -> Result<()> {
+        let key = served_key(requester, &response.request_id);
+        let plain = Zeroizing::new(wire::data_response_to_pb(response).encode_to_vec());
+        self.put_record(TAG_SERVED, &key, subject, &plain)
     }
 
-    /// The responses received for a request made by this node.
+    /// The responses received for a request made by this node (none either if
+    /// there are none or if their subject was erased).
     pub fn received(&self, request_id: &MessageId) -> Result<Option<Vec<DataResponse>>> {
-        let Some(bytes) = self.received.get(request_id.as_bytes())? else {
+        let Some(sealed) = self.received.get(request_id.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.open_record(TAG_RECEIVED, request_id.as_bytes(), &sealed)? else {
             return Ok(None);
         };
         let list =
-            mim4_proto::v1::ReceivedData::decode(bytes.as_ref()).map_err(|e| Error::Corrupt {
+            mim4_proto::v1::ReceivedData::decode(bytes.as_slice()).map_err(|e| Error::Corrupt {
                 tree: "received",
                 reason: e.to_string(),
             })?;
@@ -686,14 +730,151 @@ impl Store {
             .map(Some)
     }
 
-    /// Stores the responses received for a request (each value keeps its consent id).
-    pub fn put_received(&self, request_id: &MessageId, responses: &[DataResponse]) -> Result<()> {
+    /// Stores the responses received for a request about `subject` (each
+    /// value keeps its consent id), encrypted with the subject's data key.
+    pub fn put_received(
+        &self,
+        request_id: &MessageId,
+        subject: &SubjectId,
+        responses: &[DataResponse],
+    ) -> Result<()> {
         let list = mim4_proto::v1::ReceivedData {
             responses: responses.iter().map(wire::data_response_to_pb).collect(),
         };
-        self.received
-            .insert(request_id.as_bytes(), list.encode_to_vec())?;
+        let plain = Zeroizing::new(list.encode_to_vec());
+        self.put_record(TAG_RECEIVED, request_id.as_bytes(), subject, &plain)
+    }
+
+    /// The tree a record tag names.
+    fn record_tree(&self, tag: u8) -> Result<(&'static str, &sled::Tree)> {
+        match tag {
+            TAG_SERVED => Ok(("served", &self.served)),
+            TAG_RECEIVED => Ok(("received", &self.received)),
+            _ => Err(Error::Corrupt {
+                tree: "subject_records",
+                reason: format!("unknown tree tag {tag}"),
+            }),
+        }
+    }
+
+    /// Writes `plain` encrypted under `subject`'s data key as `key` of the
+    /// tagged tree, with its `subject_records` entry, in one transaction.
+    fn put_record(&self, tag: u8, key: &[u8], subject: &SubjectId, plain: &[u8]) -> Result<()> {
+        let (name, tree) = self.record_tree(tag)?;
+        let hash = self.vault.hash(subject);
+        let writer = self.vault.writer();
+        let data_key = self.vault.data_key_or_create(&writer, &hash)?;
+        let mut sealed = hash.as_bytes().to_vec();
+        sealed.extend_from_slice(&data_key.seal(&record_aad(name, key, &hash), plain)?);
+        let index = record_index_key(&hash, tag, key);
+        (tree, &self.subject_records)
+            .transaction(|(tree, index_tree)| {
+                tree.insert(key, sealed.as_slice())?;
+                index_tree.insert(index.as_slice(), &[][..])?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| transaction_error(name, e))?;
         Ok(())
+    }
+
+    /// Decrypts a record of the tagged tree; `None` if its subject's data key
+    /// is gone (erased).
+    fn open_record(
+        &self,
+        tag: u8,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let (name, _) = self.record_tree(tag)?;
+        let corrupt = |reason: &str| Error::Corrupt {
+            tree: name,
+            reason: reason.into(),
+        };
+        let (hash, ciphertext) = sealed
+            .split_first_chunk::<32>()
+            .ok_or_else(|| corrupt("record shorter than a subject hash"))?;
+        let hash = SubjectHash(*hash);
+        let Some(data_key) = self.vault.data_key(&hash)? else {
+            return Ok(None);
+        };
+        data_key
+            .open(&record_aad(name, key, &hash), ciphertext)
+            .map(Some)
+            .map_err(|_| corrupt("record does not decrypt (altered on disk)"))
+    }
+
+    /// Erases a subject: deletes its wrapped data key, its registry entries
+    /// and its `served` and `received` records in one transaction, flushes,
+    /// then rotates the keyring ([`Vault::rotate`]) and flushes again. Once it
+    /// returns, no file of the data directory holds the subject's values in
+    /// clear (they never were) nor a key that decrypts the copies sled may
+    /// still keep of its records and wrapped key. Blocking (flushes; rewraps
+    /// every data key): call it from `spawn_blocking` in async code.
+    ///
+    /// Consent logs and delegations naming the subject are kept: the erasure
+    /// protocol decides what happens to them.
+    pub fn erase_subject(&self, subject: &SubjectId) -> Result<Erasure> {
+        let hash = self.vault.hash(subject);
+        let writer = self.vault.writer();
+        let registry_keys = self
+            .registry
+            .scan_prefix(hash.as_bytes())
+            .keys()
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let records = self
+            .subject_records
+            .scan_prefix(hash.as_bytes())
+            .keys()
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut targets = Vec::with_capacity(records.len());
+        for index in &records {
+            let (tag, key) = index
+                .get(32..)
+                .and_then(<[u8]>::split_first)
+                .ok_or_else(|| Error::Corrupt {
+                    tree: "subject_records",
+                    reason: "entry shorter than a subject hash and a tag".into(),
+                })?;
+            self.record_tree(*tag)?;
+            targets.push((*tag, key.to_vec()));
+        }
+        let had_key = (
+            self.vault.keys_tree(),
+            &self.subject_records,
+            &self.served,
+            &self.received,
+            &self.registry,
+        )
+            .transaction(|(keys, index, served, received, registry)| {
+                let had_key = keys.remove(hash.as_bytes().as_slice())?.is_some();
+                for (entry, (tag, key)) in records.iter().zip(&targets) {
+                    index.remove(entry)?;
+                    if *tag == TAG_SERVED {
+                        served.remove(key.as_slice())?;
+                    } else {
+                        received.remove(key.as_slice())?;
+                    }
+                }
+                for key in &registry_keys {
+                    registry.remove(key)?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(had_key)
+            })
+            .map_err(|e| transaction_error("subject_keys", e))?;
+        self.db.flush()?;
+        let rewrapped = self.vault.rotate(&writer)?;
+        self.db.flush()?;
+        Ok(Erasure {
+            had_key,
+            records: records.len(),
+            registry_entries: registry_keys.len(),
+            keys_rewrapped: rewrapped,
+        })
+    }
+
+    /// The vault of this database (subject hashes and data keys).
+    pub fn vault(&self) -> &Vault {
+        &self.vault
     }
 
     /// Records a data request's state: `side` is `requester` or `holder`,
@@ -729,7 +910,59 @@ impl Store {
 
     /// The tree of the built-in registry data source.
     pub fn registry_tree(&self) -> Result<sled::Tree> {
-        Ok(self.db.open_tree("registry")?)
+        Ok(self.registry.clone())
+    }
+}
+
+/// What [`Store::erase_subject`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Erasure {
+    /// The subject had a data key (something was stored about it).
+    pub had_key: bool,
+    /// `served` and `received` records deleted.
+    pub records: usize,
+    /// Registry entries deleted (values and the marker).
+    pub registry_entries: usize,
+    /// Other subjects' data keys rewrapped under the new epoch.
+    pub keys_rewrapped: usize,
+}
+
+/// Tag of `served` in `subject_records` keys.
+const TAG_SERVED: u8 = b's';
+/// Tag of `received` in `subject_records` keys.
+const TAG_RECEIVED: u8 = b'r';
+
+fn served_key(requester: &OperatorId, request_id: &MessageId) -> Vec<u8> {
+    let mut key = requester.as_str().as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(request_id.as_bytes());
+    key
+}
+
+/// `subject hash ‖ tag ‖ record key`.
+fn record_index_key(hash: &SubjectHash, tag: u8, key: &[u8]) -> Vec<u8> {
+    let mut index = hash.as_bytes().to_vec();
+    index.push(tag);
+    index.extend_from_slice(key);
+    index
+}
+
+/// Binds a sealed record to its tree, key and subject, so it cannot be moved.
+fn record_aad(tree: &str, key: &[u8], hash: &SubjectHash) -> Vec<u8> {
+    let mut aad = tree.as_bytes().to_vec();
+    aad.push(0);
+    aad.extend_from_slice(hash.as_bytes());
+    aad.extend_from_slice(key);
+    aad
+}
+
+fn transaction_error(tree: &'static str, e: TransactionError<()>) -> Error {
+    match e {
+        TransactionError::Storage(e) => Error::Sled(e),
+        TransactionError::Abort(()) => Error::Corrupt {
+            tree,
+            reason: "transaction aborted".into(),
+        },
     }
 }
 
@@ -777,14 +1010,193 @@ mod tests {
     #[test]
     fn opens_after_a_kill_during_snapshot_writing() {
         let dir = tempfile::tempdir().unwrap();
+        let key = StorageKey::generate();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(dir.path(), &key).unwrap();
             store.set_trust_list(b"list").unwrap();
             store.flush_blocking().unwrap();
         }
         std::fs::write(dir.path().join("snap.7FFFFFFFFFFFFFFF.generating"), b"").unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), &key).unwrap();
         assert_eq!(store.trust_list().unwrap().as_deref(), Some(&b"list"[..]));
         assert!(!dir.path().join("snap.7FFFFFFFFFFFFFFF.generating").exists());
+    }
+
+    /// Occurrences of each needle in every file under `dir` (recursively), and
+    /// the bytes scanned.
+    fn scan(dir: &Path, needles: &[&[u8]]) -> (Vec<usize>, u64) {
+        let mut hits = vec![0; needles.len()];
+        let mut scanned = 0;
+        let mut folders = vec![dir.to_path_buf()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    folders.push(path);
+                    continue;
+                }
+                let bytes = std::fs::read(&path).unwrap();
+                scanned += bytes.len() as u64;
+                for (needle, hits) in needles.iter().zip(&mut hits) {
+                    *hits += bytes.windows(needle.len()).filter(|w| w == needle).count();
+                }
+            }
+        }
+        (hits, scanned)
+    }
+
+    /// Crypto-erasure, checked on the raw files of the data directory: a
+    /// subject's values (a random 32-byte marker, in the registry, `served` and
+    /// `received`) and its id are never on disk in clear; after
+    /// `erase_subject`, a flush and closing the store, the old keyring is in
+    /// no file, and the subject's wrapped data key (which sled may still keep
+    /// in an old segment) no longer unwraps with the keyring that remains,
+    /// while other subjects read as before.
+    #[test]
+    fn erased_subject_is_unrecoverable_from_the_files() {
+        use crate::core::exchange::Released;
+        use crate::sources::registry::Registry;
+        use crate::sources::{DataSource as _, SourceError};
+        use rand::RngCore as _;
+
+        let random_hex = || {
+            let mut bytes = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            hex::encode(bytes)
+        };
+        let marker = random_hex();
+        assert_eq!(marker.len(), 32);
+        let erased = SubjectId::new(format!("fi:test:erased-{}", random_hex())).unwrap();
+        let kept = SubjectId::new(format!("fi:test:kept-{}", random_hex())).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let key = StorageKey::generate();
+        let store = Store::open(&dir, &key).unwrap();
+        let registry = Registry::new(store.registry_tree().unwrap(), store.vault().clone());
+        let file = serde_json::json!({"subjects": {
+            erased.as_str(): {"test.marker": marker, "income.gross_monthly": 3150},
+            kept.as_str(): {"test.marker": "kept value"},
+        }});
+        registry.load_json(&file.to_string()).unwrap();
+        let request_id = MessageId::from_bytes([9; 16]);
+        let response = DataResponse {
+            request_id,
+            source: OperatorId::new("fi.helsinki").unwrap(),
+            values: vec![Released {
+                attribute: crate::core::consent::Attribute::new("test.marker").unwrap(),
+                value: serde_json::json!(marker),
+                consent_id: ConsentId::from_bytes([1; 16]),
+                retrieved_at_ms: 1,
+            }],
+            answers: vec![],
+            withheld: vec![],
+        };
+        let requester = OperatorId::new("fi.espoo").unwrap();
+        store.put_served(&requester, &erased, &response).unwrap();
+        store
+            .put_received(&request_id, &erased, std::slice::from_ref(&response))
+            .unwrap();
+        assert_eq!(
+            store.served(&requester, &request_id).unwrap(),
+            Some(response.clone())
+        );
+        store.flush_blocking().unwrap();
+
+        let hash = store.vault().hash(&erased);
+        let wrapped = store
+            .vault()
+            .keys_tree()
+            .get(hash.as_bytes())
+            .unwrap()
+            .unwrap()
+            .to_vec();
+        let old_keyring = std::fs::read(dir.join(at_rest::KEYRING_FILE)).unwrap();
+        let needles: [&[u8]; 5] = [
+            marker.as_bytes(),
+            erased.as_str().as_bytes(),
+            &wrapped,
+            &old_keyring,
+            // Control: attribute names are stored in clear, so the scan does find plaintext.
+            b"test.marker",
+        ];
+        let (before, scanned_before) = scan(&dir, &needles);
+        assert_eq!(before[0], 0, "the marker is on disk in clear");
+        assert_eq!(before[1], 0, "the subject id is on disk in clear");
+        assert!(before[2] >= 1, "the wrapped key is in the files");
+        assert_eq!(before[3], 1, "the keyring is one file");
+        assert!(before[4] >= 1, "the scan finds plaintext");
+
+        let erasure = store.erase_subject(&erased).unwrap();
+        assert_eq!(
+            erasure,
+            Erasure {
+                had_key: true,
+                records: 2,
+                registry_entries: 3,
+                keys_rewrapped: 1,
+            }
+        );
+        store.flush_blocking().unwrap();
+        drop(registry);
+        drop(store);
+
+        let (after, scanned_after) = scan(&dir, &needles);
+        eprintln!(
+            "raw scan of {}: before erasure {scanned_before} bytes, hits (marker, subject id, \
+             wrapped key, keyring, control) = {before:?}; after erasure and close \
+             {scanned_after} bytes, hits = {after:?}",
+            dir.display()
+        );
+        assert_eq!(after[0], 0, "the marker is on disk in clear");
+        assert_eq!(after[1], 0, "the subject id is on disk in clear");
+        assert_eq!(after[3], 0, "the old keyring is still in a file");
+
+        // Whatever copies of the wrapped key sled kept, the keyring that is
+        // left (opened with the storage key) does not unwrap it.
+        let store = Store::open(&dir, &key).unwrap();
+        assert!(!store.vault().can_unwrap(&hash, &wrapped));
+        assert!(store.vault().data_key(&hash).unwrap().is_none());
+        assert_eq!(store.served(&requester, &request_id).unwrap(), None);
+        assert_eq!(store.received(&request_id).unwrap(), None);
+        let registry = Registry::new(store.registry_tree().unwrap(), store.vault().clone());
+        let attributes = [crate::core::consent::Attribute::new("test.marker").unwrap()];
+        let read = |subject| futures::executor::block_on(registry.read(subject, &attributes));
+        assert_eq!(read(&erased), Err(SourceError::UnknownSubject));
+        assert_eq!(
+            read(&kept).unwrap().values().next(),
+            Some(&serde_json::json!("kept value"))
+        );
+        // Nothing of the subject is left in the trees.
+        assert!(store.registry.scan_prefix(hash.as_bytes()).next().is_none());
+        assert!(store
+            .subject_records
+            .scan_prefix(hash.as_bytes())
+            .next()
+            .is_none());
+    }
+
+    /// A database written before encryption at rest (data, no keyring) is
+    /// refused with an error that says to re-create it; another storage key is
+    /// refused too.
+    #[test]
+    fn older_database_or_other_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("trust")
+                .unwrap()
+                .insert(TRUST_KEY, b"list")
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path(), &StorageKey::generate()).unwrap_err();
+        assert!(
+            err.to_string().contains("without encryption at rest"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), &StorageKey::generate()).unwrap());
+        let err = Store::open(dir.path(), &StorageKey::generate()).unwrap_err();
+        assert!(err.to_string().contains("another storage.key"), "{err}");
     }
 }

@@ -55,7 +55,7 @@ fn operator_and_governance_workflow() {
         ],
         d,
     );
-    for key in ["hel/operator.key", "gov/governance.key"] {
+    for key in ["hel/operator.key", "hel/storage.key", "gov/governance.key"] {
         let mode = std::fs::metadata(d.join(key)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{key}");
     }

@@ -959,8 +959,11 @@ async fn broken_http_is_unavailable() {
 /// `Registry::load_ngsi_ld` loads the same fixture files and answers as the HTTP adapter does.
 #[tokio::test]
 async fn registry_loads_the_fixture_files() {
-    let db = sled::Config::new().temporary(true).open().unwrap();
-    let registry = Registry::new(db.open_tree("registry").unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        mim4_node::store::Store::open(dir.path(), &mim4_node::store::StorageKey::generate())
+            .unwrap();
+    let registry = Registry::new(store.registry_tree().unwrap(), store.vault().clone());
     let subjects = fixture("subjects.jsonld");
     let report = registry.load_ngsi_ld(&subjects, &person_mapping()).unwrap();
     assert_eq!(

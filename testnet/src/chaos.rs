@@ -396,8 +396,14 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         elapsed_s: 0.0,
     };
     let mut guard = NodeGuard::new(federation, "chaos");
+    let mut run_id = [0u8; 4];
+    rand::rngs::OsRng.fill_bytes(&mut run_id);
+    let ledger = Arc::new(Mutex::new(Ledger::with_prefix(&format!(
+        "chaos {} ",
+        hex::encode(run_id)
+    ))));
     let outcome = tokio::select! {
-        outcome = inject(options, &mut guard, &mut report) => Some(outcome),
+        outcome = inject(options, &mut guard, &mut report, &ledger) => Some(outcome),
         _ = tokio::signal::ctrl_c() => None,
     };
     report.node_pids = guard.pids.clone();
@@ -409,28 +415,44 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             report.dir.display()
         );
     };
-    let checked = match (outcome, stopped) {
-        (Ok(ledger), Ok(federation)) => {
-            checker::check(&federation, &ledger).map(|c| (c, federation))
-        }
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(e)) => Err(e.context("stopping the nodes")),
-    };
-    match checked {
-        Ok((check, mut federation)) => {
-            report.violations.extend(check.violations());
-            report.check = Some(check);
-            if !was_running.is_empty() {
-                // It was running before: leave it running.
-                for id in &was_running {
-                    federation.start(id)?;
+    if let Err(e) = &outcome {
+        report.violations.push(format!("run failed: {e:#}"));
+    }
+    match stopped {
+        Ok(mut federation) => {
+            let ledger = ledger
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            match checker::check(&federation, &ledger) {
+                // A run that did not drain can only be judged on its databases.
+                Ok(check) if outcome.is_err() => {
+                    report.violations.extend(
+                        check
+                            .databases_failed
+                            .iter()
+                            .map(|d| format!("database does not open: {d}")),
+                    );
+                    report.check = Some(check);
                 }
-                for id in &was_running {
-                    federation.wait_ready(id, START_WAIT).await?;
+                Ok(check) => {
+                    report.violations.extend(check.violations());
+                    report.check = Some(check);
+                }
+                Err(e) => report.violations.push(format!("check failed: {e:#}")),
+            }
+            // It was running before: leave it running.
+            for id in &was_running {
+                let started = match federation.start(id) {
+                    Ok(_) => federation.wait_ready(id, START_WAIT).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = started {
+                    eprintln!("chaos: could not start {id} again: {e:#}");
                 }
             }
         }
-        Err(e) => report.violations.push(format!("run failed: {e:#}")),
+        Err(e) => report.violations.push(format!("stopping the nodes: {e:#}")),
     }
     // Nodes started again above for a federation that was running are not in `node_pids`.
     report.nodes_left = checker::live_nodes(&report.node_pids);
@@ -450,22 +472,17 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
 }
 
 /// Starts the nodes and the traffic, injects faults until the duration has
-/// passed, winds the traffic down, restarts every node and drains. Returns
-/// what the clients were told.
+/// passed, winds the traffic down, restarts every node and drains; `ledger`
+/// records what the clients were told.
 async fn inject(
     options: &Options,
     guard: &mut NodeGuard,
     report: &mut Report,
-) -> anyhow::Result<Ledger> {
+    ledger: &Arc<Mutex<Ledger>>,
+) -> anyhow::Result<()> {
     guard.start_all_ready(START_WAIT).await?;
     let operators: Vec<OperatorState> = guard.federation()?.operators().to_vec();
     let ids: Vec<String> = operators.iter().map(|o| o.id.clone()).collect();
-    let mut run_id = [0u8; 4];
-    rand::rngs::OsRng.fill_bytes(&mut run_id);
-    let ledger = Arc::new(Mutex::new(Ledger::with_prefix(&format!(
-        "chaos {} ",
-        hex::encode(run_id)
-    ))));
     let stop = Arc::new(AtomicBool::new(false));
     let consents = Arc::new(ConsentCounters::default());
     let mut traffic = JoinSet::new();
@@ -509,19 +526,15 @@ async fn inject(
     })
     .await;
     traffic.abort_all();
+    report.consent_traffic = consents.figures();
     faults?;
     wind_down.context("the traffic did not wind down")??;
-    report.consent_traffic = consents.figures();
 
     guard.start_all_ready(START_WAIT).await?;
     let draining = Instant::now();
     report.drained = guard.drain(DRAIN_WAIT).await?;
     report.drain_ms = u64::try_from(draining.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let ledger = ledger
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    Ok(ledger)
+    Ok(())
 }
 
 /// The fault schedule: until the duration has passed, pause, SIGKILL a

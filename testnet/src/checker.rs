@@ -244,7 +244,7 @@ fn read_store(
     trust: &VerifiedTrustList,
     report: &mut Report,
 ) -> anyhow::Result<Holdings> {
-    let store = Store::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    let store = open_store(dir)?;
     let mut held = Holdings::default();
     let mut ids = BTreeSet::new();
     for message in store.incoming(0, usize::MAX)? {
@@ -457,4 +457,15 @@ fn node_process_alive(pid: u32) -> bool {
     }
     std::fs::read(proc_dir.join("cmdline"))
         .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("mim4-node"))
+}
+
+/// Opens an operator's store offline (`DIR/<operator>/data`) with the storage
+/// key the launcher put beside its operator key.
+pub fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
+    let key_file = dir
+        .parent()
+        .unwrap_or(dir)
+        .join(mim4_node::identity::STORAGE_KEY_FILE);
+    let key = mim4_node::identity::read_storage_key(&key_file)?;
+    Store::open(dir, &key).with_context(|| format!("opening {}", dir.display()))
 }

@@ -292,6 +292,10 @@ impl Federation {
             let key = SecretKey::generate(&mut rand::rngs::OsRng);
             identity::write_secret_key(&op_dir.join("operator.key"), &key)?;
             identity::write_public_key(&op_dir.join("operator.pub"), &key.public())?;
+            identity::write_storage_key(
+                &op_dir.join(identity::STORAGE_KEY_FILE),
+                &mim4_node::store::StorageKey::generate(),
+            )?;
             let peer_addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i]));
             let api_addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1]));
             // A source serves the testnet's sample registry for it, if there is one.

@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mim4_node::store::{OutgoingState, Store};
+use mim4_node::store::OutgoingState;
 use mim4_testnet::checker::{self, Ledger};
 use mim4_testnet::{node_binary, Federation, DEFAULT_OPERATORS};
 
@@ -131,7 +131,8 @@ async fn receiver_killed_mid_stream_loses_and_duplicates_nothing() {
 
     // Every sender's outbox holds a receipt for every message, read offline too.
     for id in &ids {
-        let store = Store::open(&federation.operator(id).unwrap().dir.join("data")).unwrap();
+        let store =
+            checker::open_store(&federation.operator(id).unwrap().dir.join("data")).unwrap();
         for (message_id, outgoing) in store.all_outgoing().unwrap() {
             assert_eq!(
                 outgoing.state,

@@ -41,6 +41,9 @@ pub(crate) fn status(error: ConsentError) -> Status {
         ConsentError::Format(_) => Status::failed_precondition(message),
         ConsentError::NoAuthority { .. } => Status::permission_denied(message),
         ConsentError::UnknownOperator(_) => Status::not_found(message),
+        ConsentError::Send(crate::node::SendError::TrustListExpired { .. }) => {
+            super::with_reason(Status::failed_precondition(message), "trust_list_expired")
+        }
         ConsentError::Send(_) | ConsentError::Peer(_) | ConsentError::Store(_) => {
             Status::unavailable(message)
         }

@@ -247,6 +247,7 @@ impl Verifier<'_> {
         }
         if !self.trust.is_current(now_ms) {
             return Err(reject(RejectReason::TrustListExpired {
+                version: self.trust.version(),
                 valid_until_ms: self.trust.list().valid_until_ms,
             }));
         }
@@ -362,8 +363,10 @@ pub enum RejectReason {
     #[error("protocol version {0} is not supported (this node speaks {PROTOCOL_VERSION})")]
     UnsupportedProtocol(u32),
     /// This node's own trust list has expired, so it cannot judge membership.
-    #[error("this node's trust list expired at {valid_until_ms} ms; it accepts nothing until it gets a newer one")]
+    #[error("this node's trust list expired: version {version} was valid until {valid_until_ms} ms; it accepts nothing until it gets a newer one")]
     TrustListExpired {
+        /// Version of the expired list.
+        version: u64,
         /// End of validity.
         valid_until_ms: u64,
     },

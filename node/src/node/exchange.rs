@@ -135,7 +135,7 @@ impl Shared {
         };
         self.store
             .set_request_state("holder", &request_id, outcome, now_ms())?;
-        self.store.put_served(sender, &response)?;
+        self.store.put_served(sender, &request.subject, &response)?;
         self.store.durable().await?;
         info!(
             request_id = %request.request_id, %sender, service = %request.service,
@@ -224,7 +224,8 @@ impl Shared {
             RequestState::Denied
         };
         if state != RequestState::Failed {
-            self.store.put_received(&request.request_id, &answered)?;
+            self.store
+                .put_received(&request.request_id, &request.subject, &answered)?;
         }
         self.store
             .set_request_state("requester", &request.request_id, state, now_ms())?;

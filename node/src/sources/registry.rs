@@ -3,12 +3,16 @@
 //! (income, driving licences, diplomas, criminal records, skills) run on.
 //!
 //! # Layout in sled
-//! One key per value: `subject id bytes ‖ 0x00 ‖ attribute bytes` → the value
-//! as serde_json bytes. Subject ids and attributes are printable ASCII, so the
-//! 0x00 separator is unambiguous. A marker key `subject ‖ 0x00` (empty
-//! attribute, empty value) records that the registry knows the subject, so a
-//! read tells "known subject without these attributes" from "unknown subject"
-//! without touching any other attribute of the subject.
+//! One key per value: `subject hash ‖ attribute bytes` → the value as
+//! serde_json bytes, encrypted with the subject's data key (`nonce ‖
+//! ciphertext ‖ tag`, with `registry ‖ 0x00 ‖ key` as associated data; see
+//! `store::at_rest`). The subject hash is the keyed HMAC of the subject id
+//! (32 bytes), so the id itself is not stored and the key splits without a
+//! separator. A marker key `subject hash` (empty value) records that the
+//! registry knows the subject, so a read tells "known subject without these
+//! attributes" from "unknown subject" without touching any other attribute of
+//! the subject. Attribute names (catalogue names, not personal data) are in
+//! clear.
 //!
 //! # Loading
 //! A load parses and checks the whole file first and then writes it in one
@@ -46,6 +50,7 @@ use serde_json::Value;
 use super::ngsi_ld::{Entity, Form, Mapping, Multiplicity};
 use super::{BoxFuture, DataSource, SourceError, Values};
 use crate::core::consent::{Attribute, NameError, SubjectId};
+use crate::store::{at_rest, SubjectHash, Vault};
 
 /// Largest file a load accepts, in bytes.
 ///
@@ -69,9 +74,6 @@ pub const ENTITIES_MAX: usize = 1_000_000;
 /// Most attributes one subject may have in one file; the attribute catalogue is far smaller.
 pub const ATTRIBUTES_PER_SUBJECT_MAX: usize = 1_024;
 
-/// Separates the subject from the attribute in keys; neither can contain it.
-const SEPARATOR: u8 = 0x00;
-
 /// The bounds a load enforces; tests shrink them.
 #[derive(Debug, Clone, Copy)]
 struct Bounds {
@@ -94,6 +96,7 @@ impl Bounds {
 #[derive(Clone)]
 pub struct Registry {
     tree: sled::Tree,
+    vault: Vault,
 }
 
 impl fmt::Debug for Registry {
@@ -250,19 +253,28 @@ pub enum LoadError {
     /// sled failed.
     #[error("storage: {0}")]
     Store(#[from] sled::Error),
+    /// A data key could not be made or read, or a value not encrypted.
+    #[error("storage keys: {0}")]
+    Keys(#[from] at_rest::Error),
 }
 
 /// Checked values ready to write: subject → attribute → JSON bytes.
 type Pending = BTreeMap<SubjectId, BTreeMap<Attribute, Vec<u8>>>;
 
 /// The sled key of `attribute` of `subject`, or of the subject's marker for `None`.
-fn key(subject: &SubjectId, attribute: Option<&Attribute>) -> Vec<u8> {
+fn key(subject: &SubjectHash, attribute: Option<&Attribute>) -> Vec<u8> {
     let attribute = attribute.map_or("", Attribute::as_str);
-    let mut key = Vec::with_capacity(subject.as_str().len() + 1 + attribute.len());
-    key.extend_from_slice(subject.as_str().as_bytes());
-    key.push(SEPARATOR);
+    let mut key = Vec::with_capacity(subject.as_bytes().len() + attribute.len());
+    key.extend_from_slice(subject.as_bytes());
     key.extend_from_slice(attribute.as_bytes());
     key
+}
+
+/// Binds an encrypted value to its tree and key (so to its subject and attribute).
+fn value_aad(key: &[u8]) -> Vec<u8> {
+    let mut aad = b"registry\0".to_vec();
+    aad.extend_from_slice(key);
+    aad
 }
 
 /// Checks one value and encodes it for sled.
@@ -352,9 +364,10 @@ struct JsonFile {
 }
 
 impl Registry {
-    /// A registry kept in `tree` (the node passes `db.open_tree("registry")`).
-    pub fn new(tree: sled::Tree) -> Self {
-        Self { tree }
+    /// A registry kept in `tree`, its values encrypted with the data keys of
+    /// `vault` (the node passes `Store::registry_tree` and `Store::vault`).
+    pub fn new(tree: sled::Tree, vault: Vault) -> Self {
+        Self { tree, vault }
     }
 
     /// Loads a JSON registry file (format in the module documentation).
@@ -560,20 +573,28 @@ impl Registry {
             values: 0,
             entities_skipped,
         };
+        // Held until the batch is applied, so an erasure cannot run between
+        // making a subject's data key and writing values under it.
+        let writer = self.vault.writer();
         for (subject, values) in pending {
+            let hash = self.vault.hash(&subject);
+            let data_key = self.vault.data_key_or_create(&writer, &hash)?;
             // The file is authoritative for the attributes it covers: remove
             // them first, and the inserts below (later in the batch) win.
             for attribute in covered {
-                batch.remove(key(&subject, Some(attribute)));
+                batch.remove(key(&hash, Some(attribute)));
             }
-            batch.insert(key(&subject, None), Vec::new());
+            batch.insert(key(&hash, None), Vec::new());
             for (attribute, bytes) in values {
                 debug_assert!(!bytes.is_empty() && bytes.len() <= VALUE_BYTES_MAX);
-                batch.insert(key(&subject, Some(&attribute)), bytes);
+                let key = key(&hash, Some(&attribute));
+                let sealed = data_key.seal(&value_aad(&key), &zeroize::Zeroizing::new(bytes))?;
+                batch.insert(key, sealed);
                 report.values += 1;
             }
         }
         self.tree.apply_batch(batch)?;
+        drop(writer);
         self.tree.flush()?;
         Ok(report)
     }
@@ -585,15 +606,26 @@ impl Registry {
         attributes: &[Attribute],
     ) -> Result<Values, SourceError> {
         let storage = |e: sled::Error| SourceError::Unavailable(format!("registry storage: {e}"));
+        let hash = self.vault.hash(subject);
+        // No data key: never loaded, or erased.
+        let Some(data_key) = self
+            .vault
+            .data_key(&hash)
+            .map_err(|e| SourceError::Unavailable(format!("registry keys: {e}")))?
+        else {
+            return Err(SourceError::UnknownSubject);
+        };
         let mut values = Values::new();
         for attribute in attributes {
-            let Some(bytes) = self
-                .tree
-                .get(key(subject, Some(attribute)))
-                .map_err(storage)?
-            else {
+            let key = key(&hash, Some(attribute));
+            let Some(sealed) = self.tree.get(&key).map_err(storage)? else {
                 continue;
             };
+            let bytes = data_key.open(&value_aad(&key), &sealed).map_err(|_| {
+                SourceError::Malformed(format!(
+                    "stored value of {attribute} does not decrypt (altered on disk)"
+                ))
+            })?;
             // The pair of the checks made before writing: size, then valid JSON.
             if bytes.len() > VALUE_BYTES_MAX {
                 return Err(SourceError::Malformed(format!(
@@ -606,12 +638,7 @@ impl Registry {
             })?;
             values.insert(attribute.clone(), value);
         }
-        if values.is_empty()
-            && !self
-                .tree
-                .contains_key(key(subject, None))
-                .map_err(storage)?
-        {
+        if values.is_empty() && !self.tree.contains_key(key(&hash, None)).map_err(storage)? {
             return Err(SourceError::UnknownSubject);
         }
         Ok(values)
@@ -644,8 +671,15 @@ mod tests {
     use serde_json::json;
 
     fn registry() -> Registry {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        Registry::new(db.open_tree("registry").unwrap())
+        // A temporary sled database removes its folder, keyring included, when dropped.
+        let dir = tempfile::tempdir().unwrap().keep();
+        let db = sled::Config::new()
+            .path(&dir)
+            .temporary(true)
+            .open()
+            .unwrap();
+        let vault = Vault::open(&db, &dir, &crate::store::StorageKey::generate()).unwrap();
+        Registry::new(db.open_tree("registry").unwrap(), vault)
     }
 
     fn subject(id: &str) -> SubjectId {
@@ -802,7 +836,8 @@ mod tests {
         );
     }
 
-    /// Keys are `subject ‖ 0x00 ‖ attribute` with a marker `subject ‖ 0x00`, values are JSON bytes.
+    /// Keys are `subject hash ‖ attribute` with a marker `subject hash`; values are JSON
+    /// bytes encrypted with the subject's data key, bound to their key.
     #[test]
     fn key_layout() {
         let registry = registry();
@@ -815,32 +850,53 @@ mod tests {
             .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
             .collect::<Result<_, _>>()
             .unwrap();
+        let hash = registry.vault.hash(&subject("s:1"));
+        let value_key = key(&hash, Some(&attribute("a.b")));
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0], (hash.as_bytes().to_vec(), vec![]));
+        assert_eq!(entries[1].0, value_key);
+        assert_eq!(value_key[32..], *b"a.b");
+        let plain = br#"[1,"x"]"#;
+        // Nonce (24) and tag (16) around a ciphertext as long as the JSON.
+        assert_eq!(entries[1].1.len(), 24 + plain.len() + 16);
+        assert!(!entries[1].1.windows(plain.len()).any(|w| w == plain));
+        let data_key = registry.vault.data_key(&hash).unwrap().unwrap();
         assert_eq!(
-            entries,
-            vec![
-                (b"s:1\0".to_vec(), vec![]),
-                (b"s:1\0a.b".to_vec(), br#"[1,"x"]"#.to_vec()),
-            ]
+            data_key
+                .open(&value_aad(&value_key), &entries[1].1)
+                .unwrap()
+                .as_slice(),
+            plain
         );
+        // Another subject's key position does not open it.
+        assert!(data_key
+            .open(
+                &value_aad(&key(&hash, Some(&attribute("a.c")))),
+                &entries[1].1
+            )
+            .is_err());
         assert_eq!(format!("{registry:?}"), "Registry { tree: \"registry\" }");
         assert_eq!(registry.describe(), "sled registry (registry)");
     }
 
-    /// A stored value that is not JSON reads as `Malformed` (the read-back half of the write checks).
+    /// A stored value that is not JSON, or does not decrypt, reads as `Malformed` (the read-back half of the write checks).
     #[test]
     fn corrupt_value_is_malformed() {
         let registry = registry();
         registry
             .load_json(r#"{"subjects": {"s": {"a": 1}}}"#)
             .unwrap();
-        registry
-            .tree
-            .insert(key(&subject("s"), Some(&attribute("a"))), b"{".to_vec())
-            .unwrap();
-        assert!(matches!(
-            read(&registry, "s", &["a"]),
-            Err(SourceError::Malformed(_))
-        ));
+        let hash = registry.vault.hash(&subject("s"));
+        let value_key = key(&hash, Some(&attribute("a")));
+        let data_key = registry.vault.data_key(&hash).unwrap().unwrap();
+        let sealed = data_key.seal(&value_aad(&value_key), b"{").unwrap();
+        registry.tree.insert(&value_key, sealed).unwrap();
+        let err = read(&registry, "s", &["a"]).unwrap_err();
+        assert!(err.to_string().contains("not JSON"), "{err}");
+        // Bytes that are not sealed under the subject's key at this position.
+        registry.tree.insert(&value_key, b"{".to_vec()).unwrap();
+        let err = read(&registry, "s", &["a"]).unwrap_err();
+        assert!(err.to_string().contains("does not decrypt"), "{err}");
     }
 
     /// Reloading replaces the file's attributes of listed subjects and keeps everything else; a failed load writes nothing.

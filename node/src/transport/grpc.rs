@@ -12,10 +12,17 @@
 //! `FetchTrustList` needs the same authenticated active member; the list is
 //! not secret, but the peer port serves members only (a suspended member
 //! learns of its status from the list pushed to it).
+//!
+//! Every request then takes a token from its peer's bucket (keyed by the
+//! authenticated operator, before the envelope is decoded); the excess is
+//! refused with `RESOURCE_EXHAUSTED` and reason `rate_limited`, which the
+//! sender's outbox retries with backoff.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mim4_proto::v1 as pb;
 use pb::operator_peer_client::OperatorPeerClient;
@@ -23,13 +30,14 @@ use pb::operator_peer_server::{OperatorPeer, OperatorPeerServer};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::tls::{self, PeerIdentity, PeerTls};
 use crate::core::envelope::RejectReason;
 use crate::core::ids::OperatorId;
 use crate::limits;
 use crate::node::{now_ms, Error, Refusal, Shared};
+use crate::rate_limit::KeyedLimiter;
 
 /// Room for protobuf framing around the envelope bytes.
 const FRAMING_BYTES: usize = 64;
@@ -38,6 +46,27 @@ struct PeerService {
     shared: Arc<Shared>,
     /// Whether connections are TLS: then every request must carry a [`PeerIdentity`].
     tls: bool,
+    /// Request rate per peer.
+    rate: KeyedLimiter<RateKey>,
+}
+
+/// Whose bucket a peer request takes a token from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum RateKey {
+    /// The member a TLS connection authenticated.
+    Member(OperatorId),
+    /// In plaintext mode, where no one is authenticated: the remote address.
+    Address(Option<IpAddr>),
+}
+
+impl fmt::Display for RateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Member(id) => write!(f, "peer operator {id}"),
+            Self::Address(Some(ip)) => write!(f, "unauthenticated peer at {ip}"),
+            Self::Address(None) => f.write_str("unauthenticated peer"),
+        }
+    }
 }
 
 impl PeerService {
@@ -65,6 +94,29 @@ impl PeerService {
     }
 }
 
+impl PeerService {
+    /// Takes a token from the bucket of `peer` (or, in plaintext mode, of the
+    /// remote address): checked before the envelope is decoded, so a flood
+    /// costs this node a map lookup per request.
+    fn admit<T>(&self, request: &Request<T>, peer: Option<&OperatorId>) -> Result<(), Status> {
+        let key = match peer {
+            Some(peer) => RateKey::Member(peer.clone()),
+            None => RateKey::Address(request.remote_addr().map(|a| a.ip())),
+        };
+        self.rate.check(&key, Instant::now()).map_err(|limited| {
+            // Per refusal only at debug: a flood must not become a log flood.
+            debug!(%key, "peer request refused: rate limited");
+            self.shared.count("rate_limited");
+            let mut status = Status::resource_exhausted(format!("rate limited: {limited}"));
+            status.metadata_mut().insert(
+                REASON_METADATA_KEY,
+                tonic::metadata::MetadataValue::from_static("rate_limited"),
+            );
+            status
+        })
+    }
+}
+
 impl std::fmt::Debug for PeerService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PeerService")
@@ -78,6 +130,7 @@ impl OperatorPeer for PeerService {
         request: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverResponse>, Status> {
         let peer = self.peer(&request)?;
+        self.admit(&request, peer.as_ref())?;
         let bytes = request.into_inner().envelope;
         match self.shared.receive(&bytes, peer.as_ref()).await {
             Ok(receipt) => Ok(Response::new(pb::DeliverResponse { receipt })),
@@ -90,6 +143,7 @@ impl OperatorPeer for PeerService {
         request: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallResponse>, Status> {
         let peer = self.peer(&request)?;
+        self.admit(&request, peer.as_ref())?;
         let bytes = request.into_inner().envelope;
         match self.shared.answer_call(&bytes, peer.as_ref()).await {
             Ok(envelope) => Ok(Response::new(pb::CallResponse { envelope })),
@@ -101,7 +155,8 @@ impl OperatorPeer for PeerService {
         &self,
         request: Request<pb::FetchTrustListRequest>,
     ) -> Result<Response<pb::FetchTrustListResponse>, Status> {
-        self.peer(&request)?;
+        let peer = self.peer(&request)?;
+        self.admit(&request, peer.as_ref())?;
         Ok(Response::new(pb::FetchTrustListResponse {
             trust_list: self.shared.trust().signed().encode(),
         }))
@@ -171,10 +226,12 @@ pub(crate) async fn serve(
     cancel: CancellationToken,
 ) -> Result<(), Error> {
     let message_max = shared.config().envelope_limits.message_bytes_max + FRAMING_BYTES;
+    let rate = KeyedLimiter::new(shared.config().limits.peer_rate);
     // Requests are envelopes; responses are receipts or the trust list, which may be larger.
     let service = OperatorPeerServer::new(PeerService {
         shared,
         tls: tls.is_some(),
+        rate,
     })
     .max_decoding_message_size(message_max)
     .max_encoding_message_size(limits::TRUST_LIST_BYTES_MAX + FRAMING_BYTES);
@@ -397,7 +454,13 @@ impl PeerClients {
             Err(status) => {
                 // A transport failure (unreachable, TLS refused) is not the peer's verdict.
                 let transport = std::error::Error::source(&status).is_some();
-                if status.code() != Code::Unavailable && !transport {
+                // A rate-limited attempt is retried from the outbox like an unreachable peer.
+                let rate_limited = status
+                    .metadata()
+                    .get(REASON_METADATA_KEY)
+                    .is_some_and(|reason| reason == "rate_limited");
+                let expected = status.code() == Code::Unavailable || rate_limited;
+                if !expected && !transport {
                     warn!(code = ?status.code(), message = status.message(), "peer refused delivery");
                 }
                 Err(describe(&status))

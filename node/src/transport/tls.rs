@@ -21,8 +21,9 @@
 //! the gRPC server checks the peer's key again on every request, and the
 //! client cache is emptied when the list changes.
 //!
-//! Also here: the accept loop (handshakes bounded in number and time) whose
-//! connections tonic serves, and the connector that tonic channels dial with.
+//! Also here: the accept loop (handshakes bounded in number and time, open
+//! connections bounded in total and per peer key) whose connections tonic
+//! serves, and the connector that tonic channels dial with.
 
 use std::fmt;
 use std::future::Future;
@@ -589,6 +590,68 @@ pub struct PeerIdentity {
 pub struct PeerConnection {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     identity: PeerIdentity,
+    /// Counts this connection as open until it is dropped.
+    _slot: ConnectionSlot,
+}
+
+/// Open authenticated connections on the peer port, in total and per key.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    total: usize,
+    per_key: std::collections::HashMap<KeyId, usize>,
+}
+
+/// One open connection's place in [`OpenConnections`], given back on drop.
+#[derive(Debug)]
+struct ConnectionSlot {
+    open: Arc<std::sync::Mutex<OpenConnections>>,
+    key_id: KeyId,
+}
+
+impl ConnectionSlot {
+    /// Counts a new connection of `key_id`, or says which bound it would exceed
+    /// ([`limits::PEER_CONNECTIONS_MAX`], [`limits::PEER_CONNECTIONS_PER_KEY_MAX`]).
+    fn take(open: &Arc<std::sync::Mutex<OpenConnections>>, key_id: KeyId) -> Result<Self, String> {
+        let mut counts = match open.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if counts.total >= limits::PEER_CONNECTIONS_MAX {
+            return Err(format!(
+                "{} peer connections are open, the most this node keeps",
+                limits::PEER_CONNECTIONS_MAX
+            ));
+        }
+        let of_key = counts.per_key.entry(key_id.clone()).or_insert(0);
+        if *of_key >= limits::PEER_CONNECTIONS_PER_KEY_MAX {
+            return Err(format!(
+                "key {key_id} already holds {} connections, the most one peer may",
+                limits::PEER_CONNECTIONS_PER_KEY_MAX
+            ));
+        }
+        *of_key += 1;
+        counts.total += 1;
+        Ok(Self {
+            open: open.clone(),
+            key_id,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut counts = match self.open.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.per_key.get_mut(&self.key_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.per_key.remove(&self.key_id);
+            }
+        }
+    }
 }
 
 impl tonic::transport::server::Connected for PeerConnection {
@@ -654,6 +717,7 @@ pub async fn accept(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let slots = Arc::new(Semaphore::new(limits::TLS_HANDSHAKES_MAX));
+    let open = Arc::new(std::sync::Mutex::new(OpenConnections::default()));
     let mut handshakes = JoinSet::new();
     loop {
         // The slot is taken before accepting: excess connections wait in the kernel's queue.
@@ -679,6 +743,7 @@ pub async fn accept(
         while handshakes.try_join_next().is_some() {}
         let acceptor = acceptor.clone();
         let accepted = accepted.clone();
+        let open = open.clone();
         handshakes.spawn(async move {
             let _slot = slot;
             if let Err(e) = tcp.set_nodelay(true) {
@@ -707,10 +772,22 @@ pub async fn accept(
                 warn!(%remote_addr, "peer TLS connection without a usable certificate; closed");
                 return;
             };
+            let slot = match ConnectionSlot::take(&open, key.key_id()) {
+                Ok(slot) => slot,
+                Err(reason) => {
+                    warn!(%remote_addr, key_id = %key.key_id(), %reason, "peer TLS connection closed: too many open");
+                    return;
+                }
+            };
             debug!(%remote_addr, key_id = %key.key_id(), "peer TLS connection authenticated");
             let identity = PeerIdentity { remote_addr, key };
+            let connection = PeerConnection {
+                stream,
+                identity,
+                _slot: slot,
+            };
             // A closed channel means the server is shutting down; the connection just closes.
-            let _ = accepted.send(Ok(PeerConnection { stream, identity })).await;
+            let _ = accepted.send(Ok(connection)).await;
         });
     }
     handshakes.shutdown().await;

@@ -11,5 +11,6 @@ mod corpus;
 mod exchange;
 mod exchange_data;
 mod hostile;
+mod limits;
 mod rotation;
 mod tls;

@@ -153,6 +153,7 @@ impl TestNet {
                 registry_files: Vec::new(),
                 ngsi_ld: None,
                 insecure_plaintext,
+                limits: Default::default(),
                 controller: Some(mim4_node::config::Controller {
                     name: format!("Operator {id}"),
                     contact: "Data Protection Officer".into(),
