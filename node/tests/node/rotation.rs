@@ -307,10 +307,7 @@ async fn sending_continuously_across_a_rotation_fails_nothing() {
             }
         }
         for id in ids {
-            let count = received
-                .iter()
-                .filter(|m| m.message_id == id.0)
-                .count();
+            let count = received.iter().filter(|m| m.message_id == id.0).count();
             assert_eq!(count, 1, "memo {id} applied once at node {receiver}");
         }
     }
