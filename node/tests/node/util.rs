@@ -235,6 +235,15 @@ impl TestNet {
                     eprintln!("node {i}: {addr} busy ({source}); retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
+                // The previous in-process instance's sled handle can outlive its
+                // shutdown briefly (a task still holding it): the lock is retried too.
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    eprintln!("node {i}: database still locked ({e}); retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
                 Err(e) => panic!("node {i} did not start: {e}"),
             }
         };
