@@ -364,6 +364,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     );
     tasks.spawn(prune_loop(shared.clone(), cancel.clone()));
     tasks.spawn(expiry_loop(shared.clone(), cancel.clone()));
+    tasks.spawn(repush_loop(shared.clone(), cancel.clone()));
     tasks.spawn(trust_refresh::run(shared.clone(), cancel.clone()));
     Ok(NodeHandle {
         peer_addr,
@@ -1247,6 +1248,24 @@ async fn expiry_loop(shared: Arc<Shared>, cancel: CancellationToken) -> Result<(
                 recorded,
                 "consent expiries recorded and pushed to every party"
             );
+        }
+    }
+}
+
+/// Pushes consent records again to parties that lack their latest version:
+/// once at start (a crash may have come between storing a log and queuing its
+/// pushes), then every `REPUSH_EVERY` (pushes that expired while a party was away).
+async fn repush_loop(shared: Arc<Shared>, cancel: CancellationToken) -> Result<(), Error> {
+    const REPUSH_EVERY: Duration = Duration::from_secs(300);
+    loop {
+        match shared.repush_lagging().await {
+            Ok(0) => {}
+            Ok(queued) => info!(queued, "consent records pushed again to parties that lacked them"),
+            Err(e) => warn!(error = %e, "could not scan consent records for lagging parties"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(REPUSH_EVERY) => {}
         }
     }
 }

@@ -14,7 +14,6 @@ use mim4_testnet::{checker, Federation};
 /// none applied twice, every withdrawal at the home and at every party), there
 /// was traffic of both kinds, and no node process is left afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds a known bug: a SIGKILL between commit_home's log flush and its push flush loses a withdrawal push (see issue 6 note); run with --ignored"]
 async fn twenty_seconds_of_kills_break_no_invariant() {
     let dir = tempfile::tempdir().unwrap();
     let fed_dir = dir.path().join("federation");

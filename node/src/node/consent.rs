@@ -318,14 +318,26 @@ impl Shared {
         self.store.durable().await?;
         let me = self.operator_id().clone();
         self.write_consents(|state| state.upsert(&record, &me));
+        info!(consent = %record.id(), status = record.status_at(now_ms()).as_str(), events = log.events.len(), "consent recorded");
+        self.push_log(&log, parties(record.terms(), self.operator_id()))
+            .await?;
+        Ok(record)
+    }
+
+    /// Queues `log` to each of `parties` and records each push, durably.
+    /// Callers hold `consent_writer`.
+    async fn push_log(
+        self: &Arc<Self>,
+        log: &ConsentLog,
+        parties: BTreeSet<OperatorId>,
+    ) -> Result<(), ConsentError> {
         let events = u32::try_from(log.events.len()).unwrap_or(u32::MAX);
-        info!(consent = %record.id(), status = record.status_at(now_ms()).as_str(), events, "consent recorded");
-        for party in parties(record.terms(), self.operator_id()) {
+        for party in parties {
             let message_id = self
                 .send(party.clone(), Payload::ConsentRecord(log.clone()))
                 .await?;
             self.store.set_consent_delivery(
-                &record.id(),
+                &log.consent_id,
                 &ConsentDelivery {
                     operator: party,
                     events,
@@ -334,7 +346,89 @@ impl Shared {
             )?;
         }
         self.store.durable().await?;
-        Ok(record)
+        Ok(())
+    }
+
+    /// The parties of a record this node is home of that were not sent its
+    /// latest version, or whose push of it expired undelivered.
+    fn lagging_parties(
+        &self,
+        record: &ConsentRecord,
+        log: &ConsentLog,
+    ) -> Result<BTreeSet<OperatorId>, ConsentError> {
+        let latest = u32::try_from(log.events.len()).unwrap_or(u32::MAX);
+        let deliveries = self.store.consent_deliveries(&log.consent_id)?;
+        let mut lagging = BTreeSet::new();
+        for party in parties(record.terms(), self.operator_id()) {
+            let sent = deliveries
+                .iter()
+                .find(|d| d.operator == party && d.events >= latest);
+            let reaches = match sent {
+                None => false,
+                Some(d) => !matches!(
+                    self.store.outgoing(&d.message_id)?,
+                    Some(out) if out.state == store::OutgoingState::Expired
+                ),
+            };
+            if !reaches {
+                lagging.insert(party);
+            }
+        }
+        Ok(lagging)
+    }
+
+    /// Pushes again the latest version of every record this node is home of
+    /// to the parties that lack it: the log is stored before its pushes are
+    /// queued, so a crash in between (or a failed send, or a push that
+    /// expired while a party was away) leaves a party behind until this runs.
+    /// Returns how many pushes were queued; a record whose push fails (a
+    /// party left the federation) is logged and the others still go.
+    pub(crate) async fn repush_lagging(self: &Arc<Self>) -> Result<usize, ConsentError> {
+        let mut queued = 0;
+        let mut failed = 0;
+        for stored in self.store.consent_logs()? {
+            let id = stored.consent_id;
+            match self.repush_one(stored).await {
+                Ok(n) => queued += n,
+                Err(e) => {
+                    failed += 1;
+                    warn!(consent = %id, error = %e, "could not push a consent record again; retried at the next pass");
+                }
+            }
+        }
+        if failed > 0 {
+            warn!(failed, "consent records not pushed again to every party");
+        }
+        Ok(queued)
+    }
+
+    /// [`Shared::repush_lagging`] for one stored record.
+    async fn repush_one(self: &Arc<Self>, stored: ConsentLog) -> Result<usize, ConsentError> {
+        let trust = self.trust();
+        let me = self.operator_id().clone();
+        {
+            let Ok(record) = stored.verify(&trust) else {
+                return Ok(0);
+            };
+            if record.terms().home != me || self.lagging_parties(&record, &stored)?.is_empty() {
+                return Ok(0);
+            }
+        }
+        // Re-read under the writer lock: the log may have grown meanwhile.
+        let _writer = self.consent_writer.lock().await;
+        let Some(log) = self.store.consent_log(&stored.consent_id)? else {
+            return Ok(0);
+        };
+        let Ok(record) = log.verify(&trust) else {
+            return Ok(0);
+        };
+        let lagging = self.lagging_parties(&record, &log)?;
+        let n = lagging.len();
+        if n > 0 {
+            info!(consent = %record.id(), parties = n, events = log.events.len(), "pushing the latest version of a consent record again to parties that lack it");
+            self.push_log(&log, lagging).await?;
+        }
+        Ok(n)
     }
 
     /// The delegation chain by which `person` acts for `grantor`, or an error.

@@ -127,6 +127,72 @@ async fn grant_then_withdraw_reaches_every_party_even_one_that_was_down() {
     net.shutdown().await;
 }
 
+/// The home stores a new log durably before it queues the pushes to the
+/// parties; a crash in between must not leave the parties behind for ever.
+/// The crash window is recreated exactly: with the home stopped, a signed
+/// withdrawal is appended to its stored log and nothing is queued. After the
+/// home restarts, every party learns of the withdrawal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawal_stored_but_not_pushed_before_a_crash_reaches_every_party_after_restart() {
+    use mim4_node::core::consent::{self as core, Actor, ConsentEvent, EventKind, SubjectId};
+    use mim4_node::store::Store;
+
+    let mut net = TestNet::new(3);
+    net.start_all().await;
+    let subject = "fi:hetu:020280-4321";
+    let service = net
+        .client(CONSUMER, "social", ClientRole::Service, Some(SERVICE))
+        .await;
+    let citizen = net
+        .client(HOME, "citizen-app", ClientRole::CitizenApp, None)
+        .await;
+    let terms = Terms::consent(subject, "fi.helsinki", SERVICE, "fi.incomeregister")
+        .read(ATTRIBUTE)
+        .purpose(PURPOSE)
+        .valid(0, u64::MAX)
+        .build();
+    let id = service.request_consent(terms).await.unwrap();
+    until_decision(&net, HOME, query(subject, SERVICE), "awaiting-grantors").await;
+    citizen.grant(id, subject, None).await.unwrap();
+    for node in [SOURCE, CONSUMER] {
+        until_decision(&net, node, query(subject, SERVICE), "allow").await;
+    }
+
+    net.stop(HOME).await;
+    let config = &net.configs[HOME];
+    let storage_key = mim4_node::identity::open_storage_key(
+        &mim4_node::identity::storage_key_file(&config.key_file),
+        &config.data_dir,
+    )
+    .unwrap();
+    let store = Store::open(&config.data_dir, &storage_key).unwrap();
+    let consent_id = core::ConsentId::from_bytes(id.0);
+    let mut log = store.consent_log(&consent_id).unwrap().expect("home holds the log");
+    let person = SubjectId::new(subject.to_owned()).unwrap();
+    let withdrawal = ConsentEvent {
+        consent_id,
+        seq: u32::try_from(log.events.len()).unwrap(),
+        at_ms: mim4_node::node::now_ms(),
+        recorder: net.id(HOME),
+        kind: EventKind::Withdrawn(Actor {
+            person: person.clone(),
+            for_grantor: person,
+            delegations: vec![],
+            authentication: "citizen-app:test".into(),
+        }),
+    };
+    log.events.push(withdrawal.sign(&net.keys[HOME]));
+    store.put_consent_log(&log).unwrap();
+    store.flush_blocking().unwrap();
+    drop(store);
+
+    net.start(HOME).await;
+    for node in [HOME, SOURCE, CONSUMER] {
+        until_decision(&net, node, query(subject, SERVICE), "withdrawn").await;
+    }
+    net.shutdown().await;
+}
+
 /// A child's consent needs both guardians; a mandated person may act for one
 /// of them through a recorded delegation; others may not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
