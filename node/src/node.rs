@@ -1260,7 +1260,10 @@ async fn repush_loop(shared: Arc<Shared>, cancel: CancellationToken) -> Result<(
     loop {
         match shared.repush_lagging().await {
             Ok(0) => {}
-            Ok(queued) => info!(queued, "consent records pushed again to parties that lacked them"),
+            Ok(queued) => info!(
+                queued,
+                "consent records pushed again to parties that lacked them"
+            ),
             Err(e) => warn!(error = %e, "could not scan consent records for lagging parties"),
         }
         tokio::select! {

@@ -10,10 +10,14 @@
 //! log valid, every acknowledged withdrawal recorded at the home and every
 //! withdrawal delivered to every party.
 //!
-//! Network partitions are not injected: they need network namespaces that a
-//! test sets up for itself, and the federation's processes run in the host's.
-//! The report says so. Every node the run started is stopped on every way out
-//! (an error, a panic, Ctrl-C).
+//! Where the machine allows it (root, iproute2, network namespaces), a new
+//! federation runs in a private network of namespaces ([`netns::Lab`]) and,
+//! beside the kills, a second seeded schedule partitions operators: a pair
+//! cut off from each other, or one operator cut off from everyone (the tool
+//! included), for a few seconds at a time; everything is healed before the
+//! drain. Otherwise, or on an existing testnet, the report says why
+//! partitions were not injected. Every node the run started is stopped, and
+//! every namespace deleted, on every way out (an error, a panic, Ctrl-C).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +34,8 @@ use tokio::task::JoinSet;
 
 use crate::checker::{self, Ledger};
 use crate::guard::{temporary_dir, NodeGuard};
-use crate::{bench, node_binary, Federation, OperatorState, DEFAULT_OPERATORS};
+use crate::netns::Lab;
+use crate::{bench, node_binary, Federation, OperatorState, Placement, DEFAULT_OPERATORS};
 
 /// Longest run the options accept.
 const DURATION_MAX: Duration = Duration::from_secs(3_600);
@@ -85,8 +90,15 @@ const CONSUMERS: [(&str, &str, &str); 2] = [
         "fi.helsinki/early-education",
     ),
 ];
-/// What the report says about partitions.
-const PARTITIONS: &str = "not injected (the nodes share the host's network namespace)";
+/// Pause between two partitions (ms, range).
+const PARTITION_PAUSE_MS: std::ops::RangeInclusive<u64> = 300..=2_000;
+/// How long a partition lasts (ms, range).
+const PARTITION_MS: std::ops::RangeInclusive<u64> = 500..=5_000;
+/// Share of partitions that cut one operator off from everyone (the others cut a pair).
+const ISOLATION_PROBABILITY: f64 = 0.3;
+/// Ports of every node in a lab (each has its own address).
+const LAB_PEER_PORT: u16 = 7_000;
+const LAB_API_PORT: u16 = 7_001;
 
 /// `mim4-testnet chaos` options.
 #[derive(Clone, Debug, clap::Args)]
@@ -104,6 +116,9 @@ pub struct Args {
     /// with the figures printed as text too).
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
     pub json: Option<PathBuf>,
+    /// Kills only: no network namespaces, no partitions.
+    #[arg(long)]
+    pub no_partitions: bool,
 }
 
 /// What to run.
@@ -121,6 +136,23 @@ pub struct Options {
     pub dir: Option<PathBuf>,
     /// The `mim4-node` binary (see [`node_binary::find`]).
     pub node_bin: Option<PathBuf>,
+    /// Partition operators where the machine allows it (a new federation only).
+    pub partitions: bool,
+}
+
+/// Partition figures.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Partitions {
+    /// Whether partitions were injected.
+    pub injected: bool,
+    /// How (or why not).
+    pub note: String,
+    /// Pairs cut off from each other.
+    pub cuts: usize,
+    /// Operators cut off from everyone.
+    pub isolations: usize,
+    /// Sum of the partitions' durations, in ms.
+    pub partitioned_ms: u64,
 }
 
 /// Consent traffic figures.
@@ -176,7 +208,7 @@ pub struct Report {
     /// Kills per operator.
     pub kills_by_operator: BTreeMap<String, usize>,
     /// Partitions.
-    pub partitions: &'static str,
+    pub partitions: Partitions,
     /// The consumer service of the consent traffic (none without Helsinki and the income register).
     pub consent_consumer: Option<String>,
     /// Consent traffic.
@@ -227,7 +259,18 @@ impl Report {
             self.kills_recovering,
             by.join(", ")
         );
-        println!("  partitions: {}", self.partitions);
+        let p = &self.partitions;
+        if p.injected {
+            println!(
+                "  partitions: {} pair cuts, {} isolations, {:.1} s partitioned ({})",
+                p.cuts,
+                p.isolations,
+                p.partitioned_ms as f64 / 1_000.0,
+                p.note
+            );
+        } else {
+            println!("  partitions: not injected ({})", p.note);
+        }
         let c = &self.consent_traffic;
         match &self.consent_consumer {
             Some(consumer) => println!(
@@ -298,6 +341,7 @@ pub async fn command(
         operators: args.operators,
         dir: (dir_given || running_here).then(|| dir.to_owned()),
         node_bin,
+        partitions: !args.no_partitions,
     };
     let report = run(&options).await?;
     match &args.json {
@@ -324,6 +368,9 @@ pub async fn command(
 
 /// Runs chaos and returns the report (violations are in it, not errors).
 /// Errors are set-up failures. Ctrl-C stops the nodes and returns an error.
+///
+/// With partitions, the run happens on a thread (and runtime) inside the
+/// lab's hub namespace, so that the tool reaches every node.
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
     if options.duration.is_zero() || options.duration > DURATION_MAX {
         bail!(
@@ -337,6 +384,42 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             DEFAULT_OPERATORS.len()
         );
     }
+    let existing = match &options.dir {
+        Some(dir) => Federation::open(dir)?.is_some(),
+        None => false,
+    };
+    let lab = match (options.partitions, existing) {
+        (false, _) => Err("--no-partitions".to_owned()),
+        (true, true) => Err("an existing testnet runs in the host's network namespace".to_owned()),
+        (true, false) => {
+            Lab::available().map_err(|why| format!("network namespaces unavailable here: {why}"))
+        }
+    };
+    let lab = match lab {
+        Ok(()) => Arc::new(Lab::create(options.operators)?),
+        Err(why) => return run_with(options, None, why).await,
+    };
+    let options = options.clone();
+    tokio::task::spawn_blocking(move || {
+        lab.clone().run_in_hub(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting a runtime in the hub namespace")?
+                .block_on(run_with(&options, Some(lab), String::new()))
+        })
+    })
+    .await
+    .context("the chaos thread failed")?
+}
+
+/// [`run`], in a lab (with partitions) or not (`no_lab` says why).
+async fn run_with(
+    options: &Options,
+    lab: Option<Arc<Lab>>,
+    no_lab: String,
+) -> anyhow::Result<Report> {
     let started = Instant::now();
     let node_bin = node_binary::find(options.node_bin.as_deref())?;
     let (dir, temporary) = match &options.dir {
@@ -356,10 +439,23 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
             }
             (existing, running)
         }
-        None => (
-            Federation::create(&dir, &DEFAULT_OPERATORS[..options.operators], node_bin)?,
-            Vec::new(),
-        ),
+        None => {
+            let specs = &DEFAULT_OPERATORS[..options.operators];
+            let federation = match &lab {
+                Some(lab) => {
+                    let placement: Vec<Placement> = (0..specs.len())
+                        .map(|i| Placement {
+                            peer_addr: (lab.addr(i), LAB_PEER_PORT).into(),
+                            api_addr: (lab.addr(i), LAB_API_PORT).into(),
+                            netns: Some(lab.namespace(i).to_owned()),
+                        })
+                        .collect();
+                    Federation::create_placed(&dir, specs, &placement, node_bin)?
+                }
+                None => Federation::create(&dir, specs, node_bin)?,
+            };
+            (federation, Vec::new())
+        }
     };
     if federation.operators().len() < 2 {
         bail!("chaos needs at least 2 operators");
@@ -382,7 +478,16 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         kills: 0,
         kills_recovering: 0,
         kills_by_operator: BTreeMap::new(),
-        partitions: PARTITIONS,
+        partitions: Partitions {
+            injected: lab.is_some(),
+            note: match &lab {
+                Some(_) => "each node in its own network namespace, bridged; \
+                            cuts are blackhole routes, isolations a port down"
+                    .to_owned(),
+                None => no_lab,
+            },
+            ..Partitions::default()
+        },
         consent_consumer: None,
         consent_traffic: ConsentTraffic::default(),
         drained: false,
@@ -403,7 +508,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         hex::encode(run_id)
     ))));
     let outcome = tokio::select! {
-        outcome = inject(options, &mut guard, &mut report, &ledger) => Some(outcome),
+        outcome = inject(options, lab.as_deref(), &mut guard, &mut report, &ledger) => Some(outcome),
         _ = tokio::signal::ctrl_c() => None,
     };
     report.node_pids = guard.pids.clone();
@@ -476,6 +581,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
 /// records what the clients were told.
 async fn inject(
     options: &Options,
+    lab: Option<&Lab>,
     guard: &mut NodeGuard,
     report: &mut Report,
     ledger: &Arc<Mutex<Ledger>>,
@@ -516,7 +622,14 @@ async fn inject(
         ));
     }
 
-    let faults = faults(options, &ids, guard, report).await;
+    let (faults, partitions) = tokio::join!(
+        faults(options, &ids, guard, report),
+        partitions(options, lab),
+    );
+    let partitions = partitions?;
+    report.partitions.cuts = partitions.cuts;
+    report.partitions.isolations = partitions.isolations;
+    report.partitions.partitioned_ms = partitions.partitioned_ms;
     stop.store(true, Ordering::Relaxed);
     let wind_down = tokio::time::timeout(WIND_DOWN_WAIT, async {
         while let Some(joined) = traffic.join_next().await {
@@ -576,6 +689,40 @@ async fn faults(
         }
     }
     Ok(())
+}
+
+/// The partition schedule (with a lab): until the duration has passed,
+/// pause, then cut a random pair off from each other or one operator off
+/// from everyone, for a while, and heal. Everything is healed when it returns.
+async fn partitions(options: &Options, lab: Option<&Lab>) -> anyhow::Result<Partitions> {
+    let mut figures = Partitions::default();
+    let Some(lab) = lab.filter(|lab| lab.len() >= 2) else {
+        return Ok(figures);
+    };
+    let mut rng = StdRng::seed_from_u64(options.seed ^ 0x9a27_11e5);
+    let deadline = tokio::time::Instant::now() + options.duration;
+    loop {
+        sleep_ms(rng.gen_range(PARTITION_PAUSE_MS)).await;
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(figures);
+        }
+        let hold = Duration::from_millis(rng.gen_range(PARTITION_MS)).min(deadline - now);
+        let a = rng.gen_range(0..lab.len());
+        if rng.gen_bool(ISOLATION_PROBABILITY) {
+            lab.isolate(a)?;
+            tokio::time::sleep(hold).await;
+            lab.rejoin(a)?;
+            figures.isolations += 1;
+        } else {
+            let b = (a + rng.gen_range(1..lab.len())) % lab.len();
+            lab.cut(a, b)?;
+            tokio::time::sleep(hold).await;
+            lab.heal(a, b)?;
+            figures.cuts += 1;
+        }
+        figures.partitioned_ms += u64::try_from(hold.as_millis()).unwrap_or(u64::MAX);
+    }
 }
 
 async fn sleep_ms(ms: u64) {

@@ -197,6 +197,17 @@ pub const DEFAULT_OPERATORS: &[OperatorSpec] = &[
     },
 ];
 
+/// Where an operator's node listens, and in which network namespace.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// Peer gRPC address.
+    pub peer_addr: SocketAddr,
+    /// API gRPC address.
+    pub api_addr: SocketAddr,
+    /// Network namespace (made beforehand, e.g. by [`crate::netns::Lab`]); `None`: the host's.
+    pub netns: Option<String>,
+}
+
 /// One operator of the testnet as remembered in the state file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OperatorState {
@@ -214,6 +225,9 @@ pub struct OperatorState {
     pub api_addr: SocketAddr,
     /// Process id while running.
     pub pid: Option<u32>,
+    /// The network namespace its node runs in (see [`crate::netns`]); `None`: the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 impl OperatorState {
@@ -268,6 +282,32 @@ impl Federation {
     /// a governance key, each operator's key, config and admin credential, and
     /// a signed trust list naming them all on free loopback ports.
     pub fn create(dir: &Path, specs: &[OperatorSpec], node_bin: PathBuf) -> anyhow::Result<Self> {
+        let ports = free_ports(specs.len() * 2)?;
+        let placement: Vec<Placement> = (0..specs.len())
+            .map(|i| Placement {
+                peer_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i])),
+                api_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1])),
+                netns: None,
+            })
+            .collect();
+        Self::create_placed(dir, specs, &placement, node_bin)
+    }
+
+    /// As [`Federation::create`], with the addresses (and network namespace)
+    /// of each operator given: `placement[i]` is for `specs[i]`.
+    pub fn create_placed(
+        dir: &Path,
+        specs: &[OperatorSpec],
+        placement: &[Placement],
+        node_bin: PathBuf,
+    ) -> anyhow::Result<Self> {
+        if placement.len() != specs.len() {
+            bail!(
+                "{} operators but {} placements",
+                specs.len(),
+                placement.len()
+            );
+        }
         if dir.join(STATE_FILE).exists() {
             bail!(
                 "{} already holds a testnet; use `down`/`reset` first",
@@ -282,7 +322,6 @@ impl Federation {
         identity::write_secret_key(&gov_dir.join("governance.key"), &governance)?;
         identity::write_public_key(&gov_dir.join("governance.pub"), &governance.public())?;
 
-        let ports = free_ports(specs.len() * 2)?;
         let mut draft = Draft::new(FEDERATION_ID, &[governance.public()]);
         let mut operators = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
@@ -296,8 +335,11 @@ impl Federation {
                 &op_dir.join(identity::STORAGE_KEY_FILE),
                 &mim4_node::store::StorageKey::generate(),
             )?;
-            let peer_addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i]));
-            let api_addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1]));
+            let Placement {
+                peer_addr,
+                api_addr,
+                ref netns,
+            } = placement[i];
             // A source serves the testnet's sample registry for it, if there is one.
             let sample = sample_data(spec.id);
             let registry_line = match sample {
@@ -366,6 +408,7 @@ impl Federation {
                 peer_addr,
                 api_addr,
                 pid: None,
+                netns: netns.clone(),
             });
         }
         for (name, value_type, unit, sensitivity, source, description) in CATALOGUE {
@@ -491,7 +534,18 @@ impl Federation {
             .append(true)
             .open(op.log_path())
             .with_context(|| format!("opening {}", op.log_path().display()))?;
-        let child = Command::new(&self.state.node_bin)
+        let mut command = match &op.netns {
+            // `ip netns exec` enters the namespace and execs the node (same pid).
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", ns])
+                    .arg(&self.state.node_bin);
+                command
+            }
+            None => Command::new(&self.state.node_bin),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(op.config_path())

@@ -12,6 +12,7 @@
 //! - [`checker`]: the offline check of every store after a crash test, the crash loop or chaos.
 //! - [`crashloop`]: `mim4-testnet crashloop`, runs of SIGKILLs of a receiver mid-stream.
 //! - [`chaos`]: `mim4-testnet chaos`, memos and consents under random SIGKILLs of any node.
+//! - [`netns`]: a private network of namespaces, for partitions between operators.
 //! - [`node_binary`]: finds (or builds) the `mim4-node` binary.
 #![warn(missing_docs)]
 
@@ -21,10 +22,12 @@ pub mod checker;
 pub mod crashloop;
 mod federation;
 mod guard;
+pub mod netns;
 pub mod node_binary;
 pub mod receipts;
 pub mod scenario;
 
 pub use federation::{
-    Federation, OperatorSpec, OperatorState, CATALOGUE, DEFAULT_OPERATORS, SERVICE_PURPOSES,
+    Federation, OperatorSpec, OperatorState, Placement, CATALOGUE, DEFAULT_OPERATORS,
+    SERVICE_PURPOSES,
 };

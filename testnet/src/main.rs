@@ -141,6 +141,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Logs { operator, lines } => logs(&cli.dir, operator.as_deref(), lines),
             Command::Down => {
+                remove_stale_labs();
                 let Some(mut federation) = Federation::open(&cli.dir)? else {
                     println!("no testnet in {}", cli.dir.display());
                     return Ok(());
@@ -153,6 +154,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Reset => {
+                remove_stale_labs();
                 if let Some(mut federation) = Federation::open(&cli.dir)? {
                     federation.stop_all()?;
                 }
@@ -507,4 +509,13 @@ async fn demo(federation: &Federation) -> anyhow::Result<()> {
         ids.get(1).map_or("se.stockholm", String::as_str)
     );
     Ok(())
+}
+
+/// Deletes the network namespaces (and kills the nodes) of chaos runs whose
+/// tool was killed before it could clean up.
+fn remove_stale_labs() {
+    let removed = mim4_testnet::netns::remove_stale();
+    if removed > 0 {
+        println!("removed {removed} network namespace(s) left by a killed chaos run");
+    }
 }

@@ -1,6 +1,7 @@
 //! Chaos, short: 20 s of memos between three operators and consent
-//! grant/withdraw cycles while random nodes are SIGKILLed and restarted, then
-//! the offline check of every store.
+//! grant/withdraw cycles while random nodes are SIGKILLed and restarted and,
+//! where namespaces can be made, operators are partitioned; then the offline
+//! check of every store.
 
 // Helpers outside #[test] functions panic on failure too; that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -23,6 +24,7 @@ async fn twenty_seconds_of_kills_break_no_invariant() {
         operators: 3,
         dir: Some(fed_dir.clone()),
         node_bin: None,
+        partitions: true,
     })
     .await
     .unwrap();
@@ -39,6 +41,28 @@ async fn twenty_seconds_of_kills_break_no_invariant() {
         "no consent was withdrawn"
     );
     assert!(report.drained);
+    // Partitions happen wherever namespaces can be made (root, iproute2).
+    match mim4_testnet::netns::Lab::available() {
+        Ok(()) => {
+            let p = &report.partitions;
+            assert!(p.injected, "{p:?}");
+            assert!(p.cuts + p.isolations > 0, "{p:?}");
+            let pid = std::process::id();
+            let left: Vec<String> = std::fs::read_dir("/run/netns")
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.starts_with(&format!("m4n{pid}-")))
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert_eq!(left, Vec::<String>::new(), "namespaces left behind");
+        }
+        Err(why) => {
+            eprintln!("partitions not tested: {why}");
+            assert!(!report.partitions.injected);
+        }
+    }
 
     // No node process is left: none of those it started, none in the state file.
     assert!(!report.node_pids.is_empty());
@@ -46,5 +70,99 @@ async fn twenty_seconds_of_kills_break_no_invariant() {
     let federation = Federation::open(&fed_dir).unwrap().unwrap();
     for op in federation.operators() {
         assert!(!federation.is_running(&op.id), "{} still runs", op.id);
+    }
+}
+
+/// Names of the lab namespaces of process `pid`.
+fn lab_namespaces(pid: u32) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("m4n{pid}-")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Pids of the processes in namespace `ns`.
+fn namespace_pids(ns: &str) -> Vec<u32> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The chaos tool SIGKILLed mid-run leaves its nodes running in its
+/// namespaces; `down` (of any testnet folder) kills them and deletes the
+/// namespaces.
+#[test]
+fn down_after_a_killed_chaos_run_removes_its_nodes_and_namespaces() {
+    if let Err(why) = mim4_testnet::netns::Lab::available() {
+        eprintln!("skipped: network namespaces unavailable here: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut tool = std::process::Command::new(env!("CARGO_BIN_EXE_mim4-testnet"))
+        .arg("--dir")
+        .arg(dir.path().join("chaos"))
+        .args(["chaos", "--duration", "120s", "--seed", "7"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let tool_pid = tool.id();
+    // Wait until every node of the three operators runs in its namespace.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let nodes = loop {
+        let namespaces = lab_namespaces(tool_pid);
+        let nodes: Vec<u32> = namespaces
+            .iter()
+            .filter(|n| !n.ends_with("-hub"))
+            .flat_map(|n| namespace_pids(n))
+            .collect();
+        if namespaces.len() == 4 && nodes.len() == 3 {
+            break nodes;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the chaos run did not start its nodes: {namespaces:?} {nodes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    tool.kill().unwrap();
+    tool.wait().unwrap();
+    assert_eq!(
+        lab_namespaces(tool_pid).len(),
+        4,
+        "the killed tool cleaned up"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mim4-testnet"))
+        .arg("--dir")
+        .arg(dir.path().join("other"))
+        .arg("down")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("removed 4 network namespace(s)"),
+        "{stdout}"
+    );
+    assert_eq!(lab_namespaces(tool_pid), Vec::<String>::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Some(pid) = nodes
+        .iter()
+        .find(|p| checker::live_nodes(&[**p]).len() == 1)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {pid} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -167,7 +167,10 @@ async fn withdrawal_stored_but_not_pushed_before_a_crash_reaches_every_party_aft
     .unwrap();
     let store = Store::open(&config.data_dir, &storage_key).unwrap();
     let consent_id = core::ConsentId::from_bytes(id.0);
-    let mut log = store.consent_log(&consent_id).unwrap().expect("home holds the log");
+    let mut log = store
+        .consent_log(&consent_id)
+        .unwrap()
+        .expect("home holds the log");
     let person = SubjectId::new(subject.to_owned()).unwrap();
     let withdrawal = ConsentEvent {
         consent_id,
