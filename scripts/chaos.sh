@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Chaos (README "Reliability suites"): memos between every operator and consent
-# grant/withdraw cycles through the SDK while random mim4-node processes are
-# SIGKILLed and restarted, for DURATION (default 60s), on the running testnet
+# Chaos (README "Reliability suites"): memos between every operator, consent
+# grant/withdraw cycles and the daycare scenario through the SDK while random
+# mim4-node processes are SIGKILLed and restarted and (in network namespaces,
+# where the machine allows it) operators are partitioned, for DURATION
+# (default 60s), on the running testnet
 # in ./.mim4-testnet if there is one (started again afterwards), else on a fresh
 # temporary 3-operator federation; then drain, stop, and check every store
 # offline. Exits non-zero on a violation.

@@ -119,6 +119,10 @@ pub struct Args {
     /// Kills only: no network namespaces, no partitions.
     #[arg(long)]
     pub no_partitions: bool,
+    /// A scenario (built-in name or file) run over and over during the
+    /// faults, beside the memos and consent cycles; `none` for none.
+    #[arg(long, default_value = "daycare")]
+    pub scenario: String,
 }
 
 /// What to run.
@@ -138,6 +142,25 @@ pub struct Options {
     pub node_bin: Option<PathBuf>,
     /// Partition operators where the machine allows it (a new federation only).
     pub partitions: bool,
+    /// A scenario looped during the faults (skipped if the federation lacks its operators).
+    pub scenario: Option<crate::scenario::Scenario>,
+}
+
+/// Runs of the looped scenario. Faults make runs fail (a step's node is down
+/// past its deadline): failures are figures, not violations; what they did
+/// is judged by the offline check like all other traffic.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ScenarioRuns {
+    /// The scenario's title (none when no scenario looped).
+    pub scenario: Option<String>,
+    /// Runs that passed every step.
+    pub passed: usize,
+    /// Runs that failed a step or could not run.
+    pub failed: usize,
+    /// The run cut short when the faults ended.
+    pub interrupted: usize,
+    /// The latest failure, if any.
+    pub last_failure: Option<String>,
 }
 
 /// Partition figures.
@@ -213,6 +236,8 @@ pub struct Report {
     pub consent_consumer: Option<String>,
     /// Consent traffic.
     pub consent_traffic: ConsentTraffic,
+    /// The looped scenario.
+    pub scenario_runs: ScenarioRuns,
     /// Whether the outboxes drained before the deadline.
     pub drained: bool,
     /// Time to drain, in ms.
@@ -284,6 +309,16 @@ impl Report {
             ),
             None => println!("  consents: no traffic (needs {HOME} and {SOURCE})"),
         }
+        let r = &self.scenario_runs;
+        if let Some(name) = &r.scenario {
+            println!(
+                "  scenario \"{name}\" looped: {} passed, {} failed under faults, {} interrupted at the end",
+                r.passed, r.failed, r.interrupted
+            );
+            if let Some(failure) = &r.last_failure {
+                println!("    latest failure: {failure}");
+            }
+        }
         println!(
             "  drain: {} in {:.1} s",
             if self.drained {
@@ -342,6 +377,10 @@ pub async fn command(
         dir: (dir_given || running_here).then(|| dir.to_owned()),
         node_bin,
         partitions: !args.no_partitions,
+        scenario: match args.scenario.as_str() {
+            "none" => None,
+            name => Some(crate::scenario::Scenario::load(name)?),
+        },
     };
     let report = run(&options).await?;
     match &args.json {
@@ -490,6 +529,7 @@ async fn run_with(
         },
         consent_consumer: None,
         consent_traffic: ConsentTraffic::default(),
+        scenario_runs: ScenarioRuns::default(),
         drained: false,
         drain_ms: 0,
         check: None,
@@ -622,6 +662,19 @@ async fn inject(
         ));
     }
 
+    let scenario_runs = Arc::new(Mutex::new(ScenarioRuns::default()));
+    if let Some(scenario) = &options.scenario {
+        let dir = guard.federation()?.dir().to_owned();
+        let present = |id: &String| ids.contains(id);
+        if scenario.operators.iter().all(present) {
+            traffic.spawn(scenario_loop(
+                dir,
+                scenario.clone(),
+                scenario_runs.clone(),
+                stop.clone(),
+            ));
+        }
+    }
     let (faults, partitions) = tokio::join!(
         faults(options, &ids, guard, report),
         partitions(options, lab),
@@ -640,6 +693,10 @@ async fn inject(
     .await;
     traffic.abort_all();
     report.consent_traffic = consents.figures();
+    report.scenario_runs = scenario_runs
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     faults?;
     wind_down.context("the traffic did not wind down")??;
 
@@ -762,6 +819,54 @@ impl Connection {
     /// Drops the client after a failed call.
     fn reset(&mut self) {
         self.client = None;
+    }
+}
+
+/// Runs `scenario` against the federation in `dir` over and over until
+/// `stop`; a run in progress then is dropped (counted as interrupted).
+async fn scenario_loop(
+    dir: PathBuf,
+    scenario: crate::scenario::Scenario,
+    runs: Arc<Mutex<ScenarioRuns>>,
+    stop: Arc<AtomicBool>,
+) {
+    let record = |edit: &dyn Fn(&mut ScenarioRuns)| {
+        edit(&mut runs.lock().unwrap_or_else(PoisonError::into_inner));
+    };
+    record(&|r| r.scenario = Some(scenario.name.clone()));
+    let stopped = || async {
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        // A second view of the state file: the guard owns the processes.
+        let run = async {
+            let federation = Federation::open(&dir)?
+                .with_context(|| format!("no testnet in {}", dir.display()))?;
+            crate::scenario::run(&federation, &scenario, false).await
+        };
+        tokio::select! {
+            outcome = run => match outcome {
+                Ok(report) if report.passed => record(&|r| r.passed += 1),
+                Ok(report) => {
+                    let failure = report.failure();
+                    record(&|r| {
+                        r.failed += 1;
+                        r.last_failure = Some(failure.clone());
+                    });
+                }
+                Err(e) => {
+                    let failure = format!("{e:#}");
+                    record(&|r| {
+                        r.failed += 1;
+                        r.last_failure = Some(failure.clone());
+                    });
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            },
+            () = stopped() => record(&|r| r.interrupted += 1),
+        }
     }
 }
 

@@ -25,6 +25,7 @@ async fn twenty_seconds_of_kills_break_no_invariant() {
         dir: Some(fed_dir.clone()),
         node_bin: None,
         partitions: true,
+        scenario: Some(mim4_testnet::scenario::Scenario::load("daycare").unwrap()),
     })
     .await
     .unwrap();
@@ -41,6 +42,17 @@ async fn twenty_seconds_of_kills_break_no_invariant() {
         "no consent was withdrawn"
     );
     assert!(report.drained);
+    // The daycare scenario looped during the faults (its runs may fail under faults).
+    let runs = &report.scenario_runs;
+    assert_eq!(
+        runs.scenario.as_deref(),
+        Some("Helsinki daycare fees"),
+        "{runs:?}"
+    );
+    assert!(
+        runs.passed + runs.failed >= 1,
+        "no scenario run ended: {runs:?}"
+    );
     // Partitions happen wherever namespaces can be made (root, iproute2).
     match mim4_testnet::netns::Lab::available() {
         Ok(()) => {

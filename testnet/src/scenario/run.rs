@@ -658,3 +658,14 @@ fn classify(result: &Result<DataAnswer, RequestError>) -> (Option<Outcome>, Stri
         Err(e) => (None, e.to_string()),
     }
 }
+
+impl Report {
+    /// The failed step in one line ("step N (name): detail"), or "" if it passed.
+    pub fn failure(&self) -> String {
+        self.steps
+            .iter()
+            .find(|step| !step.passed)
+            .map(|step| format!("step {} ({}): {}", step.number, step.name, step.detail))
+            .unwrap_or_default()
+    }
+}
