@@ -96,9 +96,6 @@ const PARTITION_PAUSE_MS: std::ops::RangeInclusive<u64> = 300..=2_000;
 const PARTITION_MS: std::ops::RangeInclusive<u64> = 500..=5_000;
 /// Share of partitions that cut one operator off from everyone (the others cut a pair).
 const ISOLATION_PROBABILITY: f64 = 0.3;
-/// Ports of every node in a lab (each has its own address).
-const LAB_PEER_PORT: u16 = 7_000;
-const LAB_API_PORT: u16 = 7_001;
 
 /// `mim4-testnet chaos` options.
 #[derive(Clone, Debug, clap::Args)]
@@ -383,24 +380,35 @@ pub async fn command(
         },
     };
     let report = run(&options).await?;
-    match &args.json {
+    emit(&report, args.json.as_deref(), Report::print)?;
+    if !report.is_clean() {
+        bail!("chaos found {} violation(s)", report.violations.len());
+    }
+    Ok(())
+}
+
+/// Shows a suite's report: as JSON on stdout (`json` is `-`), printed and
+/// written as JSON into the file `json`, or printed.
+pub(crate) fn emit<R: Serialize>(
+    report: &R,
+    json: Option<&Path>,
+    print: impl Fn(&R),
+) -> anyhow::Result<()> {
+    match json {
         Some(path) if path.as_os_str() == "-" => {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            println!("{}", serde_json::to_string_pretty(report)?);
         }
         Some(path) => {
-            report.print();
+            print(report);
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("creating {}", parent.display()))?;
             }
-            std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            std::fs::write(path, serde_json::to_vec_pretty(report)?)
                 .with_context(|| format!("writing {}", path.display()))?;
             println!("report written to {}", path.display());
         }
-        None => report.print(),
-    }
-    if !report.is_clean() {
-        bail!("chaos found {} violation(s)", report.violations.len());
+        None => print(report),
     }
     Ok(())
 }
@@ -439,18 +447,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
         Err(why) => return run_with(options, None, why).await,
     };
     let options = options.clone();
-    tokio::task::spawn_blocking(move || {
-        lab.clone().run_in_hub(move || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("starting a runtime in the hub namespace")?
-                .block_on(run_with(&options, Some(lab), String::new()))
-        })
-    })
-    .await
-    .context("the chaos thread failed")?
+    lab.in_hub(move |lab| async move { run_with(&options, Some(lab), String::new()).await })
+        .await
 }
 
 /// [`run`], in a lab (with partitions) or not (`no_lab` says why).
@@ -482,13 +480,8 @@ async fn run_with(
             let specs = &DEFAULT_OPERATORS[..options.operators];
             let federation = match &lab {
                 Some(lab) => {
-                    let placement: Vec<Placement> = (0..specs.len())
-                        .map(|i| Placement {
-                            peer_addr: (lab.addr(i), LAB_PEER_PORT).into(),
-                            api_addr: (lab.addr(i), LAB_API_PORT).into(),
-                            netns: Some(lab.namespace(i).to_owned()),
-                        })
-                        .collect();
+                    let placement: Vec<Placement> =
+                        (0..specs.len()).map(|i| lab.placement(i)).collect();
                     Federation::create_placed(&dir, specs, &placement, node_bin)?
                 }
                 None => Federation::create(&dir, specs, node_bin)?,
@@ -627,54 +620,15 @@ async fn inject(
     ledger: &Arc<Mutex<Ledger>>,
 ) -> anyhow::Result<()> {
     guard.start_all_ready(START_WAIT).await?;
-    let operators: Vec<OperatorState> = guard.federation()?.operators().to_vec();
-    let ids: Vec<String> = operators.iter().map(|o| o.id.clone()).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let consents = Arc::new(ConsentCounters::default());
-    let mut traffic = JoinSet::new();
-    for (i, op) in operators.iter().enumerate() {
-        let others: Vec<String> = ids.iter().filter(|id| **id != op.id).cloned().collect();
-        traffic.spawn(memos(
-            Connection::new(op, "admin")?,
-            op.id.clone(),
-            others,
-            ledger.clone(),
-            stop.clone(),
-            options.seed.wrapping_add(1 + i as u64),
-        ));
-    }
-    let home = operators.iter().find(|o| o.id == HOME);
-    let source = operators.iter().any(|o| o.id == SOURCE);
-    let consumer = CONSUMERS
-        .iter()
-        .find(|(id, _, _)| operators.iter().any(|o| o.id == *id));
-    if let (Some(home), true, Some(&(consumer_id, client, service))) = (home, source, consumer) {
-        let consumer_op = guard.federation()?.operator(consumer_id)?.clone();
-        report.consent_consumer = Some(service.to_owned());
-        traffic.spawn(consent_cycles(
-            Connection::new(&consumer_op, client)?,
-            Connection::new(home, "citizen-app")?,
-            service,
-            ledger.clone(),
-            consents.clone(),
-            stop.clone(),
-            options.seed,
-        ));
-    }
-
-    let scenario_runs = Arc::new(Mutex::new(ScenarioRuns::default()));
-    if let Some(scenario) = &options.scenario {
-        let dir = guard.federation()?.dir().to_owned();
-        let present = |id: &String| ids.contains(id);
-        if scenario.operators.iter().all(present) {
-            traffic.spawn(scenario_loop(
-                dir,
-                scenario.clone(),
-                scenario_runs.clone(),
-                stop.clone(),
-            ));
-        }
-    }
+    let ids = guard.ids()?;
+    let traffic = Traffic::start(
+        "",
+        guard.federation()?,
+        ledger,
+        options.seed,
+        options.scenario.as_ref(),
+    )?;
+    report.consent_consumer = traffic.consumer.clone();
     let (faults, partitions) = tokio::join!(
         faults(options, &ids, guard, report),
         partitions(options, lab),
@@ -683,28 +637,128 @@ async fn inject(
     report.partitions.cuts = partitions.cuts;
     report.partitions.isolations = partitions.isolations;
     report.partitions.partitioned_ms = partitions.partitioned_ms;
-    stop.store(true, Ordering::Relaxed);
-    let wind_down = tokio::time::timeout(WIND_DOWN_WAIT, async {
-        while let Some(joined) = traffic.join_next().await {
-            joined.context("a traffic task failed")?;
-        }
-        Ok::<_, anyhow::Error>(())
-    })
-    .await;
-    traffic.abort_all();
-    report.consent_traffic = consents.figures();
-    report.scenario_runs = scenario_runs
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
+    let wound_down = traffic.stop().await;
+    report.consent_traffic = wound_down.consents;
+    report.scenario_runs = wound_down.scenario_runs;
     faults?;
-    wind_down.context("the traffic did not wind down")??;
+    wound_down.outcome?;
 
     guard.start_all_ready(START_WAIT).await?;
     let draining = Instant::now();
     report.drained = guard.drain(DRAIN_WAIT).await?;
     report.drain_ms = u64::try_from(draining.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(())
+}
+
+/// The client traffic of a fault run: memos from every operator to random
+/// others, consent cycles (with Helsinki, the income register and a
+/// consumer), and optionally a scenario over and over; what the clients were
+/// told goes into the ledger.
+pub(crate) struct Traffic {
+    stop: Arc<AtomicBool>,
+    tasks: JoinSet<()>,
+    consents: Arc<ConsentCounters>,
+    scenario_runs: Arc<Mutex<ScenarioRuns>>,
+    /// The consumer service of the consent cycles, if they run.
+    pub(crate) consumer: Option<String>,
+}
+
+/// What [`Traffic::stop`] returns.
+pub(crate) struct WoundDown {
+    /// Consent figures.
+    pub(crate) consents: ConsentTraffic,
+    /// Scenario figures.
+    pub(crate) scenario_runs: ScenarioRuns,
+    /// An error if a task failed or did not end within [`WIND_DOWN_WAIT`].
+    pub(crate) outcome: anyhow::Result<()>,
+}
+
+impl Traffic {
+    /// Starts the traffic against the federation's nodes; `label` makes its
+    /// memos distinct from those of other traffic of the same run.
+    pub(crate) fn start(
+        label: &str,
+        federation: &Federation,
+        ledger: &Arc<Mutex<Ledger>>,
+        seed: u64,
+        scenario: Option<&crate::scenario::Scenario>,
+    ) -> anyhow::Result<Self> {
+        let operators: Vec<OperatorState> = federation.operators().to_vec();
+        let ids: Vec<String> = operators.iter().map(|o| o.id.clone()).collect();
+        let mut traffic = Self {
+            stop: Arc::new(AtomicBool::new(false)),
+            tasks: JoinSet::new(),
+            consents: Arc::new(ConsentCounters::default()),
+            scenario_runs: Arc::new(Mutex::new(ScenarioRuns::default())),
+            consumer: None,
+        };
+        for (i, op) in operators.iter().enumerate() {
+            let others: Vec<String> = ids.iter().filter(|id| **id != op.id).cloned().collect();
+            traffic.tasks.spawn(memos(
+                Connection::new(op, "admin")?,
+                format!("{label}{}", op.id),
+                others,
+                ledger.clone(),
+                traffic.stop.clone(),
+                seed.wrapping_add(1 + i as u64),
+            ));
+        }
+        let home = operators.iter().find(|o| o.id == HOME);
+        let source = ids.iter().any(|id| id == SOURCE);
+        let consumer = CONSUMERS
+            .iter()
+            .find(|(id, _, _)| ids.iter().any(|o| o == id));
+        if let (Some(home), true, Some(&(consumer_id, client, service))) = (home, source, consumer)
+        {
+            let consumer_op = federation.operator(consumer_id)?;
+            traffic.consumer = Some(service.to_owned());
+            traffic.tasks.spawn(consent_cycles(
+                Connection::new(consumer_op, client)?,
+                Connection::new(home, "citizen-app")?,
+                service,
+                ledger.clone(),
+                traffic.consents.clone(),
+                traffic.stop.clone(),
+                seed,
+            ));
+        }
+        if let Some(scenario) = scenario {
+            if scenario.operators.iter().all(|id| ids.contains(id)) {
+                traffic.tasks.spawn(scenario_loop(
+                    federation.dir().to_owned(),
+                    scenario.clone(),
+                    traffic.scenario_runs.clone(),
+                    traffic.stop.clone(),
+                ));
+            }
+        }
+        Ok(traffic)
+    }
+
+    /// Tells every task to stop and waits (at most [`WIND_DOWN_WAIT`]) for them.
+    pub(crate) async fn stop(mut self) -> WoundDown {
+        self.stop.store(true, Ordering::Relaxed);
+        let tasks = &mut self.tasks;
+        let wind_down = tokio::time::timeout(WIND_DOWN_WAIT, async {
+            while let Some(joined) = tasks.join_next().await {
+                joined.context("a traffic task failed")?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+        .await;
+        self.tasks.abort_all();
+        WoundDown {
+            consents: self.consents.figures(),
+            scenario_runs: self
+                .scenario_runs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            outcome: wind_down
+                .context("the traffic did not wind down")
+                .and_then(|r| r),
+        }
+    }
 }
 
 /// The fault schedule: until the duration has passed, pause, SIGKILL a

@@ -13,6 +13,7 @@
 //! - [`crashloop`]: `mim4-testnet crashloop`, runs of SIGKILLs of a receiver mid-stream.
 //! - [`chaos`]: `mim4-testnet chaos`, memos and consents under random SIGKILLs of any node.
 //! - [`netns`]: a private network of namespaces, for partitions between operators.
+//! - [`partition`]: `mim4-testnet partition`, a 30 s cut and a SIGSTOP pause under traffic, checked offline.
 //! - [`node_binary`]: finds (or builds) the `mim4-node` binary.
 #![warn(missing_docs)]
 
@@ -24,6 +25,7 @@ mod federation;
 mod guard;
 pub mod netns;
 pub mod node_binary;
+pub mod partition;
 pub mod receipts;
 pub mod scenario;
 

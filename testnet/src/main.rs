@@ -10,7 +10,9 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use mim4_node::core::ids::OperatorId;
 use mim4_node::node::now_ms;
 use mim4_testnet::scenario::{self, Scenario};
-use mim4_testnet::{bench, chaos, crashloop, node_binary, receipts, Federation, DEFAULT_OPERATORS};
+use mim4_testnet::{
+    bench, chaos, crashloop, node_binary, partition, receipts, Federation, DEFAULT_OPERATORS,
+};
 use serde::Serialize;
 
 /// Run a local MIM4 federation and its demo scenarios.
@@ -101,6 +103,12 @@ enum Command {
     /// while random nodes are SIGKILLed and restarted; then drain, stop and
     /// check every store offline. Exits non-zero on a violation.
     Chaos(chaos::Args),
+    /// Partition suite: three nodes in network namespaces; the income register
+    /// cut off for 30 s while consents are granted and withdrawn, then
+    /// Stockholm's node paused (SIGSTOP) under traffic; every outbox must be
+    /// empty within the longest retry delay + 5 s of each heal, and every store
+    /// passes the offline check. Needs root and iproute2.
+    Partition(partition::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -212,6 +220,7 @@ fn main() -> anyhow::Result<()> {
                 crashloop::command(&args, dir_given.then(|| cli.dir.clone()), cli.node_bin).await
             }
             Command::Chaos(args) => chaos::command(&args, &cli.dir, dir_given, cli.node_bin).await,
+            Command::Partition(args) => partition::command(&args, cli.node_bin).await,
         }
     })
 }

@@ -24,6 +24,7 @@ use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 
@@ -33,6 +34,9 @@ const NETNS_DIR: &str = "/run/netns";
 const PREFIX: &str = "m4n";
 /// Most operators a lab holds (one /24, minus the hub's address).
 pub const OPERATORS_MAX: usize = 200;
+/// Peer and API ports of every node in a lab.
+const PEER_PORT: u16 = 7_000;
+const API_PORT: u16 = 7_001;
 
 /// Namespaces with a bridge between them, deleted on drop.
 #[derive(Debug)]
@@ -114,6 +118,38 @@ impl Lab {
             0,
             u8::try_from(i + 1).unwrap_or(u8::MAX),
         ))
+    }
+
+    /// Where operator `i`'s node listens: its own address, fixed ports
+    /// (every node has its own namespace), in its namespace.
+    pub fn placement(&self, i: usize) -> crate::Placement {
+        crate::Placement {
+            peer_addr: (self.addr(i), PEER_PORT).into(),
+            api_addr: (self.addr(i), API_PORT).into(),
+            netns: Some(self.namespace(i).to_owned()),
+        }
+    }
+
+    /// Runs `work` to completion on a runtime whose threads are in the hub
+    /// (see [`Lab::run_in_hub`]), without blocking the caller's runtime.
+    pub async fn in_hub<T, F, Fut>(self: Arc<Self>, work: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Self>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        tokio::task::spawn_blocking(move || {
+            self.clone().run_in_hub(move || {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .context("starting a runtime in the hub namespace")?
+                    .block_on(work(self))
+            })
+        })
+        .await
+        .context("the hub thread failed")?
     }
 
     /// Namespace of operator `i`.

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Partition suite (README "Reliability suites"): three mim4-node processes,
+# each in its own network namespace; the income register is cut off from both
+# other operators for CUT (default 30s) while consents are granted and
+# withdrawn, then Stockholm's node is paused with SIGSTOP for PAUSE (default
+# 10s) under traffic. After each heal every outbox must be empty within the
+# longest retry delay + 5 s; then every store is checked offline. Needs root
+# and iproute2. Exits non-zero on a violation.
+#
+#   scripts/partition.sh [CUT] [PAUSE] [--release] [--seed S]
+#
+# The JSON report goes to ${CARGO_TARGET_DIR:-target}/reliability/partition.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+is_duration() { [[ ${1:-} =~ ^[0-9.]+(ms|s|m|min)?$ ]]; }
+cut=30s
+pause=10s
+if is_duration "${1:-}"; then
+    cut=$1
+    shift
+fi
+if is_duration "${1:-}"; then
+    pause=$1
+    shift
+fi
+profile=()
+args=()
+for arg in "$@"; do
+    case "$arg" in
+        --release) profile=(--release) ;;
+        *) args+=("$arg") ;;
+    esac
+done
+out="${CARGO_TARGET_DIR:-target}/reliability"
+mkdir -p "$out"
+exec cargo run --locked -q "${profile[@]}" -p mim4-testnet -- \
+    partition --cut "$cut" --pause "$pause" --json "$out/partition.json" "${args[@]}"
