@@ -6,6 +6,7 @@
 mod util;
 
 mod api_access;
+mod clock_skew;
 mod consent;
 mod corpus;
 mod exchange;
