@@ -268,6 +268,20 @@ impl NodeHandle {
             background.shutdown().await;
         }
         self.shared.store.flush_blocking()?;
+        // The database (and its lock) is released when the last holder of
+        // `Shared` is gone: wait for tasks still winding down, so that the
+        // node can be opened again at once, and say so if some never end.
+        let deadline = Instant::now() + SHUTDOWN_RELEASE_WAIT;
+        while Arc::strong_count(&self.shared) > 1 {
+            if Instant::now() >= deadline {
+                warn!(
+                    holders = Arc::strong_count(&self.shared) - 1,
+                    "tasks still hold the node's state after shutdown; the database stays open until they end"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         result
     }
 
@@ -287,6 +301,10 @@ impl NodeHandle {
         self.shutdown().await
     }
 }
+
+/// How long [`NodeHandle::shutdown`] waits for the last tasks holding the
+/// node's state (connections being closed) before it returns anyway.
+const SHUTDOWN_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// Starts a node: opens the store, loads the trust list, binds both servers
 /// and starts the delivery loop. Returns once both servers listen.

@@ -120,3 +120,33 @@ async fn trust_list_spreads_and_suspension_takes_effect() {
     );
     net.shutdown().await;
 }
+
+/// A stopped node has released its database when `shutdown` returns, even
+/// while a peer still holds a connection to it and an API client one to its
+/// API: the same folder opens again at once (no retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_the_database_while_connections_are_open() {
+    let mut net = TestNet::new(2);
+    net.start(0).await;
+    let mut peer = net.peer_client(1, 0);
+    peer.fetch_trust_list(mim4_proto::v1::FetchTrustListRequest {})
+        .await
+        .unwrap();
+    let admin = net.admin(0).await;
+    admin.status().await.unwrap();
+    net.stop(0).await;
+    let config = &net.configs[0];
+    let key = mim4_node::identity::open_storage_key(
+        &mim4_node::identity::storage_key_file(&config.key_file),
+        &config.data_dir,
+    )
+    .unwrap();
+    let reopened = mim4_node::store::Store::open(&config.data_dir, &key);
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
+    drop(reopened);
+    // And the node itself starts again on it.
+    net.start(0).await;
+    admin.status().await.unwrap();
+    net.shutdown().await;
+    drop(peer);
+}

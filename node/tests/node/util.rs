@@ -235,15 +235,6 @@ impl TestNet {
                     eprintln!("node {i}: {addr} busy ({source}); retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
-                // The previous in-process instance's sled handle can outlive its
-                // shutdown briefly (a task still holding it): the lock is retried too.
-                Err(e)
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    eprintln!("node {i}: database still locked ({e}); retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
                 Err(e) => panic!("node {i} did not start: {e}"),
             }
         };
@@ -335,12 +326,14 @@ impl TestNet {
 
     /// A TLS identity for `key` whose verifiers read running node `i`'s trust list.
     pub(crate) fn peer_tls(&self, name: &OperatorId, key: &SecretKey, i: usize) -> PeerTls {
-        let shared = self.nodes[i]
-            .as_ref()
-            .expect("node is running")
-            .shared
-            .clone();
-        PeerTls::new(name, key, Arc::new(move || shared.trust())).unwrap()
+        let shared = &self.nodes[i].as_ref().expect("node is running").shared;
+        // A weak reference: a client kept across a restart must not keep the
+        // stopped node's state (and its database lock) alive; it then uses
+        // the list of the time it was made.
+        let node = Arc::downgrade(shared);
+        let then = shared.trust();
+        let trust = move || node.upgrade().map_or_else(|| then.clone(), |s| s.trust());
+        PeerTls::new(name, key, Arc::new(trust)).unwrap()
     }
 
     pub(crate) fn id(&self, i: usize) -> OperatorId {
