@@ -99,9 +99,11 @@ enum Command {
     /// moments; every store is checked offline after each run (nothing
     /// acknowledged lost, nothing applied twice). Temporary folder unless --dir is given.
     Crashloop(crashloop::Args),
-    /// Chaos: memos between all operators and consent grant/withdraw cycles
-    /// while random nodes are SIGKILLed and restarted; then drain, stop and
-    /// check every store offline. Exits non-zero on a violation.
+    /// Chaos: memos between all operators, consent grant/withdraw cycles and a
+    /// looped scenario while random nodes are SIGKILLed and restarted and
+    /// (in network namespaces, where the machine allows it) operators are
+    /// partitioned; then heal, drain, stop and check every store offline.
+    /// Exits non-zero on a violation.
     Chaos(chaos::Args),
     /// Partition suite: three nodes in network namespaces; the income register
     /// cut off for 30 s while consents are granted and withdrawn, then
