@@ -239,26 +239,16 @@ pub struct Report {
     pub drained: bool,
     /// Time to drain, in ms.
     pub drain_ms: u64,
-    /// The offline check (absent if the run failed before it).
-    pub check: Option<checker::Report>,
-    /// Violated invariants, and the error if the run failed.
-    pub violations: Vec<String>,
-    /// Every node process the run started.
-    pub node_pids: Vec<u32>,
-    /// Of those, still alive at the end (none unless the federation was running before and was restarted).
-    pub nodes_left: Vec<u32>,
-    /// The federation's folder.
-    pub dir: PathBuf,
-    /// Whether the folder was kept.
-    pub kept: bool,
-    /// Whole run, in seconds.
-    pub elapsed_s: f64,
+    /// The check, the violations, the processes and the folder (nodes of a
+    /// federation that was running before are started again, and not counted).
+    #[serde(flatten)]
+    pub verdict: checker::Verdict,
 }
 
 impl Report {
     /// Whether every invariant held.
     pub fn is_clean(&self) -> bool {
-        self.violations.is_empty()
+        self.verdict.is_clean()
     }
 
     /// Prints the figures.
@@ -325,32 +315,7 @@ impl Report {
             },
             self.drain_ms as f64 / 1_000.0
         );
-        if let Some(check) = &self.check {
-            println!("  check: {}", check.summary());
-            for text in check
-                .samples
-                .lost
-                .iter()
-                .chain(&check.samples.duplicated)
-                .chain(&check.samples.unexpected)
-                .chain(&check.samples.other)
-            {
-                println!("    {text}");
-            }
-        }
-        println!(
-            "  node processes started {}, left running {}",
-            self.node_pids.len(),
-            self.nodes_left.len()
-        );
-        if self.violations.is_empty() {
-            println!("  verdict: every invariant held ({:.1} s)", self.elapsed_s);
-        } else {
-            println!("  verdict: VIOLATED: {}", self.violations.join("; "));
-        }
-        if self.kept {
-            println!("  federation folder kept: {}", self.dir.display());
-        }
+        self.verdict.print();
     }
 }
 
@@ -382,7 +347,10 @@ pub async fn command(
     let report = run(&options).await?;
     emit(&report, args.json.as_deref(), Report::print)?;
     if !report.is_clean() {
-        bail!("chaos found {} violation(s)", report.violations.len());
+        bail!(
+            "chaos found {} violation(s)",
+            report.verdict.violations.len()
+        );
     }
     Ok(())
 }
@@ -525,13 +493,7 @@ async fn run_with(
         scenario_runs: ScenarioRuns::default(),
         drained: false,
         drain_ms: 0,
-        check: None,
-        violations: Vec::new(),
-        node_pids: Vec::new(),
-        nodes_left: Vec::new(),
-        dir: federation.dir().to_owned(),
-        kept: true,
-        elapsed_s: 0.0,
+        verdict: checker::Verdict::new(federation.dir().to_owned()),
     };
     let mut guard = NodeGuard::new(federation, "chaos");
     let mut run_id = [0u8; 4];
@@ -544,68 +506,21 @@ async fn run_with(
         outcome = inject(options, lab.as_deref(), &mut guard, &mut report, &ledger) => Some(outcome),
         _ = tokio::signal::ctrl_c() => None,
     };
-    report.node_pids = guard.pids.clone();
     // Stop the nodes before checking (and on every way out).
-    let stopped = guard.stop();
-    let Some(outcome) = outcome else {
-        bail!(
-            "interrupted; every node this run started was stopped; folder kept: {}",
-            report.dir.display()
-        );
-    };
-    if let Err(e) = &outcome {
-        report.violations.push(format!("run failed: {e:#}"));
-    }
-    match stopped {
-        Ok(mut federation) => {
-            let ledger = ledger
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            match checker::check(&federation, &ledger) {
-                // A run that did not drain can only be judged on its databases.
-                Ok(check) if outcome.is_err() => {
-                    report.violations.extend(
-                        check
-                            .databases_failed
-                            .iter()
-                            .map(|d| format!("database does not open: {d}")),
-                    );
-                    report.check = Some(check);
-                }
-                Ok(check) => {
-                    report.violations.extend(check.violations());
-                    report.check = Some(check);
-                }
-                Err(e) => report.violations.push(format!("check failed: {e:#}")),
-            }
-            // It was running before: leave it running.
-            for id in &was_running {
-                let started = match federation.start(id) {
-                    Ok(_) => federation.wait_ready(id, START_WAIT).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = started {
-                    eprintln!("chaos: could not start {id} again: {e:#}");
-                }
+    let federation = report.verdict.stop_and_check(guard, outcome, &ledger)?;
+    // It was running before: leave it running.
+    if let Some(mut federation) = federation {
+        for id in &was_running {
+            let started = match federation.start(id) {
+                Ok(_) => federation.wait_ready(id, START_WAIT).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = started {
+                eprintln!("chaos: could not start {id} again: {e:#}");
             }
         }
-        Err(e) => report.violations.push(format!("stopping the nodes: {e:#}")),
     }
-    // Nodes started again above for a federation that was running are not in `node_pids`.
-    report.nodes_left = checker::live_nodes(&report.node_pids);
-    if !report.nodes_left.is_empty() {
-        report.violations.push(format!(
-            "node process(es) left running: {:?}",
-            report.nodes_left
-        ));
-    }
-    if temporary && report.is_clean() {
-        std::fs::remove_dir_all(&report.dir)
-            .with_context(|| format!("removing {}", report.dir.display()))?;
-        report.kept = false;
-    }
-    report.elapsed_s = started.elapsed().as_secs_f64();
+    report.verdict.finish(temporary, started)?;
     Ok(report)
 }
 

@@ -469,3 +469,147 @@ pub fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
     let key = mim4_node::identity::read_storage_key(&key_file)?;
     Store::open(dir, &key).with_context(|| format!("opening {}", dir.display()))
 }
+
+/// How a fault run (chaos, the partition suite) ended: the offline check,
+/// every violated invariant, the node processes, and the folder.
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    /// The offline check (absent if the run failed before it).
+    pub check: Option<Report>,
+    /// Violated invariants, and the error if the run failed.
+    pub violations: Vec<String>,
+    /// Every node process the run started.
+    pub node_pids: Vec<u32>,
+    /// Of those, still alive at the end.
+    pub nodes_left: Vec<u32>,
+    /// The federation's folder.
+    pub dir: std::path::PathBuf,
+    /// Whether the folder was kept.
+    pub kept: bool,
+    /// Whole run, in seconds.
+    pub elapsed_s: f64,
+}
+
+impl Verdict {
+    /// A run on the federation in `dir`, not judged yet.
+    pub(crate) fn new(dir: std::path::PathBuf) -> Self {
+        Self {
+            check: None,
+            violations: Vec::new(),
+            node_pids: Vec::new(),
+            nodes_left: Vec::new(),
+            dir,
+            kept: true,
+            elapsed_s: 0.0,
+        }
+    }
+
+    /// Whether every invariant held.
+    pub fn is_clean(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// Stops the nodes of `guard` and checks every store against `ledger`.
+    /// `outcome` is the run's (`None`: interrupted by Ctrl-C, an error); a
+    /// run that failed is judged on its databases only (it did not drain).
+    /// Returns the stopped federation, if stopping worked.
+    pub(crate) fn stop_and_check(
+        &mut self,
+        mut guard: crate::guard::NodeGuard,
+        outcome: Option<anyhow::Result<()>>,
+        ledger: &std::sync::Mutex<Ledger>,
+    ) -> anyhow::Result<Option<crate::Federation>> {
+        self.node_pids = guard.pids.clone();
+        let stopped = guard.stop();
+        let Some(outcome) = outcome else {
+            anyhow::bail!(
+                "interrupted; every node this run started was stopped; folder kept: {}",
+                self.dir.display()
+            );
+        };
+        if let Err(e) = &outcome {
+            self.violations.push(format!("run failed: {e:#}"));
+        }
+        let federation = match stopped {
+            Ok(federation) => federation,
+            Err(e) => {
+                self.violations.push(format!("stopping the nodes: {e:#}"));
+                return Ok(None);
+            }
+        };
+        let ledger = ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match check(&federation, &ledger) {
+            Ok(check) if outcome.is_err() => {
+                self.violations.extend(
+                    check
+                        .databases_failed
+                        .iter()
+                        .map(|d| format!("database does not open: {d}")),
+                );
+                self.check = Some(check);
+            }
+            Ok(check) => {
+                self.violations.extend(check.violations());
+                self.check = Some(check);
+            }
+            Err(e) => self.violations.push(format!("check failed: {e:#}")),
+        }
+        Ok(Some(federation))
+    }
+
+    /// Finds node processes left alive, removes the folder of a clean run
+    /// when `remove_if_clean`, and records the run's length.
+    pub(crate) fn finish(
+        &mut self,
+        remove_if_clean: bool,
+        started: std::time::Instant,
+    ) -> anyhow::Result<()> {
+        self.nodes_left = live_nodes(&self.node_pids);
+        if !self.nodes_left.is_empty() {
+            self.violations.push(format!(
+                "node process(es) left running: {:?}",
+                self.nodes_left
+            ));
+        }
+        if remove_if_clean && self.is_clean() {
+            std::fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("removing {}", self.dir.display()))?;
+            self.kept = false;
+        }
+        self.elapsed_s = started.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Prints the check, samples of what it found, the processes and the verdict.
+    pub fn print(&self) {
+        if let Some(check) = &self.check {
+            println!("  check: {}", check.summary());
+            for text in check
+                .samples
+                .lost
+                .iter()
+                .chain(&check.samples.duplicated)
+                .chain(&check.samples.unexpected)
+                .chain(&check.samples.other)
+            {
+                println!("    {text}");
+            }
+        }
+        println!(
+            "  node processes started {}, left running {}",
+            self.node_pids.len(),
+            self.nodes_left.len()
+        );
+        if self.is_clean() {
+            println!("  verdict: every invariant held ({:.1} s)", self.elapsed_s);
+        } else {
+            println!("  verdict: VIOLATED: {}", self.violations.join("; "));
+        }
+        if self.kept {
+            println!("  federation folder kept: {}", self.dir.display());
+        }
+    }
+}

@@ -20,7 +20,7 @@
 //! which shows the fault really held messages back.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -109,26 +109,15 @@ pub struct Report {
     pub pause: Phase,
     /// Every outbox must be empty this long after a heal, in ms.
     pub delivery_bound_ms: u64,
-    /// The offline check (absent if the run failed before it).
-    pub check: Option<checker::Report>,
-    /// Violated invariants, and the error if the run failed.
-    pub violations: Vec<String>,
-    /// Every node process the run started.
-    pub node_pids: Vec<u32>,
-    /// Of those, still alive at the end.
-    pub nodes_left: Vec<u32>,
-    /// The federation's folder.
-    pub dir: PathBuf,
-    /// Whether the folder was kept (after a violation).
-    pub kept: bool,
-    /// Whole run, in seconds.
-    pub elapsed_s: f64,
+    /// The check, the violations, the processes and the folder (kept after a violation).
+    #[serde(flatten)]
+    pub verdict: checker::Verdict,
 }
 
 impl Report {
     /// Whether every invariant held.
     pub fn is_clean(&self) -> bool {
-        self.violations.is_empty()
+        self.verdict.is_clean()
     }
 
     /// Prints the figures.
@@ -163,22 +152,7 @@ impl Report {
                 }
             );
         }
-        if let Some(check) = &self.check {
-            println!("  check: {}", check.summary());
-        }
-        println!(
-            "  node processes started {}, left running {}",
-            self.node_pids.len(),
-            self.nodes_left.len()
-        );
-        if self.is_clean() {
-            println!("  verdict: every invariant held ({:.1} s)", self.elapsed_s);
-        } else {
-            println!("  verdict: VIOLATED: {}", self.violations.join("; "));
-        }
-        if self.kept {
-            println!("  federation folder kept: {}", self.dir.display());
-        }
+        self.verdict.print();
     }
 }
 
@@ -193,7 +167,10 @@ pub async fn command(args: &Args, node_bin: Option<PathBuf>) -> anyhow::Result<(
     .await?;
     crate::chaos::emit(&report, args.json.as_deref(), Report::print)?;
     if !report.is_clean() {
-        bail!("partition found {} violation(s)", report.violations.len());
+        bail!(
+            "partition found {} violation(s)",
+            report.verdict.violations.len()
+        );
     }
     Ok(())
 }
@@ -243,13 +220,7 @@ async fn run_in(options: &Options, lab: &Lab) -> anyhow::Result<Report> {
         cut: Phase::default(),
         pause: Phase::default(),
         delivery_bound_ms: u64::try_from(DELIVERY_BOUND.as_millis()).unwrap_or(u64::MAX),
-        check: None,
-        violations: Vec::new(),
-        node_pids: Vec::new(),
-        nodes_left: Vec::new(),
-        dir: federation.dir().to_owned(),
-        kept: true,
-        elapsed_s: 0.0,
+        verdict: checker::Verdict::new(federation.dir().to_owned()),
     };
     let mut guard = NodeGuard::new(federation, "partition");
     let mut run_id = [0u8; 4];
@@ -262,54 +233,17 @@ async fn run_in(options: &Options, lab: &Lab) -> anyhow::Result<Report> {
         outcome = phases(options, lab, &mut guard, &mut report, &ledger) => Some(outcome),
         _ = tokio::signal::ctrl_c() => None,
     };
-    report.node_pids = guard.pids.clone();
-    let stopped = guard.stop();
-    let Some(outcome) = outcome else {
-        bail!(
-            "interrupted; every node this run started was stopped; folder kept: {}",
-            report.dir.display()
-        );
-    };
-    if let Err(e) = outcome {
-        report.violations.push(format!("run failed: {e:#}"));
-    }
+    let bound = report.delivery_bound_ms;
     for phase in [&report.cut, &report.pause] {
         if phase.delivered_ms.is_none() && !phase.operator.is_empty() {
-            report.violations.push(format!(
-                "outboxes not empty within {} ms of the heal of {}",
-                report.delivery_bound_ms, phase.operator
+            report.verdict.violations.push(format!(
+                "outboxes not empty within {bound} ms of the heal of {}",
+                phase.operator
             ));
         }
     }
-    match stopped {
-        Ok(federation) => {
-            let ledger = ledger
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            match checker::check(&federation, &ledger) {
-                Ok(check) => {
-                    report.violations.extend(check.violations());
-                    report.check = Some(check);
-                }
-                Err(e) => report.violations.push(format!("check failed: {e:#}")),
-            }
-        }
-        Err(e) => report.violations.push(format!("stopping the nodes: {e:#}")),
-    }
-    report.nodes_left = checker::live_nodes(&report.node_pids);
-    if !report.nodes_left.is_empty() {
-        report.violations.push(format!(
-            "node process(es) left running: {:?}",
-            report.nodes_left
-        ));
-    }
-    if report.is_clean() {
-        std::fs::remove_dir_all(&report.dir)
-            .with_context(|| format!("removing {}", report.dir.display()))?;
-        report.kept = false;
-    }
-    report.elapsed_s = started.elapsed().as_secs_f64();
+    report.verdict.stop_and_check(guard, outcome, &ledger)?;
+    report.verdict.finish(true, started)?;
     Ok(report)
 }
 

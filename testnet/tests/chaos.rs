@@ -30,9 +30,9 @@ async fn twenty_seconds_of_kills_break_no_invariant() {
     .await
     .unwrap();
     report.print();
-    assert!(report.is_clean(), "{:?}", report.violations);
+    assert!(report.is_clean(), "{:?}", report.verdict.violations);
     assert!(report.kills > 0, "no node was killed");
-    let check = report.check.as_ref().unwrap();
+    let check = report.verdict.check.as_ref().unwrap();
     assert!(check.acknowledged > 0, "no memo was acknowledged");
     assert_eq!(check.databases_opened, 3);
     assert!(
@@ -77,8 +77,11 @@ async fn twenty_seconds_of_kills_break_no_invariant() {
     }
 
     // No node process is left: none of those it started, none in the state file.
-    assert!(!report.node_pids.is_empty());
-    assert_eq!(checker::live_nodes(&report.node_pids), Vec::<u32>::new());
+    assert!(!report.verdict.node_pids.is_empty());
+    assert_eq!(
+        checker::live_nodes(&report.verdict.node_pids),
+        Vec::<u32>::new()
+    );
     let federation = Federation::open(&fed_dir).unwrap().unwrap();
     for op in federation.operators() {
         assert!(!federation.is_running(&op.id), "{} still runs", op.id);

@@ -26,7 +26,7 @@ async fn a_cut_and_a_pause_lose_and_duplicate_nothing() {
     .await
     .unwrap();
     report.print();
-    assert!(report.is_clean(), "{:?}", report.violations);
+    assert!(report.is_clean(), "{:?}", report.verdict.violations);
     for phase in [&report.cut, &report.pause] {
         assert!(
             phase.backlog_at_heal > 0,
@@ -40,10 +40,10 @@ async fn a_cut_and_a_pause_lose_and_duplicate_nothing() {
         "{:?}",
         report.cut
     );
-    let check = report.check.as_ref().unwrap();
+    let check = report.verdict.check.as_ref().unwrap();
     assert!(check.acknowledged > 0);
     assert_eq!((check.lost, check.duplicated, check.unexpected), (0, 0, 0));
     assert_eq!(check.databases_opened, 3);
-    assert!(!report.kept, "the folder of a clean run is removed");
-    assert!(report.nodes_left.is_empty());
+    assert!(!report.verdict.kept, "the folder of a clean run is removed");
+    assert!(report.verdict.nodes_left.is_empty());
 }
