@@ -14,8 +14,8 @@
 //! sides of a pair ([`Lab::cut`]), or an operator's bridge port going down
 //! ([`Lab::isolate`], which also cuts the tool off from that node).
 //!
-//! Namespaces are named `m4n<pid>-hub` and `m4n<pid>-<i>` after the process
-//! that made them; they are deleted when the [`Lab`] is dropped, and those of
+//! Namespaces are named `m4n<pid>-<n>-hub` and `m4n<pid>-<n>-<i>` after the
+//! process that made them (`n` counts its labs); they are deleted when the [`Lab`] is dropped, and those of
 //! processes that no longer exist are deleted by [`remove_stale`] (the
 //! tool's `down`, `reset` and every new lab call it). Needs root and the `ip`
 //! command of iproute2; [`Lab::available`] says why not when it cannot work.
@@ -49,7 +49,7 @@ impl Lab {
     /// Whether labs can be made here: `Err` says why not (not root, no `ip`,
     /// namespaces refused), after trying to make and delete one.
     pub fn available() -> Result<(), String> {
-        let probe = format!("{PREFIX}{}-probe", std::process::id());
+        let probe = format!("{}-probe", unique_prefix());
         let made = Command::new("ip")
             .args(["netns", "add", &probe])
             .output()
@@ -72,9 +72,9 @@ impl Lab {
             bail!("a lab holds 1 to {OPERATORS_MAX} operators, not {operators}");
         }
         remove_stale();
-        let pid = std::process::id();
+        let prefix = unique_prefix();
         let mut lab = Self {
-            hub: format!("{PREFIX}{pid}-hub"),
+            hub: format!("{prefix}-hub"),
             nodes: Vec::new(),
         };
         // From here on, dropping `lab` deletes whatever was made.
@@ -92,7 +92,7 @@ impl Lab {
         ])?;
         ip(&["-n", &lab.hub, "link", "set", "br0", "up"])?;
         for i in 0..operators {
-            let ns = format!("{PREFIX}{pid}-{i}");
+            let ns = format!("{prefix}-{i}");
             ip(&["netns", "add", &ns])?;
             lab.nodes.push(ns.clone());
             let port = port_name(i);
@@ -229,6 +229,14 @@ impl Drop for Lab {
             }
         }
     }
+}
+
+/// `m4n<pid>-<n>`: this process's `n`-th set of namespaces (labs and probes
+/// may be made at the same time by several threads of one process).
+fn unique_prefix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{PREFIX}{}-{n}", std::process::id())
 }
 
 fn port_name(i: usize) -> String {

@@ -11,11 +11,16 @@ use std::time::Duration;
 use mim4_testnet::chaos::{self, Options};
 use mim4_testnet::{checker, Federation};
 
+/// The tests of this file run one at a time: a lab made by one deletes the
+/// namespaces of killed tools, which the other test leaves for `down` to find.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Every invariant holds after 20 s of faults (no acknowledged memo lost,
 /// none applied twice, every withdrawal at the home and at every party), there
 /// was traffic of both kinds, and no node process is left afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_seconds_of_kills_break_no_invariant() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let fed_dir = dir.path().join("federation");
     let report = chaos::run(&Options {
@@ -117,6 +122,7 @@ fn namespace_pids(ns: &str) -> Vec<u32> {
 /// namespaces.
 #[test]
 fn down_after_a_killed_chaos_run_removes_its_nodes_and_namespaces() {
+    let _one = ONE_AT_A_TIME.blocking_lock();
     if let Err(why) = mim4_testnet::netns::Lab::available() {
         eprintln!("skipped: network namespaces unavailable here: {why}");
         return;

@@ -270,9 +270,13 @@ impl Runner<'_> {
                     .and_then(|t| t.grantors.first())
                     .unwrap_or(&citizen.id)
                     .clone();
-                app.withdraw(id, &person, None)
-                    .await
-                    .with_context(|| format!("withdrawing earlier consent {id}"))?;
+                if let Err(e) = app.withdraw(id, &person, None).await {
+                    // Withdrawn meanwhile (e.g. an earlier call whose answer was lost): done.
+                    let now = app.consent(id).await.map(|v| v.status);
+                    if now.as_deref().ok() != Some("withdrawn") {
+                        return Err(e).with_context(|| format!("withdrawing earlier consent {id}"));
+                    }
+                }
                 cleared += 1;
             }
         }
