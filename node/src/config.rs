@@ -52,6 +52,11 @@ pub struct Config {
     /// `[transport] insecure_plaintext`: peer gRPC without TLS, for development
     /// federations only (logged as a warning at every start). Default `false`.
     pub insecure_plaintext: bool,
+    /// `[transport] p2p_listen`: libp2p listen addresses (TCP and/or QUIC);
+    /// empty: the node dials over libp2p but accepts no libp2p connection.
+    pub p2p_listen: Vec<libp2p::Multiaddr>,
+    /// `[transport] prefer`: the transport tried first when a member offers both.
+    pub prefer: crate::transport::Kind,
     /// `[limits]` rates and the trust-list refresh interval.
     pub limits: Limits,
 }
@@ -190,6 +195,12 @@ struct RawTransport {
     /// Plaintext instead of TLS; only ever `true` on purpose.
     #[serde(default)]
     insecure_plaintext: bool,
+    /// libp2p listen multiaddrs.
+    #[serde(default)]
+    p2p_listen: Vec<Spanned<String>>,
+    /// `grpc` or `libp2p`.
+    #[serde(default)]
+    prefer: Option<Spanned<String>>,
 }
 
 fn no_keys() -> Spanned<Vec<String>> {
@@ -420,6 +431,34 @@ impl Config {
             }
             tuned.trust_refresh_interval_ms = value;
         }
+        let mut p2p_listen = Vec::new();
+        for text in &raw.transport.p2p_listen {
+            let addr: libp2p::Multiaddr = text.get_ref().parse().map_err(|e| {
+                error(
+                    Some(text.span()),
+                    "transport.p2p_listen",
+                    format!(
+                        "{e}: expected a multiaddr such as /ip4/127.0.0.1/tcp/7403 or \
+                         /ip4/127.0.0.1/udp/7403/quic-v1"
+                    ),
+                )
+            })?;
+            p2p_listen.push(addr);
+        }
+        let prefer = match &raw.transport.prefer {
+            None => crate::transport::Kind::Grpc,
+            Some(v) => match v.get_ref().as_str() {
+                "grpc" => crate::transport::Kind::Grpc,
+                "libp2p" => crate::transport::Kind::Libp2p,
+                other => {
+                    return Err(error(
+                        Some(v.span()),
+                        "transport.prefer",
+                        format!("{other:?} is not a transport: use \"grpc\" or \"libp2p\""),
+                    ))
+                }
+            },
+        };
         if raw.rulebook_version.is_empty() || raw.rulebook_version.len() > 64 {
             return Err(error(
                 None,
@@ -445,6 +484,8 @@ impl Config {
             registry_files: raw.registry_files.iter().map(|p| base.join(p)).collect(),
             ngsi_ld: raw.ngsi_ld,
             insecure_plaintext: raw.transport.insecure_plaintext,
+            p2p_listen,
+            prefer,
             limits: tuned,
         })
     }
@@ -519,6 +560,14 @@ api = "{api_listen}"
 # authenticated at the transport. Development federations only (their trust
 # list gives http:// endpoints); the node warns at every start.
 insecure_plaintext = false
+# libp2p: TCP + noise + yamux and QUIC, authenticated by the operator key (the
+# PeerId is derived from it). List the same addresses as this operator's
+# p2p_addrs in the trust list. Empty: no libp2p listener (the node still dials
+# members that offer only libp2p).
+p2p_listen = []
+# Which transport to try first when a member offers both: "grpc" or "libp2p".
+# The other is tried when the first cannot reach the member.
+prefer = "grpc"
 
 [limits]
 # Largest accepted envelope in bytes, checked before decoding (at most 1 MiB).

@@ -183,3 +183,44 @@ pub const TRUST_REFRESH_PEERS_PER_ROUND: usize = 3;
 /// How often an expired trust list is logged at error level while the node
 /// refuses traffic, in ms: loud enough to page someone, not a log flood.
 pub const TRUST_EXPIRED_LOG_INTERVAL_MS: u64 = 60_000;
+
+/// Non-member libp2p connections open at once. A PeerId outside the trust
+/// list may identify and ping this node (standard libp2p tooling), nothing
+/// more; a handful at a time is enough for that and bounds what a crowd of
+/// strangers costs (a yamux session, about 100 KiB, each).
+pub const P2P_NON_MEMBER_CONNECTIONS_MAX: usize = 8;
+
+/// Lifetime of a non-member libp2p connection, in ms: enough for identify
+/// and a few pings, then it is closed.
+pub const P2P_NON_MEMBER_CONNECTION_MS: u64 = 10_000;
+
+/// libp2p connections being set up (noise handshakes) at once; like
+/// [`TLS_HANDSHAKES_MAX`] for the gRPC port.
+pub const P2P_PENDING_INCOMING_MAX: u32 = 64;
+
+/// Established libp2p connections in total; like the TLS port's cap.
+pub const P2P_CONNECTIONS_MAX: u32 = 1_024;
+
+/// Established libp2p connections per PeerId: one is the norm (yamux
+/// multiplexes streams); two cover a TCP and a QUIC connection at once or a
+/// simultaneous dial.
+pub const P2P_CONNECTIONS_PER_PEER_MAX: u32 = 4;
+
+/// Idle libp2p connections are closed after this many ms; the next request dials again.
+pub const P2P_IDLE_CONNECTION_MS: u64 = 60_000;
+
+/// Inbound `/mim4/envelope/1` requests being served at once; more are
+/// refused with `busy` (`RESOURCE_EXHAUSTED`) and retried by the sender.
+/// Same order as [`CONCURRENT_REQUESTS_MAX`] on the gRPC port.
+pub const P2P_INBOUND_IN_FLIGHT_MAX: usize = 512;
+
+/// Depth of the queue of requests from the node to its swarm task; a full
+/// queue makes senders wait (backpressure), it never grows.
+pub const P2P_COMMAND_QUEUE: usize = 1_024;
+
+/// Deadline of a Kademlia lookup of a member's current address, in ms.
+pub const P2P_LOOKUP_TIMEOUT_MS: u64 = 5_000;
+
+/// Largest gossipsub message, in bytes: gossip carries trust-list version
+/// announcements (8 bytes) and later signed log tree heads, never data.
+pub const P2P_GOSSIP_BYTES_MAX: usize = 4 * 1024;

@@ -33,6 +33,7 @@ use crate::sources::DataSource;
 use crate::store::{self, Outgoing, OutgoingState, Store};
 use crate::transport::grpc::PeerClients;
 use crate::transport::tls::PeerTls;
+use crate::transport::{p2p, PeerError, Peers};
 use crate::{api, identity, transport};
 
 pub mod consent;
@@ -82,6 +83,9 @@ pub enum Error {
     /// The peer TLS certificate or configuration cannot be made.
     #[error("peer TLS: {0}")]
     Tls(#[from] transport::tls::Error),
+    /// The libp2p swarm cannot be set up.
+    #[error("libp2p: {0}")]
+    P2p(#[from] p2p::Error),
 }
 
 /// Why a received envelope was not applied.
@@ -201,7 +205,8 @@ pub struct Shared {
     /// read it at every handshake.
     trust: Arc<RwLock<Arc<VerifiedTrustList>>>,
     clients: Clients,
-    peers: PeerClients,
+    /// Clients of both transports (gRPC and libp2p).
+    peers: Peers,
     enqueued: mpsc::Sender<Enqueued>,
     started: Instant,
     /// Highest trust-list version offered to each peer, so an older peer gets one update per version.
@@ -245,6 +250,10 @@ pub struct NodeHandle {
     pub peer_addr: SocketAddr,
     /// Address of the `OperatorApi` server.
     pub api_addr: SocketAddr,
+    /// The libp2p listen addresses (with their actual ports); empty if none are configured.
+    pub p2p_addrs: Vec<libp2p::Multiaddr>,
+    /// The libp2p PeerId, derived from the operator key.
+    pub peer_id: libp2p::PeerId,
     /// The node's state (for in-process tests and tools).
     pub shared: Arc<Shared>,
     tasks: JoinSet<Result<(), Error>>,
@@ -342,11 +351,26 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
 
     let trust = Arc::new(RwLock::new(Arc::new(trust)));
     let tls = peer_tls(&config, &key, &trust)?;
+    let trust_source = trust.clone();
+    let (p2p, p2p_driver) = p2p::start(
+        &key,
+        &config.p2p_listen,
+        config.envelope_limits.message_bytes_max,
+        config.limits.peer_rate,
+        Arc::new(move || read_trust(&trust_source)),
+    )
+    .await?;
+    let p2p_addrs = p2p.listen_addrs().to_vec();
+    let peer_id = p2p.peer_id();
 
     let cancel = CancellationToken::new();
     let (enqueued_tx, enqueued_rx) = mpsc::channel(limits::OUTBOX_WAKE_QUEUE);
     let shared = Arc::new(Shared {
-        peers: PeerClients::new(config.envelope_limits.message_bytes_max, tls.clone()),
+        peers: Peers {
+            grpc: PeerClients::new(config.envelope_limits.message_bytes_max, tls.clone()),
+            p2p,
+            prefer: config.prefer,
+        },
         clients: Clients::new(config.clients_file.clone()),
         config,
         key,
@@ -364,7 +388,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         counters: Mutex::new(std::collections::BTreeMap::new()),
     });
     let me = shared.config.operator_id.clone();
-    info!(operator = %me, %peer_addr, %api_addr, trust_list_version = shared.trust().version(), "node started");
+    info!(operator = %me, %peer_addr, %api_addr, %peer_id, p2p_addrs = ?p2p_addrs, prefer = %shared.config.prefer, trust_list_version = shared.trust().version(), "node started");
 
     let mut tasks = JoinSet::new();
     tasks.spawn(transport::grpc::serve(
@@ -374,6 +398,11 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         cancel.clone(),
     ));
     tasks.spawn(api::serve(shared.clone(), api_listener, cancel.clone()));
+    tasks.spawn(
+        p2p_driver
+            .run(shared.clone(), cancel.clone())
+            .instrument(info_span!("p2p", operator = %me)),
+    );
     let driver = DeliveryLoop::new(shared.clone(), enqueued_rx)?;
     tasks.spawn(
         driver
@@ -387,6 +416,8 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     Ok(NodeHandle {
         peer_addr,
         api_addr,
+        p2p_addrs,
+        peer_id,
         shared,
         tasks,
         cancel,
@@ -760,7 +791,7 @@ impl Shared {
             *guard = Arc::new(newer);
         }
         // Connections were authenticated under the old list: dial afresh.
-        self.peers.forget_all();
+        self.peers.grpc.forget_all();
         info!(version, "trust list updated");
     }
 
@@ -819,7 +850,7 @@ impl Shared {
 
     /// Compares a peer's trust-list version with ours: offer ours to an older
     /// peer, fetch from a newer one.
-    fn reconcile_trust_version(self: &Arc<Self>, peer: &OperatorId, peer_version: u64) {
+    pub(crate) fn reconcile_trust_version(self: &Arc<Self>, peer: &OperatorId, peer_version: u64) {
         let ours = self.trust().version();
         if peer_version == ours {
             return;
@@ -860,10 +891,14 @@ impl Shared {
     /// `Ok(Some(version))` when installed, `Ok(None)` when not newer (or
     /// refused, which is logged here), `Err` when the fetch itself failed.
     async fn fetch_trust_list(self: &Arc<Self>, peer: &OperatorId) -> Result<Option<u64>, String> {
-        let Some(endpoint) = self.trust().member(peer).map(|m| m.grpc_endpoint.clone()) else {
+        let Some(member) = self.trust().member(peer).cloned() else {
             return Err(format!("{peer} is not in the trust list"));
         };
-        let bytes = self.peers.fetch_trust_list(peer, &endpoint).await?;
+        let bytes = self
+            .peers
+            .fetch_trust_list(&member)
+            .await
+            .map_err(|e| e.to_string())?;
         let result = async {
             let signed = SignedTrustList::decode(&bytes)?;
             let newer = self.trust().check_update(signed, now_ms())?;
@@ -964,17 +999,20 @@ impl Shared {
         if !trust.is_current(now_ms()) {
             return Err(trust_expired_message(&trust));
         }
-        let endpoint = trust
+        let member = trust
             .member(&to)
             .filter(|m| m.status == MemberStatus::Active)
-            .map(|m| m.grpc_endpoint.clone())
             .ok_or_else(|| format!("{to} is not an active member of the federation"))?;
         let request_id = MessageId::from_bytes(random_id_bytes());
         let sealed = self
             .sender_context(trust.version())
             .envelope(request_id, to.clone(), now_ms(), None, payload)
             .seal(&self.key);
-        let answer = self.peers.call(&to, &endpoint, sealed.bytes).await?;
+        let answer = self
+            .peers
+            .call(member, sealed.bytes)
+            .await
+            .map_err(|e| e.to_string())?;
         let verifier = self.verifier(&trust);
         let verified = verifier
             .verify(&answer, now_ms())
@@ -1061,15 +1099,15 @@ impl Shared {
             // Kept in the outbox, retried with backoff once a newer list is in force.
             return Err(trust_expired_message(&trust));
         }
-        let endpoint = trust
+        let member = trust
             .member(&outgoing.recipient)
-            .map(|m| m.grpc_endpoint.clone())
             .ok_or_else(|| format!("{} is no longer in the trust list", outgoing.recipient))?;
         let receipt = self
             .peers
-            .deliver(&outgoing.recipient, &endpoint, outgoing.envelope.clone())
+            .deliver(member, outgoing.envelope.clone())
             .await
-            .map_err(|error| {
+            .map_err(|error: PeerError| {
+                let error = error.to_string();
                 // Over TLS a peer refuses a suspended member at the handshake,
                 // before any reason can travel back: name the likely cause.
                 match trust.member(self.operator_id()).map(|m| m.status) {

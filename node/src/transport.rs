@@ -1,9 +1,236 @@
 //! Transports between operators. Each carries the same encoded signed
-//! envelope bytes and hands them to the driver unchanged.
+//! envelope bytes and hands them to the driver unchanged; a refusal is the
+//! same [`Verdict`] on both.
 //!
 //! # Layout
 //! - [`grpc`]: the `OperatorPeer` gRPC server and its client.
 //! - [`tls`]: TLS 1.3 between operators, certificates pinned to trust-list keys.
+//! - [`p2p`]: libp2p (TCP + noise + yamux, QUIC), the same three operations.
+//! - [`Peers`]: which transport reaches a member, with fallback.
 
 pub mod grpc;
+pub mod p2p;
 pub mod tls;
+
+use std::fmt;
+
+use tonic::Code;
+
+use crate::core::envelope::RejectReason;
+use crate::core::trust::Member;
+use crate::node::Refusal;
+
+/// A transport between operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// gRPC over TLS (`grpc_endpoint` in the trust list).
+    Grpc,
+    /// libp2p (`p2p_addrs` in the trust list).
+    Libp2p,
+}
+
+impl Kind {
+    /// The name used in `node.toml` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Libp2p => "libp2p",
+        }
+    }
+
+    /// The transports `member` offers in the trust list, `first` first if it offers it.
+    pub fn offered_by(member: &Member, first: Kind) -> Vec<Kind> {
+        let offers = |kind| match kind {
+            Kind::Grpc => !member.grpc_endpoint.is_empty(),
+            Kind::Libp2p => !member.p2p_addrs.is_empty(),
+        };
+        let second = match first {
+            Kind::Grpc => Kind::Libp2p,
+            Kind::Libp2p => Kind::Grpc,
+        };
+        [first, second].into_iter().filter(|k| offers(*k)).collect()
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a request to a peer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The peer was not reached on this transport (connect, handshake,
+    /// timeout, connection lost); another transport may reach it.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The peer answered with a refusal: its verdict, the same on every transport.
+    #[error("{code:?} ({reason}): {message}")]
+    Refused {
+        /// The gRPC code of the refusal.
+        code: Code,
+        /// The stable reason (`mim4-reason`), empty if the peer gave none.
+        reason: String,
+        /// Text for people.
+        message: String,
+    },
+}
+
+/// A refusal as it travels: code, stable reason, text, and for a replay the
+/// original receipt. [`verdict`] is the one mapping from [`Refusal`].
+#[derive(Debug)]
+pub struct Verdict {
+    /// The gRPC status code.
+    pub code: Code,
+    /// Stable snake_case reason ([`RejectReason::code`], or the kind of refusal).
+    pub reason: &'static str,
+    /// Text for people.
+    pub message: String,
+    /// For a replay: the receipt stored when the message was first applied.
+    pub receipt: Option<Vec<u8>>,
+}
+
+/// The one conversion from a refusal to what a peer is told, on every transport.
+pub fn verdict(refusal: Refusal) -> Verdict {
+    let message = refusal.to_string();
+    let reason = match &refusal {
+        Refusal::Rejected { rejection, .. } => rejection.reason.code(),
+        Refusal::Unusable { .. } => "unusable",
+        Refusal::NotFound(_) => "not_found",
+        Refusal::Unavailable(_) => "unavailable",
+        Refusal::Store(_) => "store_failure",
+        Refusal::NotFromPeer { .. } => "not_from_peer",
+    };
+    let (code, receipt) = match refusal {
+        Refusal::Rejected { rejection, receipt } => {
+            let code = match rejection.reason {
+                RejectReason::Oversized { .. } => Code::ResourceExhausted,
+                RejectReason::Malformed(_)
+                | RejectReason::UnsupportedProtocol(_)
+                | RejectReason::WrongRecipient(_)
+                | RejectReason::BadLifetime { .. } => Code::InvalidArgument,
+                RejectReason::UnknownSender
+                | RejectReason::UnknownKey(_)
+                | RejectReason::KeyNotValidNow { .. }
+                | RejectReason::BadSignature => Code::Unauthenticated,
+                RejectReason::SenderNotActive(_) => Code::PermissionDenied,
+                RejectReason::TrustListExpired { .. }
+                | RejectReason::Expired { .. }
+                | RejectReason::ClockSkew { .. } => Code::FailedPrecondition,
+                RejectReason::Replayed { .. } | RejectReason::IdReused => Code::AlreadyExists,
+            };
+            (code, receipt)
+        }
+        Refusal::Unusable { .. } => (Code::InvalidArgument, None),
+        Refusal::NotFound(_) => (Code::NotFound, None),
+        Refusal::Unavailable(_) | Refusal::Store(_) => (Code::Unavailable, None),
+        Refusal::NotFromPeer { .. } => (Code::PermissionDenied, None),
+    };
+    Verdict {
+        code,
+        reason,
+        message,
+        receipt,
+    }
+}
+
+/// The clients of both transports, and which one to try first.
+///
+/// A request goes over the preferred transport if the member offers it,
+/// else the other; when the first one cannot reach the member
+/// ([`PeerError::Unreachable`]) the same bytes go over the other. A refusal
+/// is the peer's verdict and is not retried elsewhere. Resending the same
+/// envelope is safe: the receiver applies a message id once and answers a
+/// repeat with the stored receipt.
+#[derive(Debug)]
+pub struct Peers {
+    /// gRPC clients.
+    pub grpc: grpc::PeerClients,
+    /// The libp2p swarm.
+    pub p2p: p2p::P2p,
+    /// The transport tried first.
+    pub prefer: Kind,
+}
+
+impl Peers {
+    /// Delivers encoded envelope bytes to `member`; returns the encoded receipt.
+    pub async fn deliver(&self, member: &Member, envelope: Vec<u8>) -> Result<Vec<u8>, PeerError> {
+        self.each(member, |kind| {
+            let envelope = envelope.clone();
+            async move {
+                match kind {
+                    Kind::Grpc => {
+                        self.grpc
+                            .deliver(&member.operator_id, &member.grpc_endpoint, envelope)
+                            .await
+                    }
+                    Kind::Libp2p => self.p2p.deliver(member, envelope).await,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Makes a synchronous call; returns the encoded answer envelope.
+    pub async fn call(&self, member: &Member, envelope: Vec<u8>) -> Result<Vec<u8>, PeerError> {
+        self.each(member, |kind| {
+            let envelope = envelope.clone();
+            async move {
+                match kind {
+                    Kind::Grpc => {
+                        self.grpc
+                            .call(&member.operator_id, &member.grpc_endpoint, envelope)
+                            .await
+                    }
+                    Kind::Libp2p => self.p2p.call(member, envelope).await,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Fetches `member`'s current signed trust list.
+    pub async fn fetch_trust_list(&self, member: &Member) -> Result<Vec<u8>, PeerError> {
+        self.each(member, |kind| async move {
+            match kind {
+                Kind::Grpc => {
+                    self.grpc
+                        .fetch_trust_list(&member.operator_id, &member.grpc_endpoint)
+                        .await
+                }
+                Kind::Libp2p => self.p2p.fetch_trust_list(member).await,
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` over each transport `member` offers, preferred first,
+    /// until one reaches it.
+    async fn each<F, Fut>(&self, member: &Member, attempt: F) -> Result<Vec<u8>, PeerError>
+    where
+        F: Fn(Kind) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, PeerError>>,
+    {
+        let kinds = Kind::offered_by(member, self.prefer);
+        if kinds.is_empty() {
+            return Err(PeerError::Unreachable(format!(
+                "{} lists neither a gRPC endpoint nor a libp2p address in the trust list",
+                member.operator_id
+            )));
+        }
+        let mut failures = Vec::new();
+        for kind in kinds {
+            match attempt(kind).await {
+                Err(PeerError::Unreachable(e)) => {
+                    tracing::debug!(member = %member.operator_id, transport = %kind, error = %e, "not reached; trying the next transport");
+                    failures.push(format!("{kind}: {e}"));
+                }
+                outcome => return outcome,
+            }
+        }
+        Err(PeerError::Unreachable(failures.join("; ")))
+    }
+}

@@ -33,6 +33,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{debug, warn};
 
 use super::tls::{self, PeerIdentity, PeerTls};
+use super::PeerError;
 use crate::core::envelope::RejectReason;
 use crate::core::ids::OperatorId;
 use crate::limits;
@@ -415,16 +416,17 @@ impl PeerClients {
         &self,
         member: &OperatorId,
         endpoint: &str,
-    ) -> Result<OperatorPeerClient<Channel>, String> {
+    ) -> Result<OperatorPeerClient<Channel>, PeerError> {
         let mut clients = self
             .clients
             .lock()
-            .map_err(|_| "client cache poisoned".to_owned())?;
+            .map_err(|_| PeerError::Unreachable("client cache poisoned".to_owned()))?;
         let cache_key = (member.clone(), endpoint.to_owned());
         if let Some(client) = clients.get(&cache_key) {
             return Ok(client.clone());
         }
-        let channel = channel(endpoint, member, self.tls.as_deref())?;
+        let channel =
+            channel(endpoint, member, self.tls.as_deref()).map_err(PeerError::Unreachable)?;
         // Answers may be a trust list, larger than an envelope; the core bounds receipts again.
         let client = OperatorPeerClient::new(channel)
             .max_decoding_message_size(limits::TRUST_LIST_BYTES_MAX + FRAMING_BYTES)
@@ -444,7 +446,7 @@ impl PeerClients {
         member: &OperatorId,
         endpoint: &str,
         envelope: Vec<u8>,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, PeerError> {
         let mut client = self.client(member, endpoint)?;
         match client.deliver(pb::DeliverRequest { envelope }).await {
             Ok(response) => Ok(response.into_inner().receipt),
@@ -452,18 +454,21 @@ impl PeerClients {
                 Ok(status.details().to_vec())
             }
             Err(status) => {
-                // A transport failure (unreachable, TLS refused) is not the peer's verdict.
-                let transport = std::error::Error::source(&status).is_some();
+                let error = peer_error(&status);
                 // A rate-limited attempt is retried from the outbox like an unreachable peer.
-                let rate_limited = status
-                    .metadata()
-                    .get(REASON_METADATA_KEY)
-                    .is_some_and(|reason| reason == "rate_limited");
-                let expected = status.code() == Code::Unavailable || rate_limited;
-                if !expected && !transport {
+                let expected = matches!(&error, PeerError::Unreachable(_))
+                    || matches!(
+                        &error,
+                        PeerError::Refused {
+                            code: Code::Unavailable,
+                            ..
+                        }
+                    )
+                    || matches!(&error, PeerError::Refused { reason, .. } if reason == "rate_limited");
+                if !expected {
                     warn!(code = ?status.code(), message = status.message(), "peer refused delivery");
                 }
-                Err(describe(&status))
+                Err(error)
             }
         }
     }
@@ -474,13 +479,13 @@ impl PeerClients {
         member: &OperatorId,
         endpoint: &str,
         envelope: Vec<u8>,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, PeerError> {
         let mut client = self.client(member, endpoint)?;
         client
             .call(pb::CallRequest { envelope })
             .await
             .map(|r| r.into_inner().envelope)
-            .map_err(|s| describe(&s))
+            .map_err(|s| peer_error(&s))
     }
 
     /// Fetches a peer's current signed trust list.
@@ -488,12 +493,37 @@ impl PeerClients {
         &self,
         member: &OperatorId,
         endpoint: &str,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, PeerError> {
         let mut client = self.client(member, endpoint)?;
         client
             .fetch_trust_list(pb::FetchTrustListRequest {})
             .await
             .map(|r| r.into_inner().trust_list)
-            .map_err(|s| describe(&s))
+            .map_err(|s| peer_error(&s))
+    }
+}
+
+/// A failed gRPC request as a [`PeerError`]: a transport failure (no
+/// connection, TLS refused, deadline) is [`PeerError::Unreachable`], so
+/// another transport may be tried; a status the peer sent is its verdict.
+fn peer_error(status: &Status) -> PeerError {
+    let transport = std::error::Error::source(status).is_some();
+    let reason = status
+        .metadata()
+        .get(REASON_METADATA_KEY)
+        .and_then(|r| r.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let unreachable = transport
+        || status.code() == Code::DeadlineExceeded
+        || (status.code() == Code::Unavailable && reason.is_empty());
+    if unreachable {
+        PeerError::Unreachable(describe(status))
+    } else {
+        PeerError::Refused {
+            code: status.code(),
+            reason,
+            message: status.message().to_owned(),
+        }
     }
 }

@@ -1,0 +1,157 @@
+//! The framing of `/mim4/envelope/1`: one request and one response per
+//! stream, each a 4-byte big-endian length and an encoded protobuf message.
+//!
+//! The length is checked against the node's limits before a byte of the body
+//! is read, so an oversized frame costs the receiver four bytes of reading:
+//! a request says so in [`Inbound::Oversized`] (the driver answers it with a
+//! refusal), a response is an I/O error.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use libp2p::StreamProtocol;
+use mim4_proto::v1 as pb;
+use prost::Message as _;
+
+/// The protocol name of envelope exchange between operators.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/mim4/envelope/1");
+
+/// Bytes of the length prefix.
+const PREFIX_BYTES: usize = 4;
+
+/// A request as read from a stream: decoded, or refused from its header.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A well-formed request.
+    Request(pb::PeerRequest),
+    /// The frame announced more bytes than the limit; its body was not read.
+    Oversized {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body is not a `PeerRequest`.
+    Malformed(String),
+}
+
+/// Encodes and decodes frames within the given limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Codec {
+    /// Largest request body (an envelope plus its framing).
+    pub request_bytes_max: usize,
+    /// Largest response body (a trust list is the largest answer).
+    pub response_bytes_max: usize,
+}
+
+/// Reads a length prefix and returns the announced length.
+async fn read_len<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<usize> {
+    let mut prefix = [0u8; PREFIX_BYTES];
+    io.read_exact(&mut prefix).await?;
+    usize::try_from(u32::from_be_bytes(prefix))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame length overflows usize"))
+}
+
+/// Reads exactly `len` bytes of body.
+async fn read_body<T: AsyncRead + Unpin + Send>(io: &mut T, len: usize) -> io::Result<Vec<u8>> {
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// Writes one frame and closes the writing half.
+async fn write_frame<T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    body: &[u8],
+    max: usize,
+) -> io::Result<()> {
+    if body.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("frame of {} bytes exceeds the limit of {max}", body.len()),
+        ));
+    }
+    let len = u32::try_from(body.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(body).await?;
+    io.close().await
+}
+
+#[async_trait::async_trait]
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Inbound;
+    type Response = pb::PeerResponse;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Inbound>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let len = read_len(io).await?;
+        if len > self.request_bytes_max {
+            return Ok(Inbound::Oversized {
+                len,
+                max: self.request_bytes_max,
+            });
+        }
+        let body = read_body(io, len).await?;
+        Ok(match pb::PeerRequest::decode(body.as_slice()) {
+            Ok(request) => Inbound::Request(request),
+            Err(e) => Inbound::Malformed(e.to_string()),
+        })
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<pb::PeerResponse>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let len = read_len(io).await?;
+        if len > self.response_bytes_max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "response frame of {len} bytes exceeds the limit of {}",
+                    self.response_bytes_max
+                ),
+            ));
+        }
+        let body = read_body(io, len).await?;
+        pb::PeerResponse::decode(body.as_slice())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: Inbound,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let Inbound::Request(request) = request else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only decoded requests are sent",
+            ));
+        };
+        write_frame(io, &request.encode_to_vec(), self.request_bytes_max).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: pb::PeerResponse,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &response.encode_to_vec(), self.response_bytes_max).await
+    }
+}
