@@ -448,7 +448,7 @@ fn peer_tls(
         }
         return Ok(None);
     }
-    if listed_tls != Ok(true) {
+    if listed_tls != Ok(true) && !endpoint.is_empty() {
         warn!(%endpoint, "this operator's endpoint in the trust list is not https://; peers will not reach it over TLS");
     }
     let source = trust.clone();

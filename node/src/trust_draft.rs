@@ -234,8 +234,16 @@ impl Draft {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            crate::transport::grpc::parse_endpoint(&m.grpc_endpoint)
-                .map_err(|e| bad(format!("{operator_id}: {e}")))?;
+            if m.grpc_endpoint.is_empty() && m.p2p_addrs.is_empty() {
+                return Err(bad(format!(
+                    "{operator_id}: lists neither a gRPC endpoint nor a libp2p address; \
+                     peers could not reach it"
+                )));
+            }
+            if !m.grpc_endpoint.is_empty() {
+                crate::transport::grpc::parse_endpoint(&m.grpc_endpoint)
+                    .map_err(|e| bad(format!("{operator_id}: {e}")))?;
+            }
             let status = match m.status.as_str() {
                 "active" => MemberStatus::Active,
                 "suspended" => MemberStatus::Suspended,
@@ -258,6 +266,10 @@ impl Draft {
                     })
                 })
                 .collect::<Result<Vec<_>, Error>>()?;
+            for addr in &m.p2p_addrs {
+                crate::transport::p2p::check_listed_addr(addr, keys.iter().map(|k| &k.public_key))
+                    .map_err(|e| bad(format!("{operator_id}: {e}")))?;
+            }
             members.push(Member {
                 operator_id,
                 name: m.name.clone(),

@@ -269,7 +269,10 @@ impl Shared {
                 ),
             ),
             Ok(Err(e))
-                if e.starts_with("Unavailable")
+                // `PeerError::Unreachable` (any transport), or a peer's own
+                // "unavailable" or deadline verdict.
+                if e.starts_with("unreachable")
+                    || e.starts_with("Unavailable")
                     || e.starts_with("DeadlineExceeded")
                     || e.starts_with("Unknown") =>
             {

@@ -155,6 +155,35 @@ fn dial_addrs(member: &Member, peer: &PeerId) -> Vec<Multiaddr> {
         .collect()
 }
 
+/// Checks a multiaddr a member lists in the trust list: it parses, runs
+/// over TCP or QUIC v1, and a `/p2p/` suffix names the PeerId of one of the
+/// member's `keys`.
+pub fn check_listed_addr<'a>(
+    text: &str,
+    keys: impl IntoIterator<Item = &'a PublicKey>,
+) -> Result<(), String> {
+    use libp2p::multiaddr::Protocol;
+    let addr: Multiaddr = text
+        .parse()
+        .map_err(|e| format!("libp2p address {text:?}: {e}"))?;
+    let transport = addr
+        .iter()
+        .any(|p| matches!(p, Protocol::Tcp(_) | Protocol::QuicV1));
+    if !transport {
+        return Err(format!(
+            "libp2p address {text:?} is neither TCP (/tcp/PORT) nor QUIC (/udp/PORT/quic-v1)"
+        ));
+    }
+    if let Some(Protocol::P2p(pinned)) = addr.iter().last() {
+        if !keys.into_iter().any(|k| peer_id(k) == pinned) {
+            return Err(format!(
+                "libp2p address {text:?} names PeerId {pinned}, which is not derived from any of the member's keys"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The gossipsub topic of trust-list versions in `federation`.
 fn trust_topic(federation: &str) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("mim4/{federation}/trust-list/1"))

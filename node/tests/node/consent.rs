@@ -6,7 +6,7 @@ use std::time::Duration;
 use mim4_node::api::clients::ClientRole;
 use mim4_sdk::{CallError, ConsentId, DecideQuery, Decision, Terms};
 
-use crate::util::{eventually, TestNet};
+use crate::util::{eventually, TestNet, Transports};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const HOME: usize = 0; // fi.helsinki
@@ -51,9 +51,8 @@ async fn until_decision(net: &TestNet, i: usize, q: DecideQuery<'_>, code: &str)
 /// reaches every party, each acknowledges it with a signed receipt, and every
 /// node denies. A party that is down during the withdrawal gets it after its
 /// restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grant_then_withdraw_reaches_every_party_even_one_that_was_down() {
-    let mut net = TestNet::new(3);
+async fn grant_then_withdraw_reaches_every_party_even_one_that_was_down(transports: Transports) {
+    let mut net = TestNet::over(3, transports);
     net.start_all().await;
     let subject = "fi:hetu:010180-1234";
     let service = net
@@ -132,12 +131,11 @@ async fn grant_then_withdraw_reaches_every_party_even_one_that_was_down() {
 /// The crash window is recreated exactly: with the home stopped, a signed
 /// withdrawal is appended to its stored log and nothing is queued. After the
 /// home restarts, every party learns of the withdrawal.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn withdrawal_stored_but_not_pushed_before_a_crash_reaches_every_party_after_restart() {
+async fn withdrawal_stored_but_not_pushed_before_a_crash_reaches_every_party_after_restart(transports: Transports) {
     use mim4_node::core::consent::{self as core, Actor, ConsentEvent, EventKind, SubjectId};
     use mim4_node::store::Store;
 
-    let mut net = TestNet::new(3);
+    let mut net = TestNet::over(3, transports);
     net.start_all().await;
     let subject = "fi:hetu:020280-4321";
     let service = net
@@ -259,9 +257,8 @@ async fn both_guardians_must_grant_and_a_delegate_may_act_for_one() {
 
 /// A permission arrangement for a sector lets any member with that label
 /// read, for the stated purpose, and no one else.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn arrangement_for_a_sector_is_evaluated_like_a_consent() {
-    let mut net = TestNet::new(4);
+async fn arrangement_for_a_sector_is_evaluated_like_a_consent(transports: Transports) {
+    let mut net = TestNet::over(4, transports);
     net.start_all().await;
     let citizen = net
         .client(HOME, "citizen-app", ClientRole::CitizenApp, None)
@@ -313,9 +310,8 @@ async fn arrangement_for_a_sector_is_evaluated_like_a_consent() {
 }
 
 /// Status can be pulled: a node that holds no copy asks the home for it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_can_be_pulled_from_the_home() {
-    let mut net = TestNet::new(2);
+async fn status_can_be_pulled_from_the_home(transports: Transports) {
+    let mut net = TestNet::over(2, transports);
     net.start(HOME).await;
     let admin = net.admin(HOME).await;
     let citizen = net
@@ -434,9 +430,8 @@ async fn records_export_as_signed_kantara_receipts_and_27560_json_ld() {
 
 /// Expiry takes effect at its instant everywhere, and the home then records
 /// it and pushes it to every party, which acknowledge it with receipts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expiry_is_pushed_to_every_party() {
-    let mut net = TestNet::new(3);
+async fn expiry_is_pushed_to_every_party(transports: Transports) {
+    let mut net = TestNet::over(3, transports);
     net.start_all().await;
     let service = net
         .client(CONSUMER, "social", ClientRole::Service, Some(SERVICE))
@@ -485,3 +480,11 @@ async fn expiry_is_pushed_to_every_party() {
     }
     net.shutdown().await;
 }
+
+over_transports!(
+    grant_then_withdraw_reaches_every_party_even_one_that_was_down,
+    withdrawal_stored_but_not_pushed_before_a_crash_reaches_every_party_after_restart,
+    arrangement_for_a_sector_is_evaluated_like_a_consent,
+    status_can_be_pulled_from_the_home,
+    expiry_is_pushed_to_every_party,
+);

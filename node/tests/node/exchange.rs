@@ -4,13 +4,12 @@ use std::time::Duration;
 
 use mim4_sdk::Delivery;
 
-use crate::util::{eventually, TestNet};
+use crate::util::{eventually, TestNet, Transports};
 
 /// Every pair of three nodes exchanges a memo, each gets a verified receipt,
 /// and each recipient lists exactly the memos sent to it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_pair_exchanges_a_memo_with_a_receipt() {
-    let mut net = TestNet::new(3);
+async fn every_pair_exchanges_a_memo_with_a_receipt(transports: Transports) {
+    let mut net = TestNet::over(3, transports);
     net.start_all().await;
     let mut sent = Vec::new();
     for from in 0..3 {
@@ -40,9 +39,8 @@ async fn every_pair_exchanges_a_memo_with_a_receipt() {
 
 /// A message sent while the recipient is down is delivered once it starts,
 /// and the sender's outbox survives its own restart in between.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outbox_delivers_after_the_recipient_and_the_sender_restart() {
-    let mut net = TestNet::new(2);
+async fn outbox_delivers_after_the_recipient_and_the_sender_restart(transports: Transports) {
+    let mut net = TestNet::over(2, transports);
     net.start(0).await;
     let id = net
         .admin(0)
@@ -67,9 +65,8 @@ async fn outbox_delivers_after_the_recipient_and_the_sender_restart() {
 
 /// A newer trust list installed at one node reaches the others, and a member
 /// suspended in it is refused by all of them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trust_list_spreads_and_suspension_takes_effect() {
-    let mut net = TestNet::new(3);
+async fn trust_list_spreads_and_suspension_takes_effect(transports: Transports) {
+    let mut net = TestNet::over(3, transports);
     net.start_all().await;
     let v2 = net.sign_next(|draft| {
         draft.member_mut("se.stockholm").unwrap().status = "suspended".into();
@@ -150,3 +147,9 @@ async fn shutdown_releases_the_database_while_connections_are_open() {
     net.shutdown().await;
     drop(peer);
 }
+
+over_transports!(
+    every_pair_exchanges_a_memo_with_a_receipt,
+    outbox_delivers_after_the_recipient_and_the_sender_restart,
+    trust_list_spreads_and_suspension_takes_effect,
+);

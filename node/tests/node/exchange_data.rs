@@ -7,7 +7,7 @@ use std::time::Duration;
 use mim4_node::api::clients::ClientRole;
 use mim4_sdk::{Client, ConsentId, RequestError, Terms};
 
-use crate::util::{eventually, TestNet};
+use crate::util::{eventually, TestNet, Transports};
 
 const HOME: usize = 0; // fi.helsinki: home of the citizens and the consumer
 const REGISTER: usize = 1; // fi.incomeregister: the source
@@ -50,9 +50,8 @@ async fn service(net: &TestNet) -> Client {
 /// Allowed, partially allowed, predicate-only, denied and unknown-subject
 /// requests each get the precise signed answer; a retried request is answered
 /// once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holder_answers_per_attribute_under_consent() {
-    let mut net = TestNet::new(3);
+async fn holder_answers_per_attribute_under_consent(transports: Transports) {
+    let mut net = TestNet::over(3, transports);
     net.start_all().await;
     let client = service(&net).await;
     let id = consent(&net, PARENT, &["income.gross_monthly"], &[]).await;
@@ -238,9 +237,8 @@ async fn bad_requests_get_precise_errors() {
 }
 
 /// A holder that is offline gives a clear "unreachable" error, without hanging.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_holder_is_reported_unreachable() {
-    let mut net = TestNet::new(2);
+async fn offline_holder_is_reported_unreachable(transports: Transports) {
+    let mut net = TestNet::over(2, transports);
     net.start_all().await;
     let client = service(&net).await;
     consent(&net, PARENT, &["income.gross_monthly"], &[]).await;
@@ -409,3 +407,8 @@ async fn forged_or_mismatched_answers_are_refused_by_the_requester() {
         net.shutdown().await;
     }
 }
+
+over_transports!(
+    holder_answers_per_attribute_under_consent,
+    offline_holder_is_reported_unreachable,
+);

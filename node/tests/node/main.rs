@@ -5,6 +5,31 @@
 
 mod util;
 
+/// Runs each named `async fn test(transports)` once per kind of federation
+/// (gRPC, libp2p, mixed) from the same test code: `mod test { grpc, libp2p, mixed }`.
+macro_rules! over_transports {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            use crate::util::Transports;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn grpc() {
+                super::$test(Transports::Grpc).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn libp2p() {
+                super::$test(Transports::Libp2p).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mixed() {
+                super::$test(Transports::Mixed).await;
+            }
+        }
+    )*};
+}
+
 mod api_access;
 mod clock_skew;
 mod consent;

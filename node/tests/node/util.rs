@@ -60,6 +60,31 @@ pub(crate) const OPERATORS: &[&str] = &[
     "fr.iledefrance",
 ];
 
+/// Which transports the members of a test federation offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transports {
+    /// Every member: gRPC over TLS only.
+    Grpc,
+    /// Every member: libp2p over TCP (noise, yamux) only.
+    Libp2p,
+    /// Even members gRPC only, odd members libp2p only: each pair talks
+    /// over the recipient's transport, so both carry traffic.
+    Mixed,
+    /// Every member: libp2p over QUIC only.
+    Quic,
+}
+
+impl Transports {
+    /// Whether member `i` offers libp2p (and only libp2p).
+    fn libp2p(self, i: usize) -> bool {
+        match self {
+            Self::Grpc => false,
+            Self::Libp2p | Self::Quic => true,
+            Self::Mixed => i % 2 == 1,
+        }
+    }
+}
+
 pub(crate) struct TestNet {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) governance: SecretKey,
@@ -75,21 +100,26 @@ impl TestNet {
     /// credentials and a signed trust list v1 naming them all, talking TLS
     /// (`https://` endpoints). Nothing runs yet.
     pub(crate) fn new(n: usize) -> Self {
-        Self::with_transport(n, false)
+        Self::with_transport(n, false, Transports::Grpc)
+    }
+
+    /// As [`TestNet::new`], with members offering `transports`.
+    pub(crate) fn over(n: usize, transports: Transports) -> Self {
+        Self::with_transport(n, false, transports)
     }
 
     /// As [`TestNet::new`], but every node runs with `insecure_plaintext` and
     /// the trust list gives `http://` endpoints.
     pub(crate) fn plaintext(n: usize) -> Self {
-        Self::with_transport(n, true)
+        Self::with_transport(n, true, Transports::Grpc)
     }
 
-    fn with_transport(n: usize, insecure_plaintext: bool) -> Self {
+    fn with_transport(n: usize, insecure_plaintext: bool, transports: Transports) -> Self {
         let scheme = if insecure_plaintext { "http" } else { "https" };
         let dir = tempfile::tempdir().unwrap();
         let governance = SecretKey::from_bytes(&[0x60; 32]).unwrap();
         let mut draft = Draft::new("test-federation", &[governance.public()]);
-        let listeners: Vec<TcpListener> = (0..2 * n)
+        let listeners: Vec<TcpListener> = (0..3 * n)
             .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
         let ports: Vec<u16> = listeners
@@ -97,6 +127,11 @@ impl TestNet {
             .map(|l| l.local_addr().unwrap().port())
             .collect();
         drop(listeners);
+        let udp: Vec<std::net::UdpSocket> = (0..n)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let udp_ports: Vec<u16> = udp.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        drop(udp);
         let mut keys = Vec::new();
         let mut configs = Vec::new();
         let mut credentials = Vec::new();
@@ -105,16 +140,30 @@ impl TestNet {
             std::fs::create_dir_all(&op_dir).unwrap();
             let key = SecretKey::generate(&mut rand::rngs::OsRng);
             identity::write_secret_key(&op_dir.join("operator.key"), &key).unwrap();
-            let peer_listen = SocketAddr::from(([127, 0, 0, 1], ports[2 * i]));
-            let api_listen = SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1]));
+            let peer_listen = SocketAddr::from(([127, 0, 0, 1], ports[3 * i]));
+            let api_listen = SocketAddr::from(([127, 0, 0, 1], ports[3 * i + 1]));
+            let p2p_listen: libp2p::Multiaddr = if transports == Transports::Quic {
+                format!("/ip4/127.0.0.1/udp/{}/quic-v1", udp_ports[i])
+            } else {
+                format!("/ip4/127.0.0.1/tcp/{}", ports[3 * i + 2])
+            }
+            .parse()
+            .unwrap();
+            let peer_id = mim4_node::transport::p2p::peer_id(&key.public());
+            let libp2p = transports.libp2p(i);
+            let (grpc_endpoint, p2p_addrs) = if libp2p {
+                (String::new(), vec![format!("{p2p_listen}/p2p/{peer_id}")])
+            } else {
+                (format!("{scheme}://{peer_listen}"), vec![])
+            };
             draft
                 .add_member(DraftMember {
                     operator_id: (*id).to_owned(),
                     name: format!("Operator {id}"),
                     country: id[..2].to_uppercase(),
                     roles: vec!["operator".into()],
-                    grpc_endpoint: format!("{scheme}://{peer_listen}"),
-                    p2p_addrs: vec![],
+                    grpc_endpoint,
+                    p2p_addrs,
                     status: "active".into(),
                     sectors: SECTORS[i].iter().map(|s| (*s).to_owned()).collect(),
                     keys: vec![DraftKey {
@@ -153,6 +202,12 @@ impl TestNet {
                 registry_files: Vec::new(),
                 ngsi_ld: None,
                 insecure_plaintext,
+                p2p_listen: if libp2p { vec![p2p_listen] } else { vec![] },
+                prefer: if libp2p {
+                    mim4_node::transport::Kind::Libp2p
+                } else {
+                    mim4_node::transport::Kind::Grpc
+                },
                 limits: Default::default(),
                 controller: Some(mim4_node::config::Controller {
                     name: format!("Operator {id}"),
@@ -233,6 +288,10 @@ impl TestNet {
                     if std::time::Instant::now() < deadline =>
                 {
                     eprintln!("node {i}: {addr} busy ({source}); retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(mim4_node::node::Error::P2p(e)) if std::time::Instant::now() < deadline => {
+                    eprintln!("node {i}: libp2p listener busy ({e}); retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
                 Err(e) => panic!("node {i} did not start: {e}"),
