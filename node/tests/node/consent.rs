@@ -131,7 +131,9 @@ async fn grant_then_withdraw_reaches_every_party_even_one_that_was_down(transpor
 /// The crash window is recreated exactly: with the home stopped, a signed
 /// withdrawal is appended to its stored log and nothing is queued. After the
 /// home restarts, every party learns of the withdrawal.
-async fn withdrawal_stored_but_not_pushed_before_a_crash_reaches_every_party_after_restart(transports: Transports) {
+async fn withdrawal_stored_but_not_pushed_before_a_crash_reaches_every_party_after_restart(
+    transports: Transports,
+) {
     use mim4_node::core::consent::{self as core, Actor, ConsentEvent, EventKind, SubjectId};
     use mim4_node::store::Store;
 

@@ -38,5 +38,6 @@ mod exchange;
 mod exchange_data;
 mod hostile;
 mod limits;
+mod p2p;
 mod rotation;
 mod tls;

@@ -72,15 +72,26 @@ pub(crate) enum Transports {
     Mixed,
     /// Every member: libp2p over QUIC only.
     Quic,
+    /// Every member offers gRPC and libp2p (TCP) and prefers gRPC.
+    Both,
 }
 
 impl Transports {
-    /// Whether member `i` offers libp2p (and only libp2p).
+    /// Whether member `i` offers libp2p.
     fn libp2p(self, i: usize) -> bool {
         match self {
             Self::Grpc => false,
-            Self::Libp2p | Self::Quic => true,
+            Self::Libp2p | Self::Quic | Self::Both => true,
             Self::Mixed => i % 2 == 1,
+        }
+    }
+
+    /// Whether member `i` offers gRPC.
+    fn grpc(self, i: usize) -> bool {
+        match self {
+            Self::Grpc | Self::Both => true,
+            Self::Libp2p | Self::Quic => false,
+            Self::Mixed => i % 2 == 0,
         }
     }
 }
@@ -151,10 +162,15 @@ impl TestNet {
             .unwrap();
             let peer_id = mim4_node::transport::p2p::peer_id(&key.public());
             let libp2p = transports.libp2p(i);
-            let (grpc_endpoint, p2p_addrs) = if libp2p {
-                (String::new(), vec![format!("{p2p_listen}/p2p/{peer_id}")])
+            let grpc_endpoint = if transports.grpc(i) {
+                format!("{scheme}://{peer_listen}")
             } else {
-                (format!("{scheme}://{peer_listen}"), vec![])
+                String::new()
+            };
+            let p2p_addrs = if libp2p {
+                vec![format!("{p2p_listen}/p2p/{peer_id}")]
+            } else {
+                vec![]
             };
             draft
                 .add_member(DraftMember {
@@ -203,7 +219,7 @@ impl TestNet {
                 ngsi_ld: None,
                 insecure_plaintext,
                 p2p_listen: if libp2p { vec![p2p_listen] } else { vec![] },
-                prefer: if libp2p {
+                prefer: if !transports.grpc(i) {
                     mim4_node::transport::Kind::Libp2p
                 } else {
                     mim4_node::transport::Kind::Grpc

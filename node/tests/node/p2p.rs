@@ -1,0 +1,433 @@
+//! libp2p-specific behaviour: QUIC, non-members, frame limits, fallback from
+//! gRPC, Kademlia, and interop with another libp2p implementation (js-libp2p).
+//! The protocol tests that run over every transport are in `exchange`,
+//! `consent` and `exchange_data` (`over_transports!`).
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identity, Multiaddr, PeerId, Swarm};
+use mim4_node::transport::p2p::codec::{Codec, PROTOCOL};
+use mim4_proto::v1 as pb;
+use mim4_sdk::Delivery;
+use prost::Message as _;
+
+use crate::util::{eventually, TestNet, Transports};
+
+/// A test codec that writes raw bytes as the request (so a test can send a
+/// frame the node's own codec would never write) and reads responses with
+/// the node's codec.
+#[derive(Clone)]
+struct Raw(Codec);
+
+#[async_trait::async_trait]
+impl request_response::Codec for Raw {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = pb::PeerResponse;
+
+    async fn read_request<T>(&mut self, _: &Self::Protocol, _: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        Err(std::io::Error::other("the test client serves nothing"))
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        protocol: &Self::Protocol,
+        io: &mut T,
+    ) -> std::io::Result<pb::PeerResponse>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        self.0.read_response(protocol, io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        bytes: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        use futures::AsyncWriteExt as _;
+        io.write_all(&bytes).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+        _: pb::PeerResponse,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        Err(std::io::Error::other("the test client serves nothing"))
+    }
+}
+
+/// A bare libp2p client with `key`: TCP + noise + yamux and the envelope protocol only.
+fn raw_client(key: identity::Keypair) -> Swarm<request_response::Behaviour<Raw>> {
+    let codec = Raw(Codec {
+        request_bytes_max: 4 * 1024 * 1024,
+        response_bytes_max: 8 * 1024 * 1024,
+    });
+    libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                codec,
+                [(PROTOCOL, ProtocolSupport::Outbound)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// Sends `bytes` as one request to `peer` at `addr` and returns the response.
+async fn raw_request(
+    swarm: &mut Swarm<request_response::Behaviour<Raw>>,
+    peer: PeerId,
+    addr: Multiaddr,
+    bytes: Vec<u8>,
+) -> pb::PeerResponse {
+    swarm
+        .behaviour_mut()
+        .send_request_with_addresses(&peer, bytes, vec![addr]);
+    let wait = async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => return response,
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => panic!("request failed: {error}"),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("an answer within 60 s")
+}
+
+/// A framed `PeerRequest` as the node's codec writes it.
+fn frame(request: &pb::PeerRequest) -> Vec<u8> {
+    let body = request.encode_to_vec();
+    let mut bytes = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+fn deliver_request(envelope: Vec<u8>) -> pb::PeerRequest {
+    pb::PeerRequest {
+        kind: Some(pb::peer_request::Kind::Deliver(pb::DeliverRequest {
+            envelope,
+        })),
+    }
+}
+
+/// The refusal in `response`, which must be one.
+fn refusal(response: pb::PeerResponse) -> pb::PeerRefusal {
+    match response.kind {
+        Some(pb::peer_response::Kind::Refusal(refusal)) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Node `i`'s first libp2p address and its PeerId.
+fn address(net: &TestNet, i: usize) -> (PeerId, Multiaddr) {
+    let handle = net.nodes[i].as_ref().unwrap();
+    (handle.peer_id, handle.p2p_addrs[0].clone())
+}
+
+/// Sends a memo from `from` to `to` and waits for its verified receipt.
+async fn memo(net: &TestNet, from: usize, to: usize, text: &str) {
+    let client = net.admin(from).await;
+    let id = client
+        .send_message(net.id(to).as_str(), "memo", text)
+        .await
+        .unwrap();
+    let outgoing = client
+        .wait_delivered(id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(outgoing.state, Delivery::Delivered, "{from}->{to}");
+}
+
+/// Two members that offer only QUIC exchange memos both ways with receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_exchanges_memos_over_quic() {
+    let mut net = TestNet::over(2, Transports::Quic);
+    net.start_all().await;
+    assert!(address(&net, 0).1.to_string().contains("/quic-v1"));
+    memo(&net, 0, 1, "over QUIC").await;
+    memo(&net, 1, 0, "and back").await;
+    for i in 0..2 {
+        assert_eq!(net.admin(i).await.messages(0, 10).await.unwrap().len(), 1);
+    }
+    net.shutdown().await;
+}
+
+/// The PeerId a node presents is the one derived from its operator key in
+/// the trust list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_id_is_derived_from_the_operator_key() {
+    let mut net = TestNet::over(1, Transports::Libp2p);
+    net.start_all().await;
+    let expected = mim4_node::transport::p2p::peer_id(&net.keys[0].public());
+    assert_eq!(address(&net, 0).0, expected);
+    let listed = &net.draft.members[0].p2p_addrs[0];
+    assert!(listed.ends_with(&format!("/p2p/{expected}")), "{listed}");
+    net.shutdown().await;
+}
+
+/// A PeerId that is not a member gets its envelope requests refused
+/// (`not_a_member`, PERMISSION_DENIED) before anything is decoded, its
+/// connection is closed after a short while, and the node keeps serving members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_member_peer_id_is_refused_and_disconnected() {
+    let mut net = TestNet::over(2, Transports::Libp2p);
+    net.start_all().await;
+    let (peer, addr) = address(&net, 0);
+    let mut stranger = raw_client(identity::Keypair::generate_ed25519());
+    let response = raw_request(
+        &mut stranger,
+        peer,
+        addr,
+        frame(&deliver_request(vec![1, 2, 3])),
+    )
+    .await;
+    let refused = refusal(response);
+    assert_eq!(refused.reason, "not_a_member");
+    assert_eq!(refused.code, tonic::Code::PermissionDenied as u32);
+    // The node closes the stranger's connection within its short lifetime.
+    let closed = async {
+        loop {
+            if let SwarmEvent::ConnectionClosed { peer_id, .. } = stranger.select_next_some().await
+            {
+                if peer_id == peer {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), closed)
+        .await
+        .expect("the non-member connection is closed");
+    memo(&net, 1, 0, "members still served").await;
+    net.shutdown().await;
+}
+
+/// A frame announcing more than the node's message limit is refused from
+/// its 4-byte header (`oversized`, RESOURCE_EXHAUSTED) without the body being
+/// read, a frame that is not a `PeerRequest` is refused as `malformed`, and
+/// an envelope signed by another member than the noise peer as `not_from_peer`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_malformed_and_misattributed_frames_are_refused() {
+    let mut net = TestNet::over(3, Transports::Libp2p);
+    net.start_all().await;
+    let (peer, addr) = address(&net, 0);
+    let member_key = mim4_node::transport::p2p::keypair(&net.keys[1]).unwrap();
+    let mut member = raw_client(member_key);
+    // Announce 2 MiB, send 16 bytes.
+    let mut oversized = (2u32 * 1024 * 1024).to_be_bytes().to_vec();
+    oversized.extend_from_slice(&[0u8; 16]);
+    let refused = refusal(raw_request(&mut member, peer, addr.clone(), oversized).await);
+    assert_eq!(refused.reason, "oversized", "{}", refused.message);
+    assert_eq!(refused.code, tonic::Code::ResourceExhausted as u32);
+    let mut garbage = 8u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xff; 8]);
+    let refused = refusal(raw_request(&mut member, peer, addr.clone(), garbage).await);
+    assert_eq!(refused.reason, "malformed", "{}", refused.message);
+    assert_eq!(refused.code, tonic::Code::InvalidArgument as u32);
+    // An envelope node 2 sealed, carried by node 1's libp2p identity.
+    let client = net.admin(2).await;
+    let id = client
+        .send_message(net.id(0).as_str(), "memo", "mine")
+        .await
+        .unwrap();
+    client
+        .wait_delivered(id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let received = net.admin(0).await.messages(0, 10).await.unwrap();
+    let sealed = received
+        .iter()
+        .find(|m| m.sender == net.id(2).as_str())
+        .unwrap()
+        .envelope
+        .clone();
+    let refused =
+        refusal(raw_request(&mut member, peer, addr, frame(&deliver_request(sealed))).await);
+    assert_eq!(refused.reason, "not_from_peer", "{}", refused.message);
+    memo(&net, 1, 0, "still served").await;
+    net.shutdown().await;
+}
+
+/// Members offer gRPC and libp2p and prefer gRPC; node 1's gRPC endpoint in
+/// the trust list is blocked (nothing listens there). Every message still
+/// arrives over libp2p, each applied once, and replies go over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_grpc_blocked_messages_arrive_over_libp2p_once_each() {
+    let mut net = TestNet::over(2, Transports::Both);
+    let blocked = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let blocked_addr = blocked.local_addr().unwrap();
+    drop(blocked);
+    let id1 = net.id(1).to_string();
+    let v2 = net.sign_next(|d| {
+        d.member_mut(&id1).unwrap().grpc_endpoint = format!("https://{blocked_addr}");
+    });
+    for config in &net.configs {
+        std::fs::write(&config.trust_list, &v2).unwrap();
+    }
+    net.start_all().await;
+    let client = net.admin(0).await;
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(
+            client
+                .send_message(net.id(1).as_str(), "memo", &format!("#{n}"))
+                .await
+                .unwrap(),
+        );
+    }
+    for id in ids {
+        let outgoing = client
+            .wait_delivered(id, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(outgoing.state, Delivery::Delivered);
+    }
+    let received = net.admin(1).await.messages(0, 100).await.unwrap();
+    assert_eq!(received.len(), 10, "each message applied once");
+    let mut texts: Vec<_> = received.iter().map(|m| format!("{:?}", m.memo)).collect();
+    texts.sort();
+    texts.dedup();
+    assert_eq!(texts.len(), 10);
+    memo(&net, 1, 0, "back over gRPC").await;
+    net.shutdown().await;
+}
+
+/// Node 2 moves to a new libp2p address that the trust list does not name.
+/// It talks to node 1, which learns the new address; node 0, which knows
+/// only the listed (dead) address, finds it through Kademlia and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_moved_is_found_through_kademlia() {
+    let mut net = TestNet::over(3, Transports::Libp2p);
+    net.start_all().await;
+    net.stop(2).await;
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let listed = net.draft.members[2].p2p_addrs[0].clone();
+    net.configs[2].p2p_listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+    net.start(2).await;
+    assert!(
+        !listed.contains(&format!("/tcp/{port}/")),
+        "a new address: {listed}"
+    );
+    memo(&net, 2, 1, "I moved").await;
+    memo(&net, 0, 2, "found you").await;
+    let received = net.admin(2).await.messages(0, 10).await.unwrap();
+    assert_eq!(received.len(), 1);
+    net.shutdown().await;
+}
+
+/// Another libp2p implementation (js-libp2p, installed by
+/// `scripts/interop-setup.sh` from the npm registry) connects over TCP +
+/// noise + yamux, identifies the node, pings it, and sees the PeerId the
+/// trust list names; with a wrong expected PeerId it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_libp2p_identifies_and_pings_the_node() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let setup = tokio::process::Command::new("bash")
+        .arg(root.join("scripts/interop-setup.sh"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        setup.status.success(),
+        "interop setup failed (needs node >= 20 and npm): {}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let mut net = TestNet::over(1, Transports::Libp2p);
+    net.start_all().await;
+    let (peer, addr) = address(&net, 0);
+    let expected = mim4_node::transport::p2p::peer_id(&net.keys[0].public());
+    let probe = |expect: String| {
+        let script = root.join("testnet/interop/js/probe.mjs");
+        let target = format!("{addr}/p2p/{peer}");
+        async move {
+            let run = tokio::process::Command::new("node")
+                .arg(script)
+                .arg(target)
+                .args(["--expect-peer", &expect, "--timeout-ms", "20000"])
+                .kill_on_drop(true)
+                .output();
+            let output = tokio::time::timeout(Duration::from_secs(40), run)
+                .await
+                .expect("the probe ends by itself")
+                .unwrap();
+            let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                panic!(
+                    "probe printed {line:?} ({e}); stderr: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            });
+            (output.status.success(), json)
+        }
+    };
+    let (ok, json) = probe(expected.to_string()).await;
+    assert!(ok, "{json}");
+    assert_eq!(json["peer_id"], expected.to_string());
+    assert_eq!(json["protocol_version"], "/mim4/1.0.0");
+    let protocols: Vec<&str> = json["protocols"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    for wanted in ["/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"] {
+        assert!(protocols.contains(&wanted), "{protocols:?}");
+    }
+    assert_eq!(json["encryption"], "/noise");
+    assert_eq!(json["multiplexer"], "/yamux/1.0.0");
+    assert_eq!(json["ping_ms"].as_array().unwrap().len(), 3);
+    // A PeerId other than the trust list's is detected.
+    let other = identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_string();
+    let (ok, json) = probe(other).await;
+    assert!(!ok, "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("mismatch"),
+        "{json}"
+    );
+    // The node still serves after the stranger's visits.
+    eventually("the node answers", Duration::from_secs(30), || {
+        let client = net.admin(0);
+        async move { client.await.status().await.ok() }
+    })
+    .await;
+    net.shutdown().await;
+}
