@@ -497,7 +497,13 @@ pub fn template(
     peer_listen: SocketAddr,
     api_listen: SocketAddr,
     governance_keys: &[PublicKey],
+    p2p_listen: &[libp2p::Multiaddr],
 ) -> String {
+    let p2p_listen = p2p_listen
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let keys = governance_keys
         .iter()
         .map(|k| format!("\"{}\"", k.to_hex()))
@@ -564,7 +570,7 @@ insecure_plaintext = false
 # PeerId is derived from it). List the same addresses as this operator's
 # p2p_addrs in the trust list. Empty: no libp2p listener (the node still dials
 # members that offer only libp2p).
-p2p_listen = []
+p2p_listen = [{p2p_listen}]
 # Which transport to try first when a member offers both: "grpc" or "libp2p".
 # The other is tried when the first cannot reach the member.
 prefer = "grpc"
@@ -706,9 +712,12 @@ mod tests {
             "127.0.0.1:7401".parse().unwrap(),
             "127.0.0.1:7402".parse().unwrap(),
             &[key],
+            &["/ip4/127.0.0.1/tcp/7403".parse().unwrap()],
         );
         let config = Config::parse(&text, Path::new("node.toml")).unwrap();
         assert_eq!(config.governance_keys, vec![key]);
+        assert_eq!(config.p2p_listen[0].to_string(), "/ip4/127.0.0.1/tcp/7403");
+        assert_eq!(config.prefer, crate::transport::Kind::Grpc);
         assert!(!config.insecure_plaintext, "TLS is the default");
         assert_eq!(config.limits, Limits::default());
     }

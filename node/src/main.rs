@@ -66,6 +66,10 @@ struct InitArgs {
     /// Governance public key (hex) to trust; repeat for several.
     #[arg(long = "governance-key")]
     governance_keys: Vec<String>,
+    /// libp2p listen multiaddr, e.g. /ip4/0.0.0.0/tcp/7403 or
+    /// /ip4/0.0.0.0/udp/7403/quic-v1 (repeatable; none: no libp2p listener).
+    #[arg(long = "p2p-listen")]
+    p2p_listen: Vec<libp2p::Multiaddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,9 +160,15 @@ enum TrustCommand {
         #[arg(long)]
         key_file: PathBuf,
         /// gRPC endpoint of its peer server, e.g. https://peer.example.org:7401
-        /// (http:// only for a development federation without TLS).
+        /// (http:// only for a development federation without TLS). Give
+        /// --grpc, --p2p or both.
         #[arg(long)]
-        grpc: String,
+        grpc: Option<String>,
+        /// libp2p multiaddr, e.g. /ip4/203.0.113.7/tcp/7403 or
+        /// /ip4/203.0.113.7/udp/7403/quic-v1 (repeatable); the /p2p/PEERID
+        /// of the key is appended.
+        #[arg(long = "p2p")]
+        p2p: Vec<libp2p::Multiaddr>,
         /// Sector label (repeatable).
         #[arg(long = "sector")]
         sectors: Vec<String>,
@@ -282,6 +292,10 @@ fn main() -> anyhow::Result<()> {
                 },
                 config.api_listen
             );
+            if !config.p2p_listen.is_empty() {
+                let addrs: Vec<String> = config.p2p_listen.iter().map(ToString::to_string).collect();
+                println!("  libp2p: {} (prefers {})", addrs.join(", "), config.prefer);
+            }
             if config.insecure_plaintext {
                 eprintln!(
                     "warning: [transport] insecure_plaintext = true: peer traffic is neither \
@@ -336,6 +350,7 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
             args.peer_listen,
             args.api_listen,
             &governance_keys,
+            &args.p2p_listen,
         ),
     )
     .with_context(|| format!("writing {}", config_path.display()))?;
@@ -344,6 +359,10 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
         "  public key: {} (key id {})",
         key.public().to_hex(),
         key.public().key_id()
+    );
+    println!(
+        "  libp2p PeerId: {} (derived from the key)",
+        mim4_node::transport::p2p::peer_id(&key.public())
     );
     println!("  next: send operator.pub to governance to be added to the trust list,");
     println!("        put the signed trust list at trust-list.pb, then");
@@ -474,11 +493,26 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
             roles,
             key_file,
             grpc,
+            p2p,
             sectors,
         } => {
             let key = identity::read_public_key(&key_file)?;
+            if grpc.is_none() && p2p.is_empty() {
+                bail!("give --grpc, --p2p or both: peers must have a way to reach {operator}");
+            }
+            let grpc = grpc.unwrap_or_default();
             let plaintext = mim4_node::transport::grpc::parse_endpoint(&grpc)
                 .is_ok_and(|endpoint| !endpoint.tls);
+            let peer_id = mim4_node::transport::p2p::peer_id(&key);
+            let p2p_addrs = p2p
+                .into_iter()
+                .map(|mut addr| {
+                    if !matches!(addr.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                        addr.push(libp2p::multiaddr::Protocol::P2p(peer_id));
+                    }
+                    addr.to_string()
+                })
+                .collect();
             edit_draft(&draft, |d| {
                 Ok(d.add_member(DraftMember {
                     operator_id: operator.clone(),
@@ -486,7 +520,7 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
                     country,
                     roles,
                     grpc_endpoint: grpc,
-                    p2p_addrs: Vec::new(),
+                    p2p_addrs,
                     status: "active".into(),
                     sectors,
                     keys: vec![DraftKey {
@@ -657,6 +691,16 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
                     m.grpc_endpoint,
                     keys.join(",")
                 );
+                for key in &m.keys {
+                    println!(
+                        "  key {} -> libp2p PeerId {}",
+                        key.public_key.key_id(),
+                        mim4_node::transport::p2p::peer_id(&key.public_key)
+                    );
+                }
+                for addr in &m.p2p_addrs {
+                    println!("  libp2p {addr}");
+                }
             }
             for a in &list.attributes {
                 let sources: Vec<String> = a.sources.iter().map(ToString::to_string).collect();

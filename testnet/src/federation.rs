@@ -17,6 +17,7 @@ use mim4_node::core::keys::SecretKey;
 use mim4_node::core::trust::{SignedTrustList, VerifiedTrustList};
 use mim4_node::identity;
 use mim4_node::node::now_ms;
+use mim4_node::transport::p2p;
 use mim4_node::trust_draft::{Draft, DraftAttribute, DraftKey, DraftMember, DraftService};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -204,6 +205,8 @@ pub struct Placement {
     pub peer_addr: SocketAddr,
     /// API gRPC address.
     pub api_addr: SocketAddr,
+    /// libp2p TCP address, for operators that offer libp2p.
+    pub p2p_addr: Option<SocketAddr>,
     /// Network namespace (made beforehand, e.g. by [`crate::netns::Lab`]); `None`: the host's.
     pub netns: Option<String>,
 }
@@ -228,6 +231,58 @@ pub struct OperatorState {
     /// The network namespace its node runs in (see [`crate::netns`]); `None`: the host's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// The transport its peers reach it over.
+    #[serde(default)]
+    pub transport: Transport,
+    /// Its libp2p listen address (TCP), if it offers libp2p.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p2p_addr: Option<SocketAddr>,
+}
+
+/// How the operators of a testnet reach each other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transports {
+    /// Every operator offers gRPC over TLS only.
+    #[default]
+    Grpc,
+    /// Every operator offers libp2p (TCP + noise + yamux) only.
+    Libp2p,
+    /// Alternately gRPC only and libp2p only: each message travels over its
+    /// recipient's transport, so both carry traffic.
+    Mixed,
+}
+
+impl Transports {
+    /// The transport operator `i` offers.
+    pub fn of(self, i: usize) -> Transport {
+        match self {
+            Self::Grpc => Transport::Grpc,
+            Self::Libp2p => Transport::Libp2p,
+            Self::Mixed if i % 2 == 0 => Transport::Grpc,
+            Self::Mixed => Transport::Libp2p,
+        }
+    }
+}
+
+/// The transport one operator offers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// gRPC over TLS.
+    #[default]
+    Grpc,
+    /// libp2p.
+    Libp2p,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Grpc => "grpc",
+            Self::Libp2p => "libp2p",
+        })
+    }
 }
 
 impl OperatorState {
@@ -282,11 +337,23 @@ impl Federation {
     /// a governance key, each operator's key, config and admin credential, and
     /// a signed trust list naming them all on free loopback ports.
     pub fn create(dir: &Path, specs: &[OperatorSpec], node_bin: PathBuf) -> anyhow::Result<Self> {
-        let ports = free_ports(specs.len() * 2)?;
+        Self::create_over(dir, specs, node_bin, Transports::Grpc)
+    }
+
+    /// As [`Federation::create`], with the operators offering `transports`.
+    pub fn create_over(
+        dir: &Path,
+        specs: &[OperatorSpec],
+        node_bin: PathBuf,
+        transports: Transports,
+    ) -> anyhow::Result<Self> {
+        let ports = free_ports(specs.len() * 3)?;
         let placement: Vec<Placement> = (0..specs.len())
             .map(|i| Placement {
-                peer_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i])),
-                api_addr: SocketAddr::from(([127, 0, 0, 1], ports[2 * i + 1])),
+                peer_addr: SocketAddr::from(([127, 0, 0, 1], ports[3 * i])),
+                api_addr: SocketAddr::from(([127, 0, 0, 1], ports[3 * i + 1])),
+                p2p_addr: (transports.of(i) == Transport::Libp2p)
+                    .then(|| SocketAddr::from(([127, 0, 0, 1], ports[3 * i + 2]))),
                 netns: None,
             })
             .collect();
@@ -338,8 +405,20 @@ impl Federation {
             let Placement {
                 peer_addr,
                 api_addr,
+                p2p_addr,
                 ref netns,
             } = placement[i];
+            // An operator with a libp2p address offers libp2p only, else gRPC only.
+            let p2p_listen: Vec<libp2p::Multiaddr> = p2p_addr
+                .map(|a| format!("/ip4/{}/tcp/{}", a.ip(), a.port()).parse())
+                .transpose()?
+                .into_iter()
+                .collect();
+            let transport = if p2p_listen.is_empty() {
+                Transport::Grpc
+            } else {
+                Transport::Libp2p
+            };
             // A source serves the testnet's sample registry for it, if there is one.
             let sample = sample_data(spec.id);
             let registry_line = match sample {
@@ -361,9 +440,18 @@ impl Federation {
             );
             fs::write(
                 op_dir.join("node.toml"),
-                config::template(&id, peer_addr, api_addr, &[governance.public()])
-                    .replace("registry_files = []\n", registry_line)
-                    + &controller,
+                config::template(
+                    &id,
+                    peer_addr,
+                    api_addr,
+                    &[governance.public()],
+                    &p2p_listen,
+                )
+                .replace("registry_files = []\n", registry_line)
+                .replace(
+                    "prefer = \"grpc\"",
+                    &format!("prefer = \"{transport}\""),
+                ) + &controller,
             )?;
             let clients_file = op_dir.join("clients.toml");
             let add_client = |name: &str, role: ClientRole, service: Option<String>| {
@@ -389,9 +477,15 @@ impl Federation {
                 name: spec.name.to_owned(),
                 country: spec.country.to_owned(),
                 roles: spec.roles.iter().map(|r| (*r).to_owned()).collect(),
-                // Peers talk TLS (the node.toml template's default).
-                grpc_endpoint: format!("https://{peer_addr}"),
-                p2p_addrs: Vec::new(),
+                // Peers talk TLS (the node.toml template's default), or libp2p.
+                grpc_endpoint: match transport {
+                    Transport::Grpc => format!("https://{peer_addr}"),
+                    Transport::Libp2p => String::new(),
+                },
+                p2p_addrs: p2p_listen
+                    .iter()
+                    .map(|a| format!("{a}/p2p/{}", p2p::peer_id(&key.public())))
+                    .collect(),
                 status: "active".into(),
                 sectors: spec.sectors.iter().map(|s| (*s).to_owned()).collect(),
                 keys: vec![DraftKey {
@@ -409,6 +503,8 @@ impl Federation {
                 api_addr,
                 pid: None,
                 netns: netns.clone(),
+                transport,
+                p2p_addr,
             });
         }
         for (name, value_type, unit, sensitivity, source, description) in CATALOGUE {

@@ -30,6 +30,7 @@ pub mod receipts;
 pub mod scenario;
 
 pub use federation::{
-    Federation, OperatorSpec, OperatorState, Placement, CATALOGUE, DEFAULT_OPERATORS,
+    Federation, OperatorSpec, OperatorState, Placement, Transport, Transports, CATALOGUE,
+    DEFAULT_OPERATORS,
     SERVICE_PURPOSES,
 };

@@ -11,6 +11,7 @@ use mim4_node::core::ids::OperatorId;
 use mim4_node::node::now_ms;
 use mim4_testnet::scenario::{self, Scenario};
 use mim4_testnet::{
+    Transports,
     bench, chaos, crashloop, node_binary, partition, receipts, Federation, DEFAULT_OPERATORS,
 };
 use serde::Serialize;
@@ -36,6 +37,10 @@ enum Command {
         /// Number of operators (1 to 8).
         #[arg(long, default_value_t = 3)]
         operators: usize,
+        /// How operators reach each other: grpc, libp2p, or mixed (alternately
+        /// gRPC only and libp2p only). Applies when the testnet is created.
+        #[arg(long, value_enum, default_value_t = Transports::Grpc)]
+        transport: Transports,
     },
     /// Show each operator: addresses, process, health and counters.
     Status {
@@ -65,6 +70,9 @@ enum Command {
         /// Operators to create if no testnet exists yet (at least what the scenario needs).
         #[arg(long, default_value_t = 3)]
         operators: usize,
+        /// Transports of a testnet created now: grpc, libp2p or mixed.
+        #[arg(long, value_enum, default_value_t = Transports::Grpc)]
+        transport: Transports,
     },
     /// Run a scenario against the running federation and report each step;
     /// exits non-zero when an expectation fails. Built-in scenarios: daycare,
@@ -124,8 +132,12 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Up { operators } => {
-                let federation = up(&cli.dir, cli.node_bin.as_deref(), operators).await?;
+            Command::Up {
+                operators,
+                transport,
+            } => {
+                let federation =
+                    up(&cli.dir, cli.node_bin.as_deref(), operators, transport).await?;
                 print_table(&federation);
                 println!("\nnext: mim4-testnet demo | status | logs OPERATOR | down");
                 Ok(())
@@ -178,10 +190,12 @@ fn main() -> anyhow::Result<()> {
             Command::Demo {
                 scenario,
                 operators,
+                transport,
             } => {
                 let scenario = Scenario::load(&scenario)?;
                 let operators = operators.max(operators_needed(&scenario)?);
-                let federation = up(&cli.dir, cli.node_bin.as_deref(), operators).await?;
+                let federation =
+                    up(&cli.dir, cli.node_bin.as_deref(), operators, transport).await?;
                 print_table(&federation);
                 demo(&federation).await?;
                 let report = scenario::run(&federation, &scenario, true).await?;
@@ -244,7 +258,12 @@ fn operators_needed(scenario: &Scenario) -> anyhow::Result<usize> {
 }
 
 /// Opens or creates the testnet and starts every node that is not running.
-async fn up(dir: &Path, node_bin: Option<&Path>, operators: usize) -> anyhow::Result<Federation> {
+async fn up(
+    dir: &Path,
+    node_bin: Option<&Path>,
+    operators: usize,
+    transports: Transports,
+) -> anyhow::Result<Federation> {
     if !(1..=DEFAULT_OPERATORS.len()).contains(&operators) {
         bail!(
             "--operators must be between 1 and {}",
@@ -259,7 +278,12 @@ async fn up(dir: &Path, node_bin: Option<&Path>, operators: usize) -> anyhow::Re
             }
             existing
         }
-        None => Federation::create(dir, &DEFAULT_OPERATORS[..operators], node_bin)?,
+        None => Federation::create_over(
+            dir,
+            &DEFAULT_OPERATORS[..operators],
+            node_bin,
+            transports,
+        )?,
     };
     let ids: Vec<String> = federation
         .operators()
@@ -307,14 +331,19 @@ fn progress(len: u64, message: &str) -> indicatif::ProgressBar {
 
 fn print_table(federation: &Federation) {
     println!(
-        "\n{:<24} {:<22} {:<22} {:<8} DATA DIR",
-        "OPERATOR", "PEER (gRPC)", "API (gRPC)", "PID"
+        "\n{:<24} {:<8} {:<22} {:<22} {:<8} DATA DIR",
+        "OPERATOR", "OFFERS", "PEER (gRPC/libp2p)", "API (gRPC)", "PID"
     );
     for op in federation.operators() {
+        let peer = match op.p2p_addr {
+            Some(addr) => format!("{addr}"),
+            None => op.peer_addr.to_string(),
+        };
         println!(
-            "{:<24} {:<22} {:<22} {:<8} {}",
+            "{:<24} {:<8} {:<22} {:<22} {:<8} {}",
             op.id,
-            op.peer_addr.to_string(),
+            op.transport.to_string(),
+            peer,
             op.api_addr.to_string(),
             op.pid.map_or("-".into(), |p| p.to_string()),
             op.dir.join("data").display()
@@ -325,7 +354,9 @@ fn print_table(federation: &Federation) {
 #[derive(Serialize)]
 struct OperatorStatus {
     operator: String,
+    transport: String,
     peer_addr: String,
+    p2p_addr: Option<String>,
     api_addr: String,
     pid: Option<u32>,
     running: bool,
@@ -367,7 +398,9 @@ async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
         };
         rows.push(OperatorStatus {
             operator: op.id.clone(),
+            transport: op.transport.to_string(),
             peer_addr: op.peer_addr.to_string(),
+            p2p_addr: op.p2p_addr.map(|a| a.to_string()),
             api_addr: op.api_addr.to_string(),
             pid: op.pid.filter(|_| running),
             running,
@@ -394,13 +427,23 @@ async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
     }
     let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     println!(
-        "{:<24} {:<22} {:<8} {:<8} {:>5} {:>6} {:>9} {:>8} {:>10}",
-        "OPERATOR", "API", "PID", "HEALTH", "TRUST", "PEERS", "RECEIVED", "PENDING", "DELIVERED"
+        "{:<24} {:<7} {:<22} {:<8} {:<8} {:>5} {:>6} {:>9} {:>8} {:>10}",
+        "OPERATOR",
+        "OFFERS",
+        "API",
+        "PID",
+        "HEALTH",
+        "TRUST",
+        "PEERS",
+        "RECEIVED",
+        "PENDING",
+        "DELIVERED"
     );
     for r in rows {
         println!(
-            "{:<24} {:<22} {:<8} {:<8} {:>5} {:>6} {:>9} {:>8} {:>10}",
+            "{:<24} {:<7} {:<22} {:<8} {:<8} {:>5} {:>6} {:>9} {:>8} {:>10}",
             r.operator,
+            r.transport,
             r.api_addr,
             dash(r.pid.map(|p| p.to_string())),
             if r.healthy {

@@ -126,6 +126,7 @@ impl Lab {
         crate::Placement {
             peer_addr: (self.addr(i), PEER_PORT).into(),
             api_addr: (self.addr(i), API_PORT).into(),
+            p2p_addr: None,
             netns: Some(self.namespace(i).to_owned()),
         }
     }

@@ -165,3 +165,37 @@ fn down_after_the_tool_was_killed_leaves_no_orphan() {
         }
     }
 }
+
+/// The same built-in scenarios pass on an eight-operator federation whose
+/// operators all offer only libp2p, and on a mixed one (alternately gRPC
+/// only and libp2p only), and `status --json` says which operator offers what.
+#[test]
+fn built_in_scenarios_pass_over_libp2p_and_a_mixed_federation() {
+    for transport in ["libp2p", "mixed"] {
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("net");
+        let up = testnet(&net, &["up", "--operators", "8", "--transport", transport]);
+        assert!(up.status.success(), "up --transport {transport}");
+        for scenario in ["daycare", "job-seeker", "skills"] {
+            let out = testnet(&net, &["run", scenario]);
+            assert!(out.status.success(), "{scenario} over {transport}");
+        }
+        let out = testnet(&net, &["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let offers: Vec<&str> = status["operators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["transport"].as_str().unwrap())
+            .collect();
+        assert_eq!(offers.len(), 8);
+        match transport {
+            "libp2p" => assert!(offers.iter().all(|t| *t == "libp2p"), "{offers:?}"),
+            _ => {
+                assert_eq!(offers.iter().filter(|t| **t == "grpc").count(), 4, "{offers:?}");
+                assert_eq!(offers.iter().filter(|t| **t == "libp2p").count(), 4, "{offers:?}");
+            }
+        }
+        assert!(testnet(&net, &["down"]).status.success());
+    }
+}

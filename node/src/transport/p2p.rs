@@ -737,13 +737,11 @@ impl Driver {
                 peer_id,
                 info,
                 ..
-            })) => {
+            })) if member_of(&(self.trust)(), &peer_id, now_ms()).is_ok() => {
                 // A member's own listen addresses keep the routing table
                 // current when it moves; nobody else's enter it.
-                if member_of(&(self.trust)(), &peer_id, now_ms()).is_ok() {
-                    for addr in info.listen_addrs {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                    }
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
