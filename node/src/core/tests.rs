@@ -12,6 +12,9 @@
 //! - `properties`: property tests that altered or random bytes never verify,
 //!   and that the decoders (envelopes, predicates, consent-receipt JWS, trust
 //!   lists) return a value or a typed error for any input, never panic.
+//! - `sim`: a deterministic simulation of nodes (the core plus a model of the
+//!   driver and of sled) under seeded crashes, partitions and clock offsets,
+//!   checked like Jepsen's total queue; a broken receiver must be caught.
 //! - `trust`: governance signatures, trust-list updates, key rotation and
 //!   trust-list validation on decode.
 
@@ -19,5 +22,6 @@ mod consent;
 mod ed25519;
 mod envelope;
 mod properties;
+mod sim;
 mod trust;
 mod util;
