@@ -5,7 +5,7 @@
 # offsets, then 50 seeds of the broken receiver that acknowledges before its
 # flush, which must be caught losing messages.
 #
-#   scripts/simulate.sh [SEEDS] [--seed S] [--variant faithful|broken|replay-flushes]
+#   scripts/simulate.sh [SEEDS] [--seed S] [--variant faithful|broken|replay-before-flush]
 #
 # A failing seed is printed with the command that replays it. The JSON summary
 # goes to ${CARGO_TARGET_DIR:-target}/reliability/simulation.json.
@@ -21,7 +21,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --seed) export MIM4_SIM_SEED=$2; shift 2 ;;
         --variant) export MIM4_SIM_VARIANT=$2; shift 2 ;;
-        *) echo "usage: scripts/simulate.sh [SEEDS] [--seed S] [--variant faithful|broken|replay-flushes]" >&2; exit 2 ;;
+        *) echo "usage: scripts/simulate.sh [SEEDS] [--seed S] [--variant faithful|broken|replay-before-flush]" >&2; exit 2 ;;
     esac
 done
 exec cargo test -p mim4-node --lib core::tests::sim::simulation -- --exact --nocapture

@@ -680,6 +680,14 @@ impl Shared {
             let receipt = matches!(reason, RejectReason::Replayed { .. })
                 .then(|| prior.map(|(_, r)| r))
                 .flatten();
+            #[cfg(not(feature = "broken-ack-before-flush"))]
+            if receipt.is_some() {
+                // The first copy's write may still wait for its flush (a
+                // retry or a duplicate arriving meanwhile): its receipt is an
+                // acknowledgement, so it goes out only once that write is
+                // durable. Found by the simulation (core/tests/sim.rs, seed 27).
+                self.store.durable().await?;
+            }
             return Err(replay(reason, receipt));
         }
 
@@ -753,7 +761,10 @@ impl Shared {
             new_trust.as_ref().map(|t| t.signed().encode()).as_deref(),
         )?;
         if recorded.is_none() {
-            // A concurrent copy of the same message won the race; answer as a replay.
+            // A concurrent copy of the same message won the race; answer as a
+            // replay, once the winner's write is durable (see above).
+            #[cfg(not(feature = "broken-ack-before-flush"))]
+            self.store.durable().await?;
             let stored = self.store.applied(&envelope.message_id)?;
             let first = stored.as_ref().map_or(now, |(a, _)| a.applied_at_ms);
             return Err(replay(

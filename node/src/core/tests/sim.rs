@@ -101,15 +101,17 @@ const OPERATORS: [(&str, u8); 4] = [
 /// Which receiver the simulation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub(super) enum Variant {
-    /// `Shared::receive` as written: record, flush, then return the receipt.
+    /// `Shared::receive` as written: record, flush, then return the receipt;
+    /// a replay is answered with the stored receipt only after a `durable()`
+    /// covering the first copy's write.
     Faithful,
     /// Deliberately broken: the receipt is returned before the flush, and the
     /// background flush is off (like the `broken-ack-before-flush` feature).
     AckBeforeFlush,
-    /// `Faithful` with the fix this simulation calls for: a replay is answered
-    /// with the stored receipt only after a `durable()` covering the first
-    /// copy's write (see `replay_answered_before_the_flush_loses_a_message`).
-    ReplayWaitsForFlush,
+    /// The bug this simulation found in `Shared::receive` (now fixed): a
+    /// replay answered with the stored receipt while the first copy's write
+    /// still waits for its flush (see `replay_answered_before_the_flush_loses_a_message`).
+    ReplayBeforeFlush,
 }
 
 // -- the store model -----------------------------------------------------------
@@ -1214,10 +1216,10 @@ impl<'a> Sim<'a> {
         if let Err(reason) = delivery::check_replay(&verified, prior.as_ref().map(|s| &s.applied)) {
             let answer = match (reason, prior) {
                 (RejectReason::Replayed { .. }, Some(seen)) => {
-                    // As `Shared::receive`: the stored receipt goes back at
-                    // once, flushed or not.
+                    // As `Shared::receive`: the stored receipt goes back once
+                    // the first copy's write is durable (the old bug: at once).
                     let unflushed = !n.store.durable.seen.contains_key(&message_id);
-                    if self.variant == Variant::ReplayWaitsForFlush {
+                    if self.variant != Variant::ReplayBeforeFlush {
                         let answer = Answer::Replayed(seen.receipt);
                         let then = AfterFlush::Answer {
                             to: from,
@@ -1272,7 +1274,7 @@ impl<'a> Sim<'a> {
             return;
         }
         match self.variant {
-            Variant::Faithful | Variant::ReplayWaitsForFlush => self.durable(
+            Variant::Faithful | Variant::ReplayBeforeFlush => self.durable(
                 node,
                 AfterFlush::Answer {
                     to: from,
@@ -1517,7 +1519,7 @@ fn replay_command(seed: u64, variant: Variant) -> String {
     let broken = match variant {
         Variant::Faithful => "",
         Variant::AckBeforeFlush => "MIM4_SIM_VARIANT=broken ",
-        Variant::ReplayWaitsForFlush => "MIM4_SIM_VARIANT=replay-flushes ",
+        Variant::ReplayBeforeFlush => "MIM4_SIM_VARIANT=replay-before-flush ",
     };
     format!(
         "MIM4_SIM_SEED={seed} {broken}cargo test -p mim4-node --lib core::tests::sim -- --nocapture"
@@ -1588,9 +1590,9 @@ fn simulation() {
     let variant = match std::env::var("MIM4_SIM_VARIANT").as_deref() {
         Err(_) | Ok("faithful") => Variant::Faithful,
         Ok("broken") => Variant::AckBeforeFlush,
-        Ok("replay-flushes") => Variant::ReplayWaitsForFlush,
+        Ok("replay-before-flush") => Variant::ReplayBeforeFlush,
         Ok(other) => {
-            panic!("MIM4_SIM_VARIANT={other}: expected faithful, broken or replay-flushes")
+            panic!("MIM4_SIM_VARIANT={other}: expected faithful, broken or replay-before-flush")
         }
     };
     let outcomes: Vec<Outcome> = seeds
@@ -1717,15 +1719,14 @@ fn simulation() {
 /// Seed 27 shows it (a copy duplicated by the network is answered during a
 /// 184 ms flush; in production a retry after `DELIVERY_TIMEOUT_MS` or a
 /// restarted sender does the same); 5 of seeds 0..2000 lose a message this
-/// way and nothing else. The model of the fix (a `durable()` before answering
-/// a replay) loses nothing on the same seeds. When
-/// `node/src/node.rs` is fixed, `Variant::Faithful` must flush too and this
-/// test becomes a regression test of the fix.
+/// way and nothing else. `Shared::receive` now flushes (`durable()`) before
+/// answering a replay, as `Variant::Faithful` models: it loses nothing on the
+/// same seed.
 #[test]
 fn replay_answered_before_the_flush_loses_a_message() {
     const SEED: u64 = 27;
     let trust = trust_list();
-    let as_written = simulate(SEED, Variant::Faithful, &trust);
+    let as_written = simulate(SEED, Variant::ReplayBeforeFlush, &trust);
     assert!(as_written.counts.lost > 0, "{as_written:#?}");
     assert!(
         as_written
@@ -1734,7 +1735,7 @@ fn replay_answered_before_the_flush_loses_a_message() {
             .all(|v| v.contains("answered a copy as a replay")),
         "{as_written:#?}"
     );
-    let fixed = simulate(SEED, Variant::ReplayWaitsForFlush, &trust);
+    let fixed = simulate(SEED, Variant::Faithful, &trust);
     assert_eq!(fixed.failure(), None, "{fixed:#?}");
 }
 
