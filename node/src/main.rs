@@ -293,7 +293,8 @@ fn main() -> anyhow::Result<()> {
                 config.api_listen
             );
             if !config.p2p_listen.is_empty() {
-                let addrs: Vec<String> = config.p2p_listen.iter().map(ToString::to_string).collect();
+                let addrs: Vec<String> =
+                    config.p2p_listen.iter().map(ToString::to_string).collect();
                 println!("  libp2p: {} (prefers {})", addrs.join(", "), config.prefer);
             }
             if config.insecure_plaintext {
@@ -507,7 +508,10 @@ fn trust(command: TrustCommand) -> anyhow::Result<()> {
             let p2p_addrs = p2p
                 .into_iter()
                 .map(|mut addr| {
-                    if !matches!(addr.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                    if !matches!(
+                        addr.iter().last(),
+                        Some(libp2p::multiaddr::Protocol::P2p(_))
+                    ) {
                         addr.push(libp2p::multiaddr::Protocol::P2p(peer_id));
                     }
                     addr.to_string()

@@ -448,10 +448,8 @@ impl Federation {
                     &p2p_listen,
                 )
                 .replace("registry_files = []\n", registry_line)
-                .replace(
-                    "prefer = \"grpc\"",
-                    &format!("prefer = \"{transport}\""),
-                ) + &controller,
+                .replace("prefer = \"grpc\"", &format!("prefer = \"{transport}\""))
+                    + &controller,
             )?;
             let clients_file = op_dir.join("clients.toml");
             let add_client = |name: &str, role: ClientRole, service: Option<String>| {

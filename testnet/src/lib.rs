@@ -31,6 +31,5 @@ pub mod scenario;
 
 pub use federation::{
     Federation, OperatorSpec, OperatorState, Placement, Transport, Transports, CATALOGUE,
-    DEFAULT_OPERATORS,
-    SERVICE_PURPOSES,
+    DEFAULT_OPERATORS, SERVICE_PURPOSES,
 };

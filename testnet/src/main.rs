@@ -11,8 +11,8 @@ use mim4_node::core::ids::OperatorId;
 use mim4_node::node::now_ms;
 use mim4_testnet::scenario::{self, Scenario};
 use mim4_testnet::{
-    Transports,
-    bench, chaos, crashloop, node_binary, partition, receipts, Federation, DEFAULT_OPERATORS,
+    bench, chaos, crashloop, node_binary, partition, receipts, Federation, Transports,
+    DEFAULT_OPERATORS,
 };
 use serde::Serialize;
 
@@ -278,12 +278,9 @@ async fn up(
             }
             existing
         }
-        None => Federation::create_over(
-            dir,
-            &DEFAULT_OPERATORS[..operators],
-            node_bin,
-            transports,
-        )?,
+        None => {
+            Federation::create_over(dir, &DEFAULT_OPERATORS[..operators], node_bin, transports)?
+        }
     };
     let ids: Vec<String> = federation
         .operators()

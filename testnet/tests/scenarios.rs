@@ -192,8 +192,16 @@ fn built_in_scenarios_pass_over_libp2p_and_a_mixed_federation() {
         match transport {
             "libp2p" => assert!(offers.iter().all(|t| *t == "libp2p"), "{offers:?}"),
             _ => {
-                assert_eq!(offers.iter().filter(|t| **t == "grpc").count(), 4, "{offers:?}");
-                assert_eq!(offers.iter().filter(|t| **t == "libp2p").count(), 4, "{offers:?}");
+                assert_eq!(
+                    offers.iter().filter(|t| **t == "grpc").count(),
+                    4,
+                    "{offers:?}"
+                );
+                assert_eq!(
+                    offers.iter().filter(|t| **t == "libp2p").count(),
+                    4,
+                    "{offers:?}"
+                );
             }
         }
         assert!(testnet(&net, &["down"]).status.success());
