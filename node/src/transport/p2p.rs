@@ -987,7 +987,7 @@ impl Driver {
                 let message = format!("frame of {len} bytes exceeds the limit of {max}; not read");
                 return Err(refusal(
                     tonic::Code::ResourceExhausted,
-                    "oversized",
+                    codec::OVERSIZED_REASON,
                     message,
                     None,
                 ));

@@ -1,10 +1,10 @@
 //! Hostile-input corpus: 10,000 envelopes in eleven categories, generated
-//! from a seed, each sent over the real gRPC peer transport (TLS, as node 1)
-//! to an in-process node. Every case must be refused with the expected gRPC code *and* the
+//! from a seed, each sent over a real peer transport as node 1 (gRPC over
+//! TLS, and libp2p over noise: one test each) to an in-process node. Every case must be refused with the expected gRPC code *and* the
 //! expected machine-readable reason (the `mim4-reason` metadata of the
 //! refusal), the node must stay healthy, and a summary (counts per category
 //! and reason, timings, resident memory) is printed and written to
-//! `$CARGO_TARGET_TMPDIR/corpus-summary.json`.
+//! `$CARGO_TARGET_TMPDIR/corpus-summary-{grpc,libp2p}.json`.
 //!
 //! The seed (`MIM4_CORPUS_SEED`, default [`SEED_DEFAULT`]) fixes which cases
 //! are made: every choice (sub-case, cut, bit, size, key, point, times
@@ -36,7 +36,7 @@ use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::util::{eventually, TestNet};
+use crate::util::{eventually, P2pSender, TestNet, Transports};
 
 /// Cases in the corpus.
 const CASES: usize = 10_000;
@@ -228,7 +228,10 @@ struct Case {
 /// What came back for one case.
 #[derive(Debug)]
 enum Outcome {
-    Accepted,
+    /// Applied; the receipt.
+    Accepted(Vec<u8>),
+    /// The libp2p stream failed before an answer came back.
+    StreamFailed,
     Refused {
         code: Code,
         reason: Option<String>,
@@ -883,24 +886,77 @@ fn memory_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn send(client: &mut OperatorPeerClient<Channel>, envelope: Vec<u8>) -> Outcome {
-    let call = client.deliver(pb::DeliverRequest { envelope });
-    match tokio::time::timeout(DEADLINE, call).await {
-        Err(_) => Outcome::TimedOut,
-        Ok(Ok(_)) => Outcome::Accepted,
-        Ok(Err(status)) => Outcome::Refused {
-            code: status.code(),
-            reason: status
-                .metadata()
-                .get(REASON_METADATA_KEY)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned),
-            details: status.details().to_vec(),
-        },
+/// The transport the corpus travels over, as node 1.
+#[derive(Clone)]
+enum Wire {
+    Grpc(OperatorPeerClient<Channel>),
+    Libp2p(P2pSender),
+}
+
+impl Wire {
+    fn new(net: &TestNet, transports: Transports) -> Self {
+        match transports {
+            Transports::Grpc => Self::Grpc(net.peer_client(1, 0)),
+            _ => {
+                let node = net.nodes[0].as_ref().unwrap();
+                Self::Libp2p(P2pSender::spawn(
+                    &net.keys[1],
+                    node.peer_id,
+                    node.p2p_addrs[0].clone(),
+                ))
+            }
+        }
+    }
+}
+
+async fn send(wire: &Wire, envelope: Vec<u8>) -> Outcome {
+    match wire {
+        Wire::Grpc(client) => {
+            let mut client = client.clone();
+            let call = client.deliver(pb::DeliverRequest { envelope });
+            match tokio::time::timeout(DEADLINE, call).await {
+                Err(_) => Outcome::TimedOut,
+                Ok(Ok(response)) => Outcome::Accepted(response.into_inner().receipt),
+                Ok(Err(status)) => Outcome::Refused {
+                    code: status.code(),
+                    reason: status
+                        .metadata()
+                        .get(REASON_METADATA_KEY)
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_owned),
+                    details: status.details().to_vec(),
+                },
+            }
+        }
+        Wire::Libp2p(sender) => {
+            match tokio::time::timeout(DEADLINE, sender.deliver(envelope)).await {
+                Err(_) => Outcome::TimedOut,
+                Ok(None) => Outcome::StreamFailed,
+                Ok(Some(response)) => match response.kind {
+                    Some(pb::peer_response::Kind::Deliver(d)) => Outcome::Accepted(d.receipt),
+                    Some(pb::peer_response::Kind::Refusal(r)) => Outcome::Refused {
+                        code: Code::from(i32::try_from(r.code).unwrap()),
+                        reason: Some(r.reason),
+                        details: r.receipt,
+                    },
+                    other => panic!("unexpected libp2p answer {other:?}"),
+                },
+            }
+        }
     }
 }
 
 /// Whether `outcome` is the refusal `expected` asks for.
+/// Over libp2p, a frame past the transport's limit is refused by the node
+/// itself from the frame header (`oversized`), where tonic refuses it
+/// without a reason; everything else is the same verdict on both.
+fn over(expected: &Expected, wire: &Wire) -> Expected {
+    match (wire, expected.reason) {
+        (Wire::Libp2p(_), None) => Expected::node(Code::ResourceExhausted, "oversized"),
+        _ => *expected,
+    }
+}
+
 fn is_expected(outcome: &Outcome, expected: &Expected, receipts: &[Vec<u8>]) -> bool {
     let Outcome::Refused {
         code,
@@ -932,8 +988,8 @@ struct Tally {
 /// Three operators (node 0 receives, node 1 sends, node 2 is a member that
 /// does not run), with a trust list v2 that also names a suspended and a
 /// revoked member and gives node 1 an ended and a future key besides its own.
-fn federation(rng: &mut StdRng, now: u64) -> (TestNet, Extra) {
-    let mut net = TestNet::new(3);
+fn federation(rng: &mut StdRng, now: u64, transports: Transports) -> (TestNet, Extra) {
+    let mut net = TestNet::over(3, transports);
     let extra = Extra {
         ended: SecretKey::generate(rng),
         future: SecretKey::generate(rng),
@@ -1008,23 +1064,19 @@ fn corpus(generator: &mut Generator<'_>) -> (Vec<Case>, Vec<Envelope>) {
 }
 
 /// Delivers each of `envelopes` (valid) and returns their receipts, in order.
-async fn deliver_all(
-    client: &OperatorPeerClient<Channel>,
-    envelopes: Vec<Vec<u8>>,
-) -> Vec<Vec<u8>> {
+async fn deliver_all(wire: &Wire, envelopes: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     let mut tasks = tokio::task::JoinSet::new();
     let chunk = envelopes.len().div_ceil(CONCURRENCY).max(1);
     for (part, group) in envelopes.chunks(chunk).enumerate() {
-        let mut client = client.clone();
+        let wire = wire.clone();
         let group = group.to_vec();
         tasks.spawn(async move {
             let mut receipts = Vec::with_capacity(group.len());
             for envelope in group {
-                let response = client
-                    .deliver(pb::DeliverRequest { envelope })
-                    .await
-                    .unwrap();
-                receipts.push(response.into_inner().receipt);
+                let Outcome::Accepted(receipt) = send(&wire, envelope).await else {
+                    panic!("an original was not applied");
+                };
+                receipts.push(receipt);
             }
             (part, receipts)
         });
@@ -1039,14 +1091,11 @@ async fn deliver_all(
 
 /// Sends every case, [`CONCURRENCY`] at a time over the one connection;
 /// returns (case index, outcome, latency) in completion order.
-async fn send_all(
-    client: &OperatorPeerClient<Channel>,
-    cases: &Arc<Vec<Case>>,
-) -> Vec<(usize, Outcome, Duration)> {
+async fn send_all(wire: &Wire, cases: &Arc<Vec<Case>>) -> Vec<(usize, Outcome, Duration)> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..CONCURRENCY {
-        let mut client = client.clone();
+        let wire = wire.clone();
         let cases = Arc::clone(cases);
         let next = Arc::clone(&next);
         tasks.spawn(async move {
@@ -1058,7 +1107,7 @@ async fn send_all(
                 };
                 let bytes = case.bytes.build();
                 let sent = Instant::now();
-                let outcome = send(&mut client, bytes).await;
+                let outcome = send(&wire, bytes).await;
                 results.push((i, outcome, sent.elapsed()));
             }
         });
@@ -1073,7 +1122,7 @@ async fn send_all(
 /// `originals`, those two and nothing else were applied there.
 async fn assert_healthy(
     net: &TestNet,
-    client: &OperatorPeerClient<Channel>,
+    wire: &Wire,
     generator: &mut Generator<'_>,
     originals: &[Envelope],
 ) {
@@ -1081,9 +1130,9 @@ async fn assert_healthy(
     assert_eq!(status.operator_id, net.id(0).as_str());
     generator.now = now_ms();
     let valid = generator.memo().seal(&net.keys[1]).bytes;
-    let outcome = send(&mut client.clone(), valid).await;
+    let outcome = send(wire, valid).await;
     assert!(
-        matches!(outcome, Outcome::Accepted),
+        matches!(outcome, Outcome::Accepted(_)),
         "a valid envelope after the corpus: {outcome:?}"
     );
     let peer = net.admin(1).await;
@@ -1131,14 +1180,25 @@ async fn assert_healthy(
 /// receipt); none is applied, and afterwards the node answers `GetStatus`,
 /// accepts a valid envelope by hand and receives a memo sent by a peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_corpus_is_refused_with_the_expected_reason() {
+async fn hostile_corpus_is_refused_with_the_expected_reason_over_grpc() {
+    hostile_corpus(Transports::Grpc).await;
+}
+
+/// The same corpus over libp2p (noise-authenticated as node 1, framed by
+/// `/mim4/envelope/1`): the same verdict per case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_corpus_is_refused_with_the_expected_reason_over_libp2p() {
+    hostile_corpus(Transports::Libp2p).await;
+}
+
+async fn hostile_corpus(transports: Transports) {
     let seed = std::env::var("MIM4_CORPUS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(SEED_DEFAULT);
     let mut rng = StdRng::seed_from_u64(seed);
     let now = now_ms();
-    let (mut net, extra) = federation(&mut rng, now);
+    let (mut net, extra) = federation(&mut rng, now, transports);
     net.start(0).await;
     net.start(1).await;
     let rss_kib_started = memory_kib("VmRSS:");
@@ -1154,9 +1214,10 @@ async fn hostile_corpus_is_refused_with_the_expected_reason() {
     let (cases, originals) = corpus(&mut generator);
     let generate_ms = started.elapsed().as_millis();
 
-    // Node 1's connection to node 0 (over TLS with node 1's certificate): every
-    // case claims node 1 as its sender, or fails before that is compared.
-    let client = net.peer_client(1, 0);
+    // Node 1's connection to node 0 (over TLS with node 1's certificate, or
+    // libp2p with node 1's key): every case claims node 1 as its sender, or
+    // fails before that is compared.
+    let client = Wire::new(&net, transports);
     let started = Instant::now();
     let sealed = originals
         .iter()
@@ -1189,12 +1250,13 @@ async fn hostile_corpus_is_refused_with_the_expected_reason() {
         let ms = latency.as_secs_f64() * 1000.0;
         tally.latency_ms_total += ms;
         tally.latency_ms_max = tally.latency_ms_max.max(ms);
-        if !is_expected(outcome, &case.expected, &receipts) {
+        let expected = over(&case.expected, &client);
+        if !is_expected(outcome, &expected, &receipts) {
             failures.push(format!(
                 "{} ({}): expected {:?}, got {outcome:?}",
                 case.category.name(),
                 case.label,
-                case.expected
+                expected
             ));
         }
     }
@@ -1221,6 +1283,7 @@ async fn hostile_corpus_is_refused_with_the_expected_reason() {
         })
         .collect();
     let summary = serde_json::json!({
+        "transport": format!("{transports:?}").to_lowercase(),
         "seed": seed,
         "cases": CASES,
         "concurrency": CONCURRENCY,
@@ -1243,7 +1306,10 @@ async fn hostile_corpus_is_refused_with_the_expected_reason() {
         },
     });
     let text = serde_json::to_string_pretty(&summary).unwrap();
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("corpus-summary.json");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "corpus-summary-{}.json",
+        format!("{transports:?}").to_lowercase()
+    ));
     std::fs::write(&path, &text).unwrap();
     println!("{text}");
     println!(

@@ -6,143 +6,14 @@
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identity, Multiaddr, PeerId, Swarm};
-use mim4_node::transport::p2p::codec::{Codec, PROTOCOL};
+use libp2p::{identity, Multiaddr, PeerId};
 use mim4_proto::v1 as pb;
 use mim4_sdk::Delivery;
-use prost::Message as _;
 
-use crate::util::{eventually, TestNet, Transports};
-
-/// A test codec that writes raw bytes as the request (so a test can send a
-/// frame the node's own codec would never write) and reads responses with
-/// the node's codec.
-#[derive(Clone)]
-struct Raw(Codec);
-
-#[async_trait::async_trait]
-impl request_response::Codec for Raw {
-    type Protocol = libp2p::StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = pb::PeerResponse;
-
-    async fn read_request<T>(&mut self, _: &Self::Protocol, _: &mut T) -> std::io::Result<Vec<u8>>
-    where
-        T: futures::AsyncRead + Unpin + Send,
-    {
-        Err(std::io::Error::other("the test client serves nothing"))
-    }
-
-    async fn read_response<T>(
-        &mut self,
-        protocol: &Self::Protocol,
-        io: &mut T,
-    ) -> std::io::Result<pb::PeerResponse>
-    where
-        T: futures::AsyncRead + Unpin + Send,
-    {
-        self.0.read_response(protocol, io).await
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &Self::Protocol,
-        io: &mut T,
-        bytes: Vec<u8>,
-    ) -> std::io::Result<()>
-    where
-        T: futures::AsyncWrite + Unpin + Send,
-    {
-        use futures::AsyncWriteExt as _;
-        io.write_all(&bytes).await?;
-        io.close().await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &Self::Protocol,
-        _: &mut T,
-        _: pb::PeerResponse,
-    ) -> std::io::Result<()>
-    where
-        T: futures::AsyncWrite + Unpin + Send,
-    {
-        Err(std::io::Error::other("the test client serves nothing"))
-    }
-}
-
-/// A bare libp2p client with `key`: TCP + noise + yamux and the envelope protocol only.
-fn raw_client(key: identity::Keypair) -> Swarm<request_response::Behaviour<Raw>> {
-    let codec = Raw(Codec {
-        request_bytes_max: 4 * 1024 * 1024,
-        response_bytes_max: 8 * 1024 * 1024,
-    });
-    libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                codec,
-                [(PROTOCOL, ProtocolSupport::Outbound)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build()
-}
-
-/// Sends `bytes` as one request to `peer` at `addr` and returns the response.
-async fn raw_request(
-    swarm: &mut Swarm<request_response::Behaviour<Raw>>,
-    peer: PeerId,
-    addr: Multiaddr,
-    bytes: Vec<u8>,
-) -> pb::PeerResponse {
-    swarm
-        .behaviour_mut()
-        .send_request_with_addresses(&peer, bytes, vec![addr]);
-    let wait = async {
-        loop {
-            match swarm.select_next_some().await {
-                SwarmEvent::Behaviour(request_response::Event::Message {
-                    message: request_response::Message::Response { response, .. },
-                    ..
-                }) => return response,
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                    error, ..
-                }) => panic!("request failed: {error}"),
-                _ => {}
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), wait)
-        .await
-        .expect("an answer within 60 s")
-}
-
-/// A framed `PeerRequest` as the node's codec writes it.
-fn frame(request: &pb::PeerRequest) -> Vec<u8> {
-    let body = request.encode_to_vec();
-    let mut bytes = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
-    bytes.extend_from_slice(&body);
-    bytes
-}
-
-fn deliver_request(envelope: Vec<u8>) -> pb::PeerRequest {
-    pb::PeerRequest {
-        kind: Some(pb::peer_request::Kind::Deliver(pb::DeliverRequest {
-            envelope,
-        })),
-    }
-}
+use crate::util::{
+    deliver_request, eventually, frame, raw_client, raw_request, TestNet, Transports,
+};
 
 /// The refusal in `response`, which must be one.
 fn refusal(response: pb::PeerResponse) -> pb::PeerRefusal {

@@ -17,6 +17,7 @@ use mim4_node::transport::grpc;
 use mim4_node::transport::tls::PeerTls;
 use mim4_node::trust_draft::{Draft, DraftKey, DraftMember};
 use mim4_node::NodeHandle;
+use mim4_proto::v1 as pb;
 use mim4_proto::v1::operator_peer_client::OperatorPeerClient;
 use tonic::transport::Channel;
 
@@ -435,5 +436,215 @@ where
         }
         assert!(start.elapsed() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A libp2p request codec for tests: writes the given bytes as the request
+/// (so a test can send a frame the node's own codec would never write), in
+/// chunks, and stops writing without failing if the node closes the stream
+/// early (as it does after refusing a frame from its header); reads the
+/// response with the node's codec.
+#[derive(Clone)]
+pub(crate) struct RawCodec(mim4_node::transport::p2p::codec::Codec);
+
+#[async_trait::async_trait]
+impl libp2p::request_response::Codec for RawCodec {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = pb::PeerResponse;
+
+    async fn read_request<T>(&mut self, _: &Self::Protocol, _: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        Err(std::io::Error::other("the test client serves nothing"))
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        protocol: &Self::Protocol,
+        io: &mut T,
+    ) -> std::io::Result<pb::PeerResponse>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        self.0.read_response(protocol, io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        bytes: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        use futures::AsyncWriteExt as _;
+        for chunk in bytes.chunks(64 * 1024) {
+            if io.write_all(chunk).await.is_err() {
+                return Ok(());
+            }
+        }
+        let _ = io.close().await;
+        Ok(())
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+        _: pb::PeerResponse,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        Err(std::io::Error::other("the test client serves nothing"))
+    }
+}
+
+/// A bare libp2p client with `key`: TCP + noise + yamux and the envelope protocol only.
+pub(crate) fn raw_client(
+    key: libp2p::identity::Keypair,
+) -> libp2p::Swarm<libp2p::request_response::Behaviour<RawCodec>> {
+    use libp2p::request_response::{self, ProtocolSupport};
+    let codec = RawCodec(mim4_node::transport::p2p::codec::Codec {
+        request_bytes_max: 4 * 1024 * 1024,
+        response_bytes_max: 8 * 1024 * 1024,
+    });
+    libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                codec,
+                [(
+                    mim4_node::transport::p2p::codec::PROTOCOL,
+                    ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(Duration::from_secs(60))
+                    .with_max_concurrent_streams(256),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// Sends `bytes` as one request to `peer` at `addr` and returns the response.
+pub(crate) async fn raw_request(
+    swarm: &mut libp2p::Swarm<libp2p::request_response::Behaviour<RawCodec>>,
+    peer: libp2p::PeerId,
+    addr: libp2p::Multiaddr,
+    bytes: Vec<u8>,
+) -> pb::PeerResponse {
+    use futures::StreamExt as _;
+    use libp2p::request_response::{Event, Message};
+    use libp2p::swarm::SwarmEvent;
+    swarm
+        .behaviour_mut()
+        .send_request_with_addresses(&peer, bytes, vec![addr]);
+    let wait = async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(Event::Message {
+                    message: Message::Response { response, .. },
+                    ..
+                }) => return response,
+                SwarmEvent::Behaviour(Event::OutboundFailure { error, .. }) => {
+                    panic!("request failed: {error}")
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("an answer within 60 s")
+}
+
+/// A framed `PeerRequest` as the node's codec writes it.
+pub(crate) fn frame(request: &pb::PeerRequest) -> Vec<u8> {
+    use prost::Message as _;
+    let body = request.encode_to_vec();
+    let mut bytes = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// A `Deliver` request for `envelope`.
+pub(crate) fn deliver_request(envelope: Vec<u8>) -> pb::PeerRequest {
+    pb::PeerRequest {
+        kind: Some(pb::peer_request::Kind::Deliver(pb::DeliverRequest {
+            envelope,
+        })),
+    }
+}
+
+/// Many requests at once over one libp2p connection: a task owns the client
+/// swarm and answers each request with its response (`None` if the stream
+/// failed). Ends when every clone is dropped.
+#[derive(Clone)]
+pub(crate) struct P2pSender {
+    requests: tokio::sync::mpsc::Sender<(
+        Vec<u8>,
+        tokio::sync::oneshot::Sender<Option<pb::PeerResponse>>,
+    )>,
+}
+
+impl P2pSender {
+    /// A sender with `key`'s identity to `peer` at `addr`.
+    pub(crate) fn spawn(key: &SecretKey, peer: libp2p::PeerId, addr: libp2p::Multiaddr) -> Self {
+        use futures::StreamExt as _;
+        use libp2p::request_response::{Event, Message};
+        use libp2p::swarm::SwarmEvent;
+        let mut swarm = raw_client(mim4_node::transport::p2p::keypair(key).unwrap());
+        let (requests, mut incoming) = tokio::sync::mpsc::channel::<(
+            Vec<u8>,
+            tokio::sync::oneshot::Sender<Option<pb::PeerResponse>>,
+        )>(256);
+        tokio::spawn(async move {
+            let mut pending = std::collections::HashMap::new();
+            loop {
+                tokio::select! {
+                    request = incoming.recv() => {
+                        let Some((bytes, reply)) = request else { break };
+                        let id = swarm.behaviour_mut().send_request_with_addresses(&peer, bytes, vec![addr.clone()]);
+                        pending.insert(id, reply);
+                    }
+                    event = swarm.select_next_some() => match event {
+                        SwarmEvent::Behaviour(Event::Message { message: Message::Response { request_id, response }, .. }) => {
+                            if let Some(reply) = pending.remove(&request_id) {
+                                let _ = reply.send(Some(response));
+                            }
+                        }
+                        SwarmEvent::Behaviour(Event::OutboundFailure { request_id, error, .. }) => {
+                            eprintln!("libp2p test request failed: {error}");
+                            if let Some(reply) = pending.remove(&request_id) {
+                                let _ = reply.send(None);
+                            }
+                        }
+                        _ => {}
+                    },
+                }
+            }
+        });
+        Self { requests }
+    }
+
+    /// Delivers `envelope` and returns the node's response.
+    pub(crate) async fn deliver(&self, envelope: Vec<u8>) -> Option<pb::PeerResponse> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.requests
+            .send((frame(&deliver_request(envelope)), reply))
+            .await
+            .ok()?;
+        answer.await.ok().flatten()
     }
 }

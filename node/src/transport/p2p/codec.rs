@@ -5,6 +5,11 @@
 //! is read, so an oversized frame costs the receiver four bytes of reading:
 //! a request says so in [`Inbound::Oversized`] (the driver answers it with a
 //! refusal), a response is an I/O error.
+//!
+//! After the refusal of an oversized request the stream is *reset*, not
+//! closed: the sender may still be writing the body and, with no flow-control
+//! credit left (the node reads no more of it), would otherwise wait forever.
+//! The refusal is written and flushed first, so the sender can read it.
 
 use std::io;
 
@@ -59,8 +64,21 @@ async fn read_body<T: AsyncRead + Unpin + Send>(io: &mut T, len: usize) -> io::R
     Ok(body)
 }
 
+/// The refusal reason of a frame longer than the limit.
+pub const OVERSIZED_REASON: &str = "oversized";
+
 /// Writes one frame and closes the writing half.
 async fn write_frame<T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    body: &[u8],
+    max: usize,
+) -> io::Result<()> {
+    write_prefixed(io, body, max).await?;
+    io.close().await
+}
+
+/// Writes one frame (length and body).
+async fn write_prefixed<T: AsyncWrite + Unpin + Send>(
     io: &mut T,
     body: &[u8],
     max: usize,
@@ -74,8 +92,7 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(
     let len = u32::try_from(body.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"))?;
     io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(body).await?;
-    io.close().await
+    io.write_all(body).await
 }
 
 #[async_trait::async_trait]
@@ -152,6 +169,19 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
+        let unread_body = matches!(
+            &response.kind,
+            Some(pb::peer_response::Kind::Refusal(r)) if r.reason == OVERSIZED_REASON
+        );
+        if unread_body {
+            write_prefixed(io, &response.encode_to_vec(), self.response_bytes_max).await?;
+            io.flush().await?;
+            // An error makes request-response drop the stream unclosed, which
+            // resets it (see the module documentation).
+            return Err(io::Error::other(
+                "oversized request refused from its header; stream reset",
+            ));
+        }
         write_frame(io, &response.encode_to_vec(), self.response_bytes_max).await
     }
 }
