@@ -224,3 +224,12 @@ pub const P2P_LOOKUP_TIMEOUT_MS: u64 = 5_000;
 /// Largest gossipsub message, in bytes: gossip carries trust-list version
 /// announcements (8 bytes) and later signed log tree heads, never data.
 pub const P2P_GOSSIP_BYTES_MAX: usize = 4 * 1024;
+
+/// How long a peer request refused for its rate (`rate_limited`) is held
+/// before the refusal goes back, in ms, on both transports. A flooding peer
+/// that retries at once is then slowed to one refusal per hold per stream
+/// (at most [`STREAMS_PER_CONNECTION_MAX`] streams per connection), instead
+/// of making the node spend a refusal per round trip, so the well-behaved
+/// peers keep their latency. Costs one timer per held request. An outbox
+/// retries a rate-limited delivery with backoff anyway, so nothing waits on it.
+pub const RATE_LIMITED_HOLD_MS: u64 = 500;

@@ -655,3 +655,128 @@ fn trust_refuses_small_order_keys() {
         before
     );
 }
+
+/// An operator that offers only libp2p: `init --p2p-listen` writes the
+/// listener and prints the PeerId derived from the new key; governance adds
+/// it with `--p2p` alone (the PeerId suffix is appended), refuses a member
+/// with no way to reach it or an address pinned to another PeerId, and
+/// `trust show` lists the PeerId and the address.
+#[test]
+fn a_libp2p_only_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(&["governance", "init", "--dir", "gov"], d);
+    let gov_pub = std::fs::read_to_string(d.join("gov/governance.pub")).unwrap();
+    let out = ok(
+        &[
+            "init",
+            "--operator",
+            "se.stockholm",
+            "--dir",
+            "sto",
+            "--governance-key",
+            gov_pub.trim(),
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/7403",
+            "--p2p-listen",
+            "/ip4/127.0.0.1/udp/7403/quic-v1",
+        ],
+        d,
+    );
+    let peer_id = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("libp2p PeerId: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no PeerId in {out}"))
+        .to_owned();
+    assert!(peer_id.starts_with("12D3KooW"), "{peer_id}");
+    let checked = ok(&["config", "check", "sto/node.toml"], d);
+    assert!(
+        checked.contains("libp2p: /ip4/127.0.0.1/tcp/7403, /ip4/127.0.0.1/udp/7403/quic-v1"),
+        "{checked}"
+    );
+    assert!(fails(
+        &[
+            "init",
+            "--operator",
+            "x.y",
+            "--dir",
+            "bad",
+            "--p2p-listen",
+            "tcp/7403"
+        ],
+        d
+    )
+    .contains("p2p-listen"));
+    ok(
+        &[
+            "trust",
+            "new",
+            "--federation",
+            "f",
+            "--governance-pub",
+            "gov/governance.pub",
+            "--draft",
+            "draft.toml",
+        ],
+        d,
+    );
+    let member = |extra: &[&str]| {
+        let mut args = vec![
+            "trust",
+            "add-member",
+            "--draft",
+            "draft.toml",
+            "--operator",
+            "se.stockholm",
+            "--name",
+            "Stockholm",
+            "--country",
+            "SE",
+            "--role",
+            "operator",
+            "--key-file",
+            "sto/operator.pub",
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| node(&args.iter().map(String::as_str).collect::<Vec<_>>(), d);
+    let neither = run(member(&[]));
+    assert!(!neither.status.success());
+    assert!(String::from_utf8_lossy(&neither.stderr).contains("--grpc, --p2p or both"));
+    let other = "/ip4/127.0.0.1/tcp/7403/p2p/12D3KooWA4Xop1JaT3MHxwYMkCepYsv4iPVopMXwCz5iHYdBfeSB";
+    let pinned = run(member(&["--p2p", other]));
+    assert!(!pinned.status.success());
+    assert!(
+        String::from_utf8_lossy(&pinned.stderr)
+            .contains("not derived from any of the member's keys"),
+        "{}",
+        String::from_utf8_lossy(&pinned.stderr)
+    );
+    assert!(run(member(&["--p2p", "/ip4/127.0.0.1/tcp/7403"]))
+        .status
+        .success());
+    ok(
+        &[
+            "trust",
+            "sign",
+            "--draft",
+            "draft.toml",
+            "--key",
+            "gov/governance.key",
+            "--out",
+            "v1.pb",
+        ],
+        d,
+    );
+    let shown = ok(&["trust", "show", "v1.pb"], d);
+    assert!(
+        shown.contains(&format!("libp2p PeerId {peer_id}")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("libp2p /ip4/127.0.0.1/tcp/7403/p2p/{peer_id}")),
+        "{shown}"
+    );
+}

@@ -99,7 +99,24 @@ impl PeerService {
     /// Takes a token from the bucket of `peer` (or, in plaintext mode, of the
     /// remote address): checked before the envelope is decoded, so a flood
     /// costs this node a map lookup per request.
-    fn admit<T>(&self, request: &Request<T>, peer: Option<&OperatorId>) -> Result<(), Status> {
+    ///
+    /// A refused request is answered only after [`limits::RATE_LIMITED_HOLD_MS`]:
+    /// a sender that retries at once (a flood) is slowed to a refusal per
+    /// hold per stream instead of costing the node one per round trip, and
+    /// its HTTP/2 streams stay taken meanwhile (backpressure).
+    async fn admit<T>(
+        &self,
+        request: &Request<T>,
+        peer: Option<&OperatorId>,
+    ) -> Result<(), Status> {
+        let refused = self.check_rate(request, peer);
+        if refused.is_err() {
+            tokio::time::sleep(Duration::from_millis(limits::RATE_LIMITED_HOLD_MS)).await;
+        }
+        refused
+    }
+
+    fn check_rate<T>(&self, request: &Request<T>, peer: Option<&OperatorId>) -> Result<(), Status> {
         let key = match peer {
             Some(peer) => RateKey::Member(peer.clone()),
             None => RateKey::Address(request.remote_addr().map(|a| a.ip())),
@@ -131,7 +148,7 @@ impl OperatorPeer for PeerService {
         request: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverResponse>, Status> {
         let peer = self.peer(&request)?;
-        self.admit(&request, peer.as_ref())?;
+        self.admit(&request, peer.as_ref()).await?;
         let bytes = request.into_inner().envelope;
         match self.shared.receive(&bytes, peer.as_ref()).await {
             Ok(receipt) => Ok(Response::new(pb::DeliverResponse { receipt })),
@@ -144,7 +161,7 @@ impl OperatorPeer for PeerService {
         request: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallResponse>, Status> {
         let peer = self.peer(&request)?;
-        self.admit(&request, peer.as_ref())?;
+        self.admit(&request, peer.as_ref()).await?;
         let bytes = request.into_inner().envelope;
         match self.shared.answer_call(&bytes, peer.as_ref()).await {
             Ok(envelope) => Ok(Response::new(pb::CallResponse { envelope })),
@@ -157,7 +174,7 @@ impl OperatorPeer for PeerService {
         request: Request<pb::FetchTrustListRequest>,
     ) -> Result<Response<pb::FetchTrustListResponse>, Status> {
         let peer = self.peer(&request)?;
-        self.admit(&request, peer.as_ref())?;
+        self.admit(&request, peer.as_ref()).await?;
         Ok(Response::new(pb::FetchTrustListResponse {
             trust_list: self.shared.trust().signed().encode(),
         }))

@@ -537,6 +537,11 @@ pub(crate) async fn start(
     Ok((handle, driver))
 }
 
+/// Whether `response` refuses a request for its rate.
+fn is_rate_limited(response: &pb::PeerResponse) -> bool {
+    matches!(&response.kind, Some(pb::peer_response::Kind::Refusal(r)) if r.reason == "rate_limited")
+}
+
 /// A refusal response.
 fn refusal(
     code: tonic::Code,
@@ -932,6 +937,16 @@ impl Driver {
                 let shared = shared.clone();
                 self.serving
                     .spawn(async move { (channel, answer(shared, member, request).await) });
+            }
+            Err(response)
+                if is_rate_limited(&response)
+                    && self.serving.len() < limits::P2P_INBOUND_IN_FLIGHT_MAX =>
+            {
+                // Held like on the gRPC port (limits::RATE_LIMITED_HOLD_MS).
+                self.serving.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(limits::RATE_LIMITED_HOLD_MS)).await;
+                    (channel, response)
+                });
             }
             Err(response) => {
                 if self

@@ -185,3 +185,97 @@ impl libp2p::request_response::Codec for Codec {
         write_frame(io, &response.encode_to_vec(), self.response_bytes_max).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+    use libp2p::request_response::Codec as _;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const CODEC: Codec = Codec {
+        request_bytes_max: 1024,
+        response_bytes_max: 4096,
+    };
+
+    fn read_request(bytes: &[u8]) -> io::Result<Inbound> {
+        let mut codec = CODEC;
+        let mut io = futures::io::Cursor::new(bytes.to_vec());
+        block_on(codec.read_request(&PROTOCOL, &mut io))
+    }
+
+    fn write_request(request: pb::PeerRequest) -> Vec<u8> {
+        let mut codec = CODEC;
+        let mut io = futures::io::Cursor::new(Vec::new());
+        block_on(codec.write_request(&PROTOCOL, &mut io, Inbound::Request(request))).unwrap();
+        io.into_inner()
+    }
+
+    fn deliver(envelope: Vec<u8>) -> pb::PeerRequest {
+        pb::PeerRequest {
+            kind: Some(pb::peer_request::Kind::Deliver(pb::DeliverRequest {
+                envelope,
+            })),
+        }
+    }
+
+    /// A frame announcing more than the limit is refused from its header:
+    /// the body is never read (here it is not even there).
+    #[test]
+    fn an_oversized_header_is_refused_without_the_body() {
+        let header = 5_000u32.to_be_bytes();
+        match read_request(&header).unwrap() {
+            Inbound::Oversized { len, max } => assert_eq!((len, max), (5_000, 1024)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A truncated body is an I/O error, a body that is not a `PeerRequest`
+    /// is `Malformed`, and the node's codec never writes a frame over its limit.
+    #[test]
+    fn truncated_malformed_and_too_long_frames() {
+        let mut frame = write_request(deliver(vec![7; 100]));
+        frame.truncate(frame.len() - 1);
+        assert!(read_request(&frame).is_err());
+        let garbage = [&8u32.to_be_bytes()[..], &[0xff; 8]].concat();
+        assert!(matches!(
+            read_request(&garbage).unwrap(),
+            Inbound::Malformed(_)
+        ));
+        let mut codec = CODEC;
+        let mut io = futures::io::Cursor::new(Vec::new());
+        let too_long = block_on(codec.write_request(
+            &PROTOCOL,
+            &mut io,
+            Inbound::Request(deliver(vec![0; 2048])),
+        ));
+        assert!(too_long.is_err());
+        assert!(io.into_inner().is_empty(), "nothing written");
+    }
+
+    proptest! {
+        /// Any bytes are read as a request, an oversized or malformed frame,
+        /// or an I/O error: never a panic, never more than the limit buffered.
+        #[test]
+        fn any_bytes_are_read_or_refused(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            match read_request(&bytes) {
+                Ok(Inbound::Request(request)) => {
+                    prop_assert!(request.encoded_len() <= CODEC.request_bytes_max);
+                }
+                Ok(Inbound::Oversized { len, max }) => prop_assert!(len > max),
+                Ok(Inbound::Malformed(_)) | Err(_) => {}
+            }
+        }
+
+        /// What the codec writes, it reads back unchanged.
+        #[test]
+        fn written_requests_read_back(envelope in proptest::collection::vec(any::<u8>(), 0..900)) {
+            let request = deliver(envelope);
+            match read_request(&write_request(request.clone())).unwrap() {
+                Inbound::Request(read) => prop_assert_eq!(read, request),
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
+}
