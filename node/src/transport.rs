@@ -59,6 +59,15 @@ impl fmt::Display for Kind {
     }
 }
 
+/// How long to hold a rate-limited request before refusing it:
+/// [`crate::limits::RATE_LIMITED_HOLD_MS`], spread by ±50 % so that the
+/// requests of a flood held together do not all come back at once.
+pub(crate) fn rate_limited_hold() -> std::time::Duration {
+    use rand::Rng as _;
+    let hold = crate::limits::RATE_LIMITED_HOLD_MS;
+    std::time::Duration::from_millis(rand::thread_rng().gen_range(hold / 2..=hold + hold / 2))
+}
+
 /// Why a request to a peer failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -111,7 +111,7 @@ impl PeerService {
     ) -> Result<(), Status> {
         let refused = self.check_rate(request, peer);
         if refused.is_err() {
-            tokio::time::sleep(Duration::from_millis(limits::RATE_LIMITED_HOLD_MS)).await;
+            tokio::time::sleep(super::rate_limited_hold()).await;
         }
         refused
     }

@@ -944,7 +944,7 @@ impl Driver {
             {
                 // Held like on the gRPC port (limits::RATE_LIMITED_HOLD_MS).
                 self.serving.spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(limits::RATE_LIMITED_HOLD_MS)).await;
+                    tokio::time::sleep(super::rate_limited_hold()).await;
                     (channel, response)
                 });
             }
