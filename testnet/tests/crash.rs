@@ -15,18 +15,34 @@ use std::time::Duration;
 
 use mim4_node::store::OutgoingState;
 use mim4_testnet::checker::{self, Ledger};
-use mim4_testnet::{node_binary, Federation, DEFAULT_OPERATORS};
+use mim4_testnet::{node_binary, Federation, Transports, DEFAULT_OPERATORS};
 
 /// Three nodes; every pair exchanges memos while two senders stream to the
 /// receiver, which is killed with SIGKILL mid-stream and restarted. In the
 /// end every acknowledged memo is applied exactly once, none is lost and none
 /// is unexpected, and every sender holds a receipt for each.
+/// The same test code runs over gRPC, libp2p and a mixed federation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn receiver_killed_mid_stream_loses_and_duplicates_nothing() {
+async fn receiver_killed_mid_stream_loses_and_duplicates_nothing_over_grpc() {
+    receiver_killed_mid_stream(Transports::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_killed_mid_stream_loses_and_duplicates_nothing_over_libp2p() {
+    receiver_killed_mid_stream(Transports::Libp2p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_killed_mid_stream_loses_and_duplicates_nothing_in_a_mixed_federation() {
+    receiver_killed_mid_stream(Transports::Mixed).await;
+}
+
+async fn receiver_killed_mid_stream(transports: Transports) {
     const PER_SENDER: usize = 60;
     let dir = tempfile::tempdir().unwrap();
     let node_bin = node_binary::find(None).unwrap();
-    let mut federation = Federation::create(dir.path(), &DEFAULT_OPERATORS[..3], node_bin).unwrap();
+    let mut federation =
+        Federation::create_over(dir.path(), &DEFAULT_OPERATORS[..3], node_bin, transports).unwrap();
     federation.start_all().unwrap();
     let ids: Vec<String> = federation
         .operators()
