@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use mim4_node::core::delivery::SenderContext;
@@ -26,10 +26,9 @@ use mim4_node::core::envelope::{Memo, Payload};
 use mim4_node::core::ids::{MessageId, OperatorId};
 use mim4_node::core::keys::SecretKey;
 use mim4_node::node::now_ms;
-use mim4_node::transport::p2p::codec::{Codec, Inbound, PROTOCOL};
 use mim4_proto::v1 as pb;
 use tokio::task::JoinSet;
-use util::{TestNet, Transports};
+use util::{RawCodec, TestNet, Transports};
 
 /// Envelopes per transport and run.
 const ENVELOPES: usize = 4_000;
@@ -134,39 +133,18 @@ async fn grpc_run(net: &TestNet, envelopes: Vec<Vec<u8>>) -> Figures {
     figures(latencies, started.elapsed().as_secs_f64(), errors)
 }
 
-fn p2p_client(key: &SecretKey) -> Swarm<request_response::Behaviour<Codec>> {
-    let codec = Codec {
-        request_bytes_max: 2 * 1024 * 1024,
-        response_bytes_max: 8 * 1024 * 1024,
-    };
-    libp2p::SwarmBuilder::with_existing_identity(mim4_node::transport::p2p::keypair(key).unwrap())
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default().nodelay(true),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                codec,
-                [(PROTOCOL, ProtocolSupport::Outbound)],
-                request_response::Config::default()
-                    .with_request_timeout(Duration::from_secs(30))
-                    .with_max_concurrent_streams(CONCURRENCY * 2),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build()
+fn p2p_client(key: &SecretKey) -> Swarm<request_response::Behaviour<RawCodec>> {
+    util::raw_client(mim4_node::transport::p2p::keypair(key).unwrap())
 }
 
-fn request(kind: pb::peer_request::Kind) -> Inbound {
-    Inbound::Request(pb::PeerRequest { kind: Some(kind) })
+fn request(kind: pb::peer_request::Kind) -> Vec<u8> {
+    util::frame(&pb::PeerRequest { kind: Some(kind) })
 }
 
 /// Drives `swarm` until the response to one request arrives; `Err` on failure.
-async fn one_answer(swarm: &mut Swarm<request_response::Behaviour<Codec>>) -> Result<(), String> {
+async fn one_answer(
+    swarm: &mut Swarm<request_response::Behaviour<RawCodec>>,
+) -> Result<(), String> {
     loop {
         match swarm.select_next_some().await {
             SwarmEvent::Behaviour(request_response::Event::Message {

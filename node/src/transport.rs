@@ -146,6 +146,15 @@ pub fn verdict(refusal: Refusal) -> Verdict {
     }
 }
 
+/// The two operations that carry an envelope.
+#[derive(Clone, Copy, Debug)]
+enum Operation {
+    /// A notice, answered by a receipt.
+    Deliver,
+    /// A request, answered by an envelope.
+    Call,
+}
+
 /// The clients of both transports, and which one to try first.
 ///
 /// A request goes over the preferred transport if the member offers it,
@@ -167,34 +176,31 @@ pub struct Peers {
 impl Peers {
     /// Delivers encoded envelope bytes to `member`; returns the encoded receipt.
     pub async fn deliver(&self, member: &Member, envelope: Vec<u8>) -> Result<Vec<u8>, PeerError> {
-        self.each(member, |kind| {
-            let envelope = envelope.clone();
-            async move {
-                match kind {
-                    Kind::Grpc => {
-                        self.grpc
-                            .deliver(&member.operator_id, &member.grpc_endpoint, envelope)
-                            .await
-                    }
-                    Kind::Libp2p => self.p2p.deliver(member, envelope).await,
-                }
-            }
-        })
-        .await
+        self.send(member, envelope, Operation::Deliver).await
     }
 
     /// Makes a synchronous call; returns the encoded answer envelope.
     pub async fn call(&self, member: &Member, envelope: Vec<u8>) -> Result<Vec<u8>, PeerError> {
+        self.send(member, envelope, Operation::Call).await
+    }
+
+    async fn send(
+        &self,
+        member: &Member,
+        envelope: Vec<u8>,
+        operation: Operation,
+    ) -> Result<Vec<u8>, PeerError> {
+        let (id, endpoint) = (&member.operator_id, member.grpc_endpoint.as_str());
         self.each(member, |kind| {
             let envelope = envelope.clone();
             async move {
-                match kind {
-                    Kind::Grpc => {
-                        self.grpc
-                            .call(&member.operator_id, &member.grpc_endpoint, envelope)
-                            .await
+                match (kind, operation) {
+                    (Kind::Grpc, Operation::Deliver) => {
+                        self.grpc.deliver(id, endpoint, envelope).await
                     }
-                    Kind::Libp2p => self.p2p.call(member, envelope).await,
+                    (Kind::Grpc, Operation::Call) => self.grpc.call(id, endpoint, envelope).await,
+                    (Kind::Libp2p, Operation::Deliver) => self.p2p.deliver(member, envelope).await,
+                    (Kind::Libp2p, Operation::Call) => self.p2p.call(member, envelope).await,
                 }
             }
         })

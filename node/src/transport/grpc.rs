@@ -34,7 +34,6 @@ use tracing::{debug, warn};
 
 use super::tls::{self, PeerIdentity, PeerTls};
 use super::PeerError;
-use crate::core::envelope::RejectReason;
 use crate::core::ids::OperatorId;
 use crate::limits;
 use crate::node::{now_ms, Error, Refusal, Shared};
@@ -182,55 +181,23 @@ impl OperatorPeer for PeerService {
 }
 
 /// Metadata key of the machine-readable refusal reason: a stable snake_case
-/// name ([`RejectReason::code`], or the kind of refusal), so a peer or a test
+/// name ([`crate::core::envelope::RejectReason::code`], or the kind of refusal), so a peer or a test
 /// tells refusals apart without parsing the message meant for people.
 pub const REASON_METADATA_KEY: &str = "mim4-reason";
 
-/// The one conversion from a refusal to a gRPC status. A replay carries the
-/// original receipt in the status details, so a retrying sender can finish;
-/// every refusal names its reason under [`REASON_METADATA_KEY`].
+/// The conversion from a refusal to a gRPC status ([`super::verdict`] decides
+/// code and reason for every transport). A replay carries the original
+/// receipt in the status details, so a retrying sender can finish; every
+/// refusal names its reason under [`REASON_METADATA_KEY`].
 fn refusal_status(refusal: Refusal) -> Status {
-    let message = refusal.to_string();
-    let reason = match &refusal {
-        Refusal::Rejected { rejection, .. } => rejection.reason.code(),
-        Refusal::Unusable { .. } => "unusable",
-        Refusal::NotFound(_) => "not_found",
-        Refusal::Unavailable(_) => "unavailable",
-        Refusal::Store(_) => "store_failure",
-        Refusal::NotFromPeer { .. } => "not_from_peer",
-    };
-    let mut status = match refusal {
-        Refusal::Rejected { rejection, receipt } => {
-            let code = match rejection.reason {
-                RejectReason::Oversized { .. } => Code::ResourceExhausted,
-                RejectReason::Malformed(_)
-                | RejectReason::UnsupportedProtocol(_)
-                | RejectReason::WrongRecipient(_)
-                | RejectReason::BadLifetime { .. } => Code::InvalidArgument,
-                RejectReason::UnknownSender
-                | RejectReason::UnknownKey(_)
-                | RejectReason::KeyNotValidNow { .. }
-                | RejectReason::BadSignature => Code::Unauthenticated,
-                RejectReason::SenderNotActive(_) => Code::PermissionDenied,
-                RejectReason::TrustListExpired { .. }
-                | RejectReason::Expired { .. }
-                | RejectReason::ClockSkew { .. } => Code::FailedPrecondition,
-                RejectReason::Replayed { .. } | RejectReason::IdReused => Code::AlreadyExists,
-            };
-            match receipt {
-                Some(receipt) => Status::with_details(code, message, receipt.into()),
-                None => Status::new(code, message),
-            }
-        }
-        Refusal::Unusable { .. } => Status::invalid_argument(message),
-        Refusal::NotFound(_) => Status::not_found(message),
-        Refusal::Unavailable(_) => Status::unavailable(message),
-        Refusal::Store(_) => Status::unavailable(message),
-        Refusal::NotFromPeer { .. } => Status::permission_denied(message),
+    let verdict = super::verdict(refusal);
+    let mut status = match verdict.receipt {
+        Some(receipt) => Status::with_details(verdict.code, verdict.message, receipt.into()),
+        None => Status::new(verdict.code, verdict.message),
     };
     status.metadata_mut().insert(
         REASON_METADATA_KEY,
-        tonic::metadata::MetadataValue::from_static(reason),
+        tonic::metadata::MetadataValue::from_static(verdict.reason),
     );
     status
 }
