@@ -153,6 +153,22 @@ impl OperatorApi for ApiService {
             caller_role: caller.role.to_string(),
             node_version: env!("CARGO_PKG_VERSION").to_owned(),
             refusals: self.shared.counters().into_iter().collect(),
+            peer_id: self.shared.p2p().peer_id().to_string(),
+            p2p_listen_addrs: self
+                .shared
+                .p2p()
+                .listen_addrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            p2p_connected: self
+                .shared
+                .p2p()
+                .connected()
+                .await
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }))
     }
 
@@ -176,6 +192,11 @@ impl OperatorApi for ApiService {
                     .roles
                     .iter()
                     .map(|r| wire::role_to_pb(*r) as i32)
+                    .collect(),
+                p2p_addrs: m.p2p_addrs.clone(),
+                peer_ids: crate::transport::p2p::candidate_peers(m, crate::node::now_ms())
+                    .iter()
+                    .map(ToString::to_string)
                     .collect(),
             })
             .collect();

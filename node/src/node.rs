@@ -611,6 +611,11 @@ impl Shared {
         &self.clients
     }
 
+    /// The libp2p swarm's handle.
+    pub fn p2p(&self) -> &p2p::P2p {
+        &self.peers.p2p
+    }
+
     /// The trust list in force.
     pub fn trust(&self) -> Arc<VerifiedTrustList> {
         read_trust(&self.trust)

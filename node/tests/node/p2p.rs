@@ -58,7 +58,7 @@ async fn a_pair_exchanges_memos_over_quic() {
 }
 
 /// The PeerId a node presents is the one derived from its operator key in
-/// the trust list.
+/// the trust list, and its API reports it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peer_id_is_derived_from_the_operator_key() {
     let mut net = TestNet::over(1, Transports::Libp2p);
@@ -67,6 +67,18 @@ async fn the_peer_id_is_derived_from_the_operator_key() {
     assert_eq!(address(&net, 0).0, expected);
     let listed = &net.draft.members[0].p2p_addrs[0];
     assert!(listed.ends_with(&format!("/p2p/{expected}")), "{listed}");
+    // The API says so too: the node's own PeerId and listeners, and the
+    // PeerIds of each member's keys.
+    let admin = net.admin(0).await;
+    let status = admin.status().await.unwrap();
+    assert_eq!(status.peer_id, expected.to_string());
+    assert_eq!(
+        status.p2p_listen_addrs,
+        vec![address(&net, 0).1.to_string()]
+    );
+    let peers = admin.peers().await.unwrap();
+    assert_eq!(peers[0].peer_ids, vec![expected.to_string()]);
+    assert_eq!(&peers[0].p2p_addrs[0], listed);
     net.shutdown().await;
 }
 
