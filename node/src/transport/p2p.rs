@@ -20,8 +20,10 @@
 //!
 //! # Who gets what
 //! Active members get everything. Any other PeerId: few connections, closed
-//! soon ([`gate`]); each envelope request refused (`not_a_member`); its gossip
-//! rejected and the peer blacklisted; never put in the routing table.
+//! soon ([`gate`]); identify and ping; each envelope request refused with a
+//! reason (`not_a_member`); Kademlia and gossipsub not even negotiable on its
+//! connections ([`gate::MembersOnly`]), so it is never in the routing table
+//! and never hears or spreads gossip.
 //!
 //! # Shape
 //! [`P2p`] is a cheap handle: it sends [`Command`]s over a bounded channel to
@@ -335,6 +337,12 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     envelope: request_response::Behaviour<Codec>,
+    members: gate::MembersOnly<MemberProtocols>,
+}
+
+/// The protocols a stranger cannot even negotiate ([`gate::MembersOnly`]).
+#[derive(NetworkBehaviour)]
+struct MemberProtocols {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     gossip: gossipsub::Behaviour,
 }
@@ -380,15 +388,14 @@ fn behaviour(
     )?;
     Ok(Behaviour {
         limits: libp2p::connection_limits::Behaviour::new(limits),
-        gate: gate::Gate::new(is_member),
+        gate: gate::Gate::new(is_member.clone()),
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL_VERSION.into(), key.public())
                 .with_agent_version(format!("mim4-node/{}", env!("CARGO_PKG_VERSION"))),
         ),
         ping: ping::Behaviour::new(ping::Config::new()),
         envelope,
-        kad,
-        gossip,
+        members: gate::MembersOnly::new(MemberProtocols { kad, gossip }, is_member),
     })
 }
 
@@ -657,7 +664,12 @@ impl Driver {
                     continue;
                 }
                 for addr in dial_addrs(member, &peer) {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                    self.swarm
+                        .behaviour_mut()
+                        .members
+                        .inner
+                        .kad
+                        .add_address(&peer, addr);
                 }
             }
         }
@@ -666,11 +678,23 @@ impl Driver {
             if member_of(&trust, &peer, now).is_err() {
                 info!(%peer, version = trust.version(), "closing libp2p connections of a peer that is no longer an active member");
                 let _ = self.swarm.disconnect_peer_id(peer);
-                self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                self.swarm
+                    .behaviour_mut()
+                    .members
+                    .inner
+                    .kad
+                    .remove_peer(&peer);
             }
         }
         self.topic = trust_topic(&trust.list().federation_id);
-        if let Err(e) = self.swarm.behaviour_mut().gossip.subscribe(&self.topic) {
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .members
+            .inner
+            .gossip
+            .subscribe(&self.topic)
+        {
             warn!(error = %e, "cannot subscribe to the trust-list topic");
         }
     }
@@ -682,6 +706,8 @@ impl Driver {
         match self
             .swarm
             .behaviour_mut()
+            .members
+            .inner
             .gossip
             .publish(topic, version.to_be_bytes().to_vec())
         {
@@ -737,7 +763,9 @@ impl Driver {
             SwarmEvent::Behaviour(BehaviourEvent::Envelope(event)) => {
                 self.on_envelope_event(shared, event)
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Members(MemberProtocolsEvent::Kad(event))) => {
+                self.on_kad_event(event)
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -746,14 +774,21 @@ impl Driver {
                 // A member's own listen addresses keep the routing table
                 // current when it moves; nobody else's enter it.
                 for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    self.swarm
+                        .behaviour_mut()
+                        .members
+                        .inner
+                        .kad
+                        .add_address(&peer_id, addr);
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
-                propagation_source,
-                message_id,
-                message,
-            })) => self.on_gossip(shared, propagation_source, message_id, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Members(MemberProtocolsEvent::Gossip(
+                gossipsub::Event::Message {
+                    propagation_source,
+                    message_id,
+                    message,
+                },
+            ))) => self.on_gossip(shared, propagation_source, message_id, message),
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
@@ -764,7 +799,12 @@ impl Driver {
                     }
                     Err(reason) => {
                         debug!(%peer_id, %reason, "libp2p connection of a non-member: identify and ping only");
-                        self.swarm.behaviour_mut().gossip.blacklist_peer(&peer_id);
+                        self.swarm
+                            .behaviour_mut()
+                            .members
+                            .inner
+                            .gossip
+                            .blacklist_peer(&peer_id);
                     }
                 }
             }
@@ -817,7 +857,13 @@ impl Driver {
                 } else if dial_failed && !pending.looked_up {
                     // Not at its listed addresses: ask the members for its current ones.
                     pending.looked_up = true;
-                    let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                    let query = self
+                        .swarm
+                        .behaviour_mut()
+                        .members
+                        .inner
+                        .kad
+                        .get_closest_peers(peer);
                     debug!(%peer, "not reachable at its listed addresses; looking it up");
                     self.lookups.entry(query).or_default().push(pending);
                 } else {
@@ -880,6 +926,8 @@ impl Driver {
                 for addr in addrs {
                     self.swarm
                         .behaviour_mut()
+                        .members
+                        .inner
                         .kad
                         .add_address(peer, addr.clone());
                 }
@@ -921,6 +969,8 @@ impl Driver {
         };
         self.swarm
             .behaviour_mut()
+            .members
+            .inner
             .gossip
             .report_message_validation_result(&id, &source, acceptance);
     }

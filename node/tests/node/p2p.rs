@@ -237,7 +237,8 @@ async fn a_member_that_moved_is_found_through_kademlia() {
 /// Another libp2p implementation (js-libp2p, installed by
 /// `scripts/interop-setup.sh` from the npm registry) connects over TCP +
 /// noise + yamux, identifies the node, pings it, and sees the PeerId the
-/// trust list names; with a wrong expected PeerId it fails.
+/// trust list names; as a non-member it is offered neither Kademlia nor
+/// gossipsub; with a wrong expected PeerId it fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_libp2p_identifies_and_pings_the_node() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -292,6 +293,14 @@ async fn js_libp2p_identifies_and_pings_the_node() {
     for wanted in ["/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"] {
         assert!(protocols.contains(&wanted), "{protocols:?}");
     }
+    // The probe is not a member: Kademlia and gossipsub are not even offered
+    // on its connection (the envelope protocol is, to refuse it with a reason).
+    assert!(
+        !protocols
+            .iter()
+            .any(|p| p.starts_with("/mim4/kad") || p.starts_with("/meshsub")),
+        "{protocols:?}"
+    );
     assert_eq!(json["encryption"], "/noise");
     assert_eq!(json["multiplexer"], "/yamux/1.0.0");
     assert_eq!(json["ping_ms"].as_array().unwrap().len(), 3);

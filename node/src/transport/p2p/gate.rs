@@ -148,3 +148,135 @@ impl NetworkBehaviour for Gate {
         Poll::Pending
     }
 }
+
+/// Wraps the protocols that only members get (Kademlia, gossipsub): on a
+/// connection of a PeerId that is not an active member when it is
+/// established, `B` gets no handler at all (a `dummy` one stands in), so the
+/// stranger cannot even negotiate those protocols, and `B` never hears of
+/// the connection. Identify, ping and the envelope protocol (which refuses
+/// strangers with a reason) stay outside.
+pub(crate) struct MembersOnly<B> {
+    /// The members-only protocols.
+    pub(crate) inner: B,
+    is_member: IsMember,
+    /// Connections `inner` knows nothing of.
+    strangers: std::collections::HashSet<ConnectionId>,
+}
+
+impl<B> std::fmt::Debug for MembersOnly<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MembersOnly")
+            .field("strangers", &self.strangers.len())
+            .finish()
+    }
+}
+
+impl<B> MembersOnly<B> {
+    /// `inner` for members only, as `is_member` says.
+    pub(crate) fn new(inner: B, is_member: IsMember) -> Self {
+        Self {
+            inner,
+            is_member,
+            strangers: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Whether `event` concerns a connection `inner` was kept out of.
+    fn hides(&mut self, event: &FromSwarm) -> bool {
+        match event {
+            FromSwarm::ConnectionEstablished(e) => self.strangers.contains(&e.connection_id),
+            FromSwarm::ConnectionClosed(e) => self.strangers.remove(&e.connection_id),
+            FromSwarm::AddressChange(e) => self.strangers.contains(&e.connection_id),
+            _ => false,
+        }
+    }
+}
+
+impl<B: NetworkBehaviour> NetworkBehaviour for MembersOnly<B> {
+    type ConnectionHandler = either::Either<THandler<B>, dummy::ConnectionHandler>;
+    type ToSwarm = B::ToSwarm;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(connection, local, remote)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if !(self.is_member)(&peer) {
+            self.strangers.insert(connection);
+            return Ok(either::Either::Right(dummy::ConnectionHandler));
+        }
+        self.inner
+            .handle_established_inbound_connection(connection, peer, local, remote)
+            .map(either::Either::Left)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner
+            .handle_pending_outbound_connection(connection, peer, addresses, role)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if !(self.is_member)(&peer) {
+            self.strangers.insert(connection);
+            return Ok(either::Either::Right(dummy::ConnectionHandler));
+        }
+        self.inner
+            .handle_established_outbound_connection(connection, peer, addr, role, port_use)
+            .map(either::Either::Left)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if !self.hides(&event) {
+            self.inner.on_swarm_event(event);
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {
+            either::Either::Left(event) => {
+                self.inner
+                    .on_connection_handler_event(peer, connection, event);
+            }
+            either::Either::Right(never) => match never {},
+        }
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        self.inner
+            .poll(cx)
+            .map(|event| event.map_in(either::Either::Left))
+    }
+}
