@@ -78,6 +78,16 @@ pub enum Error {
     /// Keys of encryption at rest: wrong storage key, older database, corrupt key material.
     #[error(transparent)]
     AtRest(#[from] at_rest::Error),
+    /// The database was written by an older version that kept consent logs
+    /// and delegations in clear.
+    #[error(
+        "the database in {dir} was written by an older mim4-node that kept consent logs and \
+         delegations in clear; move it away and let the node create a new one"
+    )]
+    ClearConsents {
+        /// The data directory.
+        dir: String,
+    },
 }
 
 /// Result alias of the store.
@@ -282,8 +292,28 @@ impl Store {
             counters: Arc::new(Counters::default()),
             group: Arc::new(GroupCommit::default()),
         };
+        store.check_format(dir)?;
         store.rebuild_counters()?;
         Ok(store)
+    }
+
+    /// Refuses a database whose consent logs or delegations were written in
+    /// clear (before they were sealed under subject keys), and marks a new
+    /// or empty one as sealed.
+    fn check_format(&self, dir: &Path) -> Result<()> {
+        const FORMAT_KEY: &[u8] = b"format";
+        const SEALED_CONSENTS: &[u8] = b"sealed-consents-1";
+        if self.db.get(FORMAT_KEY)?.as_deref() == Some(SEALED_CONSENTS) {
+            return Ok(());
+        }
+        if !self.consents.is_empty() || !self.delegations.is_empty() {
+            return Err(Error::ClearConsents {
+                dir: dir.display().to_string(),
+            });
+        }
+        self.db.insert(FORMAT_KEY, SEALED_CONSENTS)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     fn rebuild_counters(&self) -> Result<()> {
@@ -583,8 +613,12 @@ pub struct ConsentDelivery {
 
 impl Store {
     /// A record's signed log.
+    /// `None` too if its subject was erased.
     pub fn consent_log(&self, id: &ConsentId) -> Result<Option<ConsentLog>> {
-        let Some(bytes) = self.consents.get(id.as_bytes())? else {
+        let Some(sealed) = self.consents.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.open_record(TAG_CONSENT, id.as_bytes(), &sealed)? else {
             return Ok(None);
         };
         wire::decode_consent_log(&bytes)
@@ -595,18 +629,22 @@ impl Store {
             })
     }
 
-    /// Stores a record's signed log (call [`Store::durable`] before acknowledging).
-    pub fn put_consent_log(&self, log: &ConsentLog) -> Result<()> {
-        self.consents
-            .insert(log.consent_id.as_bytes(), wire::encode_consent_log(log))?;
-        Ok(())
+    /// Stores a record's signed log, encrypted under its `subject`'s data key
+    /// (call [`Store::durable`] before acknowledging).
+    pub fn put_consent_log(&self, log: &ConsentLog, subject: &SubjectId) -> Result<()> {
+        let plain = Zeroizing::new(wire::encode_consent_log(log));
+        self.put_record(TAG_CONSENT, log.consent_id.as_bytes(), subject, &plain)
     }
 
-    /// Every stored log (read at start to build the decision index).
+    /// Every stored log (read at start to build the decision index), but
+    /// those of erased subjects.
     pub fn consent_logs(&self) -> Result<Vec<ConsentLog>> {
         let mut out = Vec::new();
         for item in self.consents.iter() {
-            let (_, bytes) = item?;
+            let (key, sealed) = item?;
+            let Some(bytes) = self.open_record(TAG_CONSENT, &key, &sealed)? else {
+                continue;
+            };
             out.push(
                 wire::decode_consent_log(&bytes).map_err(|reason| Error::Corrupt {
                     tree: "consents",
@@ -617,7 +655,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Stores a delegation.
+    /// Stores a delegation, encrypted under its principal's data key.
     pub fn put_delegation(&self, d: &Delegation) -> Result<()> {
         let stored = StoredDelegation {
             id: *d.id.as_bytes(),
@@ -628,11 +666,11 @@ impl Store {
             not_after_ms: d.not_after_ms,
             revoked: d.revoked,
         };
-        self.delegations.insert(d.id.as_bytes(), encode(&stored)?)?;
-        Ok(())
+        let plain = Zeroizing::new(encode(&stored)?);
+        self.put_record(TAG_DELEGATION, d.id.as_bytes(), &d.principal, &plain)
     }
 
-    /// Every stored delegation.
+    /// Every stored delegation, but those of erased principals.
     pub fn delegations(&self) -> Result<Vec<Delegation>> {
         let corrupt = |reason: String| Error::Corrupt {
             tree: "delegations",
@@ -640,7 +678,10 @@ impl Store {
         };
         let mut out = Vec::new();
         for item in self.delegations.iter() {
-            let (_, bytes) = item?;
+            let (key, sealed) = item?;
+            let Some(bytes) = self.open_record(TAG_DELEGATION, &key, &sealed)? else {
+                continue;
+            };
             let s: StoredDelegation = decode("delegations", &bytes)?;
             out.push(Delegation {
                 id: ConsentId::from_bytes(s.id),
@@ -750,6 +791,8 @@ impl Store {
         match tag {
             TAG_SERVED => Ok(("served", &self.served)),
             TAG_RECEIVED => Ok(("received", &self.received)),
+            TAG_CONSENT => Ok(("consents", &self.consents)),
+            TAG_DELEGATION => Ok(("delegations", &self.delegations)),
             _ => Err(Error::Corrupt {
                 tree: "subject_records",
                 reason: format!("unknown tree tag {tag}"),
@@ -811,8 +854,9 @@ impl Store {
     /// still keep of its records and wrapped key. Blocking (flushes; rewraps
     /// every data key): call it from `spawn_blocking` in async code.
     ///
-    /// Consent logs and delegations naming the subject are kept: the erasure
-    /// protocol decides what happens to them.
+    /// Its consent logs and the delegations it gave are deleted with them:
+    /// they are sealed under its data key (the consents' subject, the
+    /// delegations' principal), so their old copies are unreadable too.
     pub fn erase_subject(&self, subject: &SubjectId) -> Result<Erasure> {
         let hash = self.vault.hash(subject);
         let writer = self.vault.writer();
@@ -844,22 +888,28 @@ impl Store {
             &self.served,
             &self.received,
             &self.registry,
+            &self.consents,
+            &self.delegations,
         )
-            .transaction(|(keys, index, served, received, registry)| {
-                let had_key = keys.remove(hash.as_bytes().as_slice())?.is_some();
-                for (entry, (tag, key)) in records.iter().zip(&targets) {
-                    index.remove(entry)?;
-                    if *tag == TAG_SERVED {
-                        served.remove(key.as_slice())?;
-                    } else {
-                        received.remove(key.as_slice())?;
+            .transaction(
+                |(keys, index, served, received, registry, consents, delegations)| {
+                    let had_key = keys.remove(hash.as_bytes().as_slice())?.is_some();
+                    for (entry, (tag, key)) in records.iter().zip(&targets) {
+                        index.remove(entry)?;
+                        let tree = match *tag {
+                            TAG_SERVED => served,
+                            TAG_RECEIVED => received,
+                            TAG_CONSENT => consents,
+                            _ => delegations,
+                        };
+                        tree.remove(key.as_slice())?;
                     }
-                }
-                for key in &registry_keys {
-                    registry.remove(key)?;
-                }
-                Ok::<_, ConflictableTransactionError<()>>(had_key)
-            })
+                    for key in &registry_keys {
+                        registry.remove(key)?;
+                    }
+                    Ok::<_, ConflictableTransactionError<()>>(had_key)
+                },
+            )
             .map_err(|e| transaction_error("subject_keys", e))?;
         self.db.flush()?;
         let rewrapped = self.vault.rotate(&writer)?;
@@ -931,6 +981,10 @@ pub struct Erasure {
 const TAG_SERVED: u8 = b's';
 /// Tag of `received` in `subject_records` keys.
 const TAG_RECEIVED: u8 = b'r';
+/// Tag of the `consents` tree (signed consent logs) in `subject_records`.
+const TAG_CONSENT: u8 = b'c';
+/// Tag of the `delegations` tree in `subject_records`.
+const TAG_DELEGATION: u8 = b'd';
 
 fn served_key(requester: &OperatorId, request_id: &MessageId) -> Vec<u8> {
     let mut key = requester.as_str().as_bytes().to_vec();
@@ -1096,6 +1150,31 @@ mod tests {
         store
             .put_received(&request_id, &erased, std::slice::from_ref(&response))
             .unwrap();
+        // A consent log about the subject and a delegation it gave: both name
+        // it, so both are sealed under its key.
+        let consent_id = ConsentId::from_bytes([3; 16]);
+        let log = ConsentLog {
+            consent_id,
+            events: vec![crate::core::consent::SignedEvent {
+                body: format!("{} {marker}", erased.as_str()).into_bytes(),
+                signature: vec![0; 64],
+                key_id: crate::core::keys::KeyId::from_wire("0011223344556677"),
+            }],
+        };
+        store.put_consent_log(&log, &erased).unwrap();
+        let delegation = Delegation {
+            id: ConsentId::from_bytes([4; 16]),
+            principal: erased.clone(),
+            agent: kept.clone(),
+            kind: DelegationKind::Mandate,
+            not_before_ms: 0,
+            not_after_ms: u64::MAX,
+            revoked: false,
+        };
+        store.put_delegation(&delegation).unwrap();
+        assert_eq!(store.consent_log(&consent_id).unwrap(), Some(log.clone()));
+        assert_eq!(store.consent_logs().unwrap(), vec![log]);
+        assert_eq!(store.delegations().unwrap(), vec![delegation]);
         assert_eq!(
             store.served(&requester, &request_id).unwrap(),
             Some(response.clone())
@@ -1131,7 +1210,7 @@ mod tests {
             erasure,
             Erasure {
                 had_key: true,
-                records: 2,
+                records: 4,
                 registry_entries: 3,
                 keys_rewrapped: 1,
             }
@@ -1158,6 +1237,10 @@ mod tests {
         assert!(store.vault().data_key(&hash).unwrap().is_none());
         assert_eq!(store.served(&requester, &request_id).unwrap(), None);
         assert_eq!(store.received(&request_id).unwrap(), None);
+        assert_eq!(store.consent_log(&consent_id).unwrap(), None);
+        assert!(store.consent_logs().unwrap().is_empty());
+        assert!(store.delegations().unwrap().is_empty());
+        assert!(store.consents.is_empty() && store.delegations.is_empty());
         let registry = Registry::new(store.registry_tree().unwrap(), store.vault().clone());
         let attributes = [crate::core::consent::Attribute::new("test.marker").unwrap()];
         let read = |subject| futures::executor::block_on(registry.read(subject, &attributes));
@@ -1173,6 +1256,31 @@ mod tests {
             .scan_prefix(hash.as_bytes())
             .next()
             .is_none());
+    }
+
+    /// A database whose consent logs were written in clear (by a version
+    /// before they were sealed) is refused with an error that says so; a new
+    /// one is marked and opens again.
+    #[test]
+    fn clear_consent_logs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = StorageKey::generate();
+        drop(Store::open(dir.path(), &key).unwrap());
+        drop(Store::open(dir.path(), &key).unwrap());
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.remove(b"format").unwrap();
+            db.open_tree("consents")
+                .unwrap()
+                .insert([1u8; 16], b"a log in clear".as_slice())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let Err(err) = Store::open(dir.path(), &key) else {
+            panic!("opened a database with consent logs in clear");
+        };
+        assert!(matches!(err, Error::ClearConsents { .. }), "{err}");
+        assert!(err.to_string().contains("in clear"), "{err}");
     }
 
     /// A database written before encryption at rest (data, no keyring) is

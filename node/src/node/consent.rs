@@ -314,7 +314,7 @@ impl Shared {
         record: ConsentRecord,
         log: ConsentLog,
     ) -> Result<ConsentRecord, ConsentError> {
-        self.store.put_consent_log(&log)?;
+        self.store.put_consent_log(&log, &record.terms().subject)?;
         self.store.durable().await?;
         let me = self.operator_id().clone();
         self.write_consents(|state| state.upsert(&record, &me));
@@ -650,7 +650,9 @@ impl Shared {
                 return Ok(());
             }
         }
-        self.store.put_consent_log(log).map_err(|e| e.to_string())?;
+        self.store
+            .put_consent_log(log, &record.terms().subject)
+            .map_err(|e| e.to_string())?;
         let me = self.operator_id().clone();
         self.write_consents(|state| state.upsert(&record, &me));
         info!(consent = %log.consent_id, status = record.status_at(now_ms()).as_str(), events = log.events.len(), "consent record updated from home");

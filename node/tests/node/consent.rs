@@ -185,7 +185,9 @@ async fn withdrawal_stored_but_not_pushed_before_a_crash_reaches_every_party_aft
         }),
     };
     log.events.push(withdrawal.sign(&net.keys[HOME]));
-    store.put_consent_log(&log).unwrap();
+    store
+        .put_consent_log(&log, &SubjectId::new(subject.to_owned()).unwrap())
+        .unwrap();
     store.flush_blocking().unwrap();
     drop(store);
 
