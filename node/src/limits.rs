@@ -233,3 +233,9 @@ pub const P2P_GOSSIP_BYTES_MAX: usize = 4 * 1024;
 /// peers keep their latency. Costs one timer per held request. An outbox
 /// retries a rate-limited delivery with backoff anyway, so nothing waits on it.
 pub const RATE_LIMITED_HOLD_MS: u64 = 500;
+
+/// Members a node dials over libp2p when it starts (random ones that offer
+/// libp2p), so that gossip and Kademlia have peers at once; more connections
+/// come with traffic. Eight keep start-up cheap in a large federation while
+/// a gossip announcement still reaches everyone through the mesh.
+pub const P2P_CONNECT_AT_START_MAX: usize = 8;

@@ -416,6 +416,8 @@ pub(crate) struct Driver {
     rate: KeyedLimiter<OperatorId>,
     /// The trust-list version the routing table and topic were set up for.
     trust_version: u64,
+    /// A member joined the topic: announce the version at the next tick.
+    announce_soon: bool,
     topic: gossipsub::IdentTopic,
 }
 
@@ -539,6 +541,7 @@ pub(crate) async fn start(
         serving: JoinSet::new(),
         rate: KeyedLimiter::new(rate),
         trust_version: 0,
+        announce_soon: false,
         topic: trust_topic(&federation),
     };
     Ok((handle, driver))
@@ -614,6 +617,7 @@ impl Driver {
             Duration::from_millis(shared.config().limits.trust_refresh_interval_ms);
         let mut announced = Instant::now();
         self.on_trust_change();
+        self.connect_to_members();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -632,7 +636,7 @@ impl Driver {
                         self.on_trust_change();
                         self.announce();
                         announced = Instant::now();
-                    } else if announced.elapsed() >= announce_every {
+                    } else if self.announce_soon || announced.elapsed() >= announce_every {
                         self.announce();
                         announced = Instant::now();
                     }
@@ -699,8 +703,43 @@ impl Driver {
         }
     }
 
+    /// Dials up to [`limits::P2P_CONNECT_AT_START_MAX`] random active members
+    /// that offer libp2p, so that gossip (and Kademlia) have peers from the
+    /// start: a node that comes back with a newer trust list announces it at once.
+    fn connect_to_members(&mut self) {
+        use rand::seq::SliceRandom as _;
+        let trust = (self.trust)();
+        let now = now_ms();
+        let me = *self.swarm.local_peer_id();
+        let mut members: Vec<&Member> = trust
+            .list()
+            .members
+            .iter()
+            .filter(|m| m.status == MemberStatus::Active && !m.p2p_addrs.is_empty())
+            .collect();
+        members.shuffle(&mut rand::thread_rng());
+        let mut dialled = 0;
+        for member in members {
+            let Some(peer) = candidate_peers(member, now).into_iter().next() else {
+                continue;
+            };
+            if peer == me || dialled >= limits::P2P_CONNECT_AT_START_MAX {
+                continue;
+            }
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(dial_addrs(member, &peer))
+                .extend_addresses_through_behaviour()
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(%peer, error = %e, "could not dial a member at start");
+            }
+            dialled += 1;
+        }
+    }
+
     /// Announces this node's trust-list version to the members by gossip.
     fn announce(&mut self) {
+        self.announce_soon = false;
         let version = (self.trust)().version();
         let topic = self.topic.clone();
         match self
@@ -789,6 +828,13 @@ impl Driver {
                     message,
                 },
             ))) => self.on_gossip(shared, propagation_source, message_id, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Members(MemberProtocolsEvent::Gossip(
+                gossipsub::Event::Subscribed { topic, .. },
+            ))) if topic == self.topic.hash() => {
+                // A member joined the topic (it just connected): tell it our
+                // version at the next tick (one announcement for a burst of joins).
+                self.announce_soon = true;
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {

@@ -323,3 +323,46 @@ async fn js_libp2p_identifies_and_pings_the_node() {
     .await;
     net.shutdown().await;
 }
+
+/// A node that starts with a newer trust list than its peers connects to
+/// them and announces its version by gossip as soon as they join the topic
+/// (and they theirs): each side learns that the other is behind or ahead and
+/// the list is fetched or offered, verified and installed, long before the
+/// periodic refresh (50 s here) and with no other traffic to carry versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_trust_list_spreads_by_gossip() {
+    let mut net = TestNet::over(3, Transports::Libp2p);
+    for config in &mut net.configs {
+        config.limits.trust_refresh_interval_ms = 50_000;
+    }
+    net.start(1).await;
+    net.start(2).await;
+    let id0 = net.id(0).to_string();
+    let v2 = net.sign_next(|d| {
+        d.member_mut(&id0).unwrap().sectors.push("mobility".into());
+    });
+    std::fs::write(&net.configs[0].trust_list, &v2).unwrap();
+    net.start(0).await;
+    assert_eq!(
+        net.admin(0)
+            .await
+            .status()
+            .await
+            .unwrap()
+            .trust_list_version,
+        2
+    );
+    for i in [1, 2] {
+        let client = net.admin(i).await;
+        eventually(
+            &format!("node {i} on v2 through gossip"),
+            Duration::from_secs(25),
+            || {
+                let client = client.clone();
+                async move { (client.status().await.ok()?.trust_list_version == 2).then_some(()) }
+            },
+        )
+        .await;
+    }
+    net.shutdown().await;
+}
