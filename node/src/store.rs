@@ -78,11 +78,11 @@ pub enum Error {
     /// Keys of encryption at rest: wrong storage key, older database, corrupt key material.
     #[error(transparent)]
     AtRest(#[from] at_rest::Error),
-    /// The database was written by an older version that kept consent logs
-    /// and delegations in clear.
+    /// The database was written by an older version that kept consent logs,
+    /// delegations or messages in clear.
     #[error(
-        "the database in {dir} was written by an older mim4-node that kept consent logs and \
-         delegations in clear; move it away and let the node create a new one"
+        "the database in {dir} was written by an older mim4-node that kept consent logs, \
+         delegations or messages in clear; move it away and let the node create a new one"
     )]
     ClearConsents {
         /// The data directory.
@@ -208,6 +208,8 @@ pub struct Store {
     registry: sled::Tree,
     subject_records: sled::Tree,
     vault: Vault,
+    /// Seals the values of `inbox` and `outbox` ([`at_rest::StorageKey::messages_key`]).
+    messages_key: Arc<at_rest::DataKey>,
     counters: Arc<Counters>,
     group: Arc<GroupCommit>,
 }
@@ -273,6 +275,7 @@ impl Store {
             opened => opened?,
         };
         let vault = Vault::open(&db, dir, key)?;
+        let messages_key = Arc::new(key.messages_key()?);
         let store = Self {
             trust: db.open_tree("trust")?,
             seen: db.open_tree("seen")?,
@@ -288,6 +291,7 @@ impl Store {
             registry: db.open_tree("registry")?,
             subject_records: db.open_tree("subject_records")?,
             vault,
+            messages_key,
             db,
             counters: Arc::new(Counters::default()),
             group: Arc::new(GroupCommit::default()),
@@ -302,11 +306,12 @@ impl Store {
     /// or empty one as sealed.
     fn check_format(&self, dir: &Path) -> Result<()> {
         const FORMAT_KEY: &[u8] = b"format";
-        const SEALED_CONSENTS: &[u8] = b"sealed-consents-1";
+        const SEALED_CONSENTS: &[u8] = b"sealed-consents-messages-1";
         if self.db.get(FORMAT_KEY)?.as_deref() == Some(SEALED_CONSENTS) {
             return Ok(());
         }
-        if !self.consents.is_empty() || !self.delegations.is_empty() {
+        let written = [&self.consents, &self.delegations, &self.inbox, &self.outbox];
+        if written.iter().any(|tree| !tree.is_empty()) {
             return Err(Error::ClearConsents {
                 dir: dir.display().to_string(),
             });
@@ -320,8 +325,8 @@ impl Store {
         let c = &self.counters;
         c.received.store(self.inbox.len() as u64, Ordering::Relaxed);
         for item in self.outbox.iter() {
-            let (_, value) = item?;
-            let outgoing: Outgoing = decode("outbox", &value)?;
+            let (key, value) = item?;
+            let outgoing: Outgoing = self.open_message("outbox", &key, &value)?;
             match outgoing.state {
                 OutgoingState::Pending => &c.pending,
                 OutgoingState::Delivered => &c.delivered,
@@ -412,14 +417,18 @@ impl Store {
             expires_at_ms,
             receipt: receipt.to_vec(),
         })?;
-        let incoming = encode(&Incoming {
-            seq,
-            message_id: id,
-            sender: sender.clone(),
-            received_at_ms: applied_at_ms,
-            envelope: envelope.to_vec(),
-            envelope_sha256: Sha256::digest(envelope).into(),
-        })?;
+        let incoming = self.seal_message(
+            "inbox",
+            &seq.to_be_bytes(),
+            &Incoming {
+                seq,
+                message_id: id,
+                sender: sender.clone(),
+                received_at_ms: applied_at_ms,
+                envelope: envelope.to_vec(),
+                envelope_sha256: Sha256::digest(envelope).into(),
+            },
+        )?;
         let mut expiry_key = expires_at_ms.to_be_bytes().to_vec();
         expiry_key.extend_from_slice(id.as_bytes());
         let outcome = (&self.seen, &self.seen_expiry, &self.inbox, &self.trust).transaction(
@@ -454,8 +463,8 @@ impl Store {
         let start = after_seq.saturating_add(1).to_be_bytes();
         let mut out = Vec::new();
         for item in self.inbox.range(start..).take(limit) {
-            let (_, value) = item?;
-            let incoming: Incoming = decode("inbox", &value)?;
+            let (key, value) = item?;
+            let incoming: Incoming = self.open_message("inbox", &key, &value)?;
             check_digest("inbox", &incoming.envelope, &incoming.envelope_sha256)?;
             out.push(incoming);
         }
@@ -483,7 +492,10 @@ impl Store {
     /// Stores a new outgoing message (call [`Store::durable`] before acknowledging).
     pub fn enqueue(&self, id: MessageId, outgoing: &Outgoing) -> Result<()> {
         debug_assert_eq!(outgoing.state, OutgoingState::Pending);
-        self.outbox.insert(id.as_bytes(), encode(outgoing)?)?;
+        self.outbox.insert(
+            id.as_bytes(),
+            self.seal_message("outbox", id.as_bytes(), outgoing)?,
+        )?;
         self.counters.pending.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -493,7 +505,7 @@ impl Store {
         let Some(value) = self.outbox.get(id.as_bytes())? else {
             return Ok(None);
         };
-        let outgoing: Outgoing = decode("outbox", &value)?;
+        let outgoing: Outgoing = self.open_message("outbox", id.as_bytes(), &value)?;
         check_digest("outbox", &outgoing.envelope, &outgoing.envelope_sha256)?;
         Ok(Some(outgoing))
     }
@@ -503,7 +515,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.outbox.iter() {
             let (key, value) = item?;
-            let outgoing: Outgoing = decode("outbox", &value)?;
+            let outgoing: Outgoing = self.open_message("outbox", &key, &value)?;
             if outgoing.state == OutgoingState::Pending {
                 let id = MessageId::from_slice(&key).ok_or_else(|| Error::Corrupt {
                     tree: "outbox",
@@ -524,7 +536,7 @@ impl Store {
                 tree: "outbox",
                 reason: "key is not a message id".into(),
             })?;
-            out.push((id, decode("outbox", &value)?));
+            out.push((id, self.open_message("outbox", &key, &value)?));
         }
         Ok(out)
     }
@@ -538,10 +550,10 @@ impl Store {
         let mut before_state = None;
         let mut after: Option<Outgoing> = None;
         self.outbox.fetch_and_update(id.as_bytes(), |old| {
-            let mut outgoing: Outgoing = decode("outbox", old?).ok()?;
+            let mut outgoing: Outgoing = self.open_message("outbox", id.as_bytes(), old?).ok()?;
             before_state = Some(outgoing.state);
             change(&mut outgoing);
-            let bytes = encode(&outgoing).ok()?;
+            let bytes = self.seal_message("outbox", id.as_bytes(), &outgoing).ok()?;
             after = Some(outgoing);
             Some(bytes)
         })?;
@@ -552,6 +564,29 @@ impl Store {
             }
         }
         Ok(after)
+    }
+
+    /// Encodes and seals an inbox or outbox entry, bound to its tree and key.
+    fn seal_message<T: Serialize>(&self, tree: &str, key: &[u8], value: &T) -> Result<Vec<u8>> {
+        let plain = Zeroizing::new(encode(value)?);
+        Ok(self.messages_key.seal(&message_aad(tree, key), &plain)?)
+    }
+
+    /// Opens and decodes an inbox or outbox entry sealed by [`Store::seal_message`].
+    fn open_message<T: for<'de> Deserialize<'de>>(
+        &self,
+        tree: &'static str,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<T> {
+        let plain = self
+            .messages_key
+            .open(&message_aad(tree, key), sealed)
+            .map_err(|_| Error::Corrupt {
+                tree,
+                reason: "entry does not decrypt (altered on disk, or another storage key)".into(),
+            })?;
+        decode(tree, &plain)
     }
 
     fn counter(&self, state: OutgoingState) -> &AtomicU64 {
@@ -1002,6 +1037,15 @@ fn record_index_key(hash: &SubjectHash, tag: u8, key: &[u8]) -> Vec<u8> {
 }
 
 /// Binds a sealed record to its tree, key and subject, so it cannot be moved.
+/// Binds a sealed inbox or outbox entry to its tree and key.
+fn message_aad(tree: &str, key: &[u8]) -> Vec<u8> {
+    let mut aad = b"mim4/at-rest/v1/message/".to_vec();
+    aad.extend_from_slice(tree.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(key);
+    aad
+}
+
 fn record_aad(tree: &str, key: &[u8], hash: &SubjectHash) -> Vec<u8> {
     let mut aad = tree.as_bytes().to_vec();
     aad.push(0);
@@ -1100,8 +1144,9 @@ mod tests {
     }
 
     /// Crypto-erasure, checked on the raw files of the data directory: a
-    /// subject's values (a random 32-byte marker, in the registry, `served` and
-    /// `received`) and its id are never on disk in clear; after
+    /// subject's values (a random 32-byte marker, in the registry, `served`,
+    /// `received`, a consent log, and messages in the inbox and outbox) and its
+    /// id (also in a delegation) are never on disk in clear; after
     /// `erase_subject`, a flush and closing the store, the old keyring is in
     /// no file, and the subject's wrapped data key (which sled may still keep
     /// in an old segment) no longer unwraps with the keyring that remains,
@@ -1175,6 +1220,42 @@ mod tests {
         assert_eq!(store.consent_log(&consent_id).unwrap(), Some(log.clone()));
         assert_eq!(store.consent_logs().unwrap(), vec![log]);
         assert_eq!(store.delegations().unwrap(), vec![delegation]);
+        // A message about the subject in the outbox and one in the inbox
+        // (consent logs travel in envelopes): sealed under the messages key.
+        let envelope = format!("envelope about {} {marker}", erased.as_str()).into_bytes();
+        let sent = MessageId::from_bytes([5; 16]);
+        let outgoing = Outgoing {
+            recipient: requester.clone(),
+            envelope: envelope.clone(),
+            body_sha256: [0; 32],
+            envelope_sha256: Sha256::digest(&envelope).into(),
+            expires_at_ms: u64::MAX,
+            state: OutgoingState::Pending,
+            attempts: 0,
+            last_error: None,
+            receipt: None,
+        };
+        store.enqueue(sent, &outgoing).unwrap();
+        store
+            .update_outgoing(&sent, |o| o.attempts = 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.outgoing(&sent).unwrap().unwrap().attempts, 1);
+        assert_eq!(store.pending().unwrap().len(), 1);
+        store
+            .record_applied(
+                MessageId::from_bytes([6; 16]),
+                &requester,
+                [0; 32],
+                u64::MAX,
+                1,
+                &envelope,
+                b"receipt",
+                None,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.incoming(0, 10).unwrap()[0].envelope, envelope);
         assert_eq!(
             store.served(&requester, &request_id).unwrap(),
             Some(response.clone())
@@ -1241,6 +1322,9 @@ mod tests {
         assert!(store.consent_logs().unwrap().is_empty());
         assert!(store.delegations().unwrap().is_empty());
         assert!(store.consents.is_empty() && store.delegations.is_empty());
+        // Messages are not per subject: they stay, sealed, until they are pruned.
+        assert_eq!(store.incoming(0, 10).unwrap().len(), 1);
+        assert_eq!(store.all_outgoing().unwrap().len(), 1);
         let registry = Registry::new(store.registry_tree().unwrap(), store.vault().clone());
         let attributes = [crate::core::consent::Attribute::new("test.marker").unwrap()];
         let read = |subject| futures::executor::block_on(registry.read(subject, &attributes));

@@ -66,6 +66,7 @@ const LABEL_HASH: &[u8] = b"mim4/at-rest/v1/subject-hash";
 const LABEL_KEYRING: &[u8] = b"mim4/at-rest/v1/keyring";
 const AAD_KEYRING: &[u8] = b"mim4/at-rest/v1/keyring-file";
 const AAD_WRAP: &[u8] = b"mim4/at-rest/v1/subject-key";
+const LABEL_MESSAGES: &[u8] = b"mim4/at-rest/v1/messages";
 
 /// Errors of encryption at rest.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +128,14 @@ impl StorageKey {
     /// The key's bytes, for writing its file only.
     pub fn to_bytes(&self) -> Zeroizing<[u8; KEY_BYTES]> {
         Zeroizing::new(self.0)
+    }
+
+    /// The key that seals the inbox and outbox entries (messages carry consent
+    /// logs between operators). Derived from the storage key, so it never
+    /// enters the data directory; it is not per subject, so erasing a subject
+    /// does not shred the messages about it (they expire with their lifetime).
+    pub fn messages_key(&self) -> Result<DataKey, Error> {
+        Ok(DataKey(*self.derive(LABEL_MESSAGES)?))
     }
 
     /// HMAC-SHA-256 of `label` under the storage key: a key for one purpose.
