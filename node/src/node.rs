@@ -223,6 +223,8 @@ pub struct Shared {
     source: Arc<dyn DataSource>,
     /// The built-in registry behind `source`, unless the node answers from NGSI-LD.
     registry: Option<Registry>,
+    /// Request buckets of peer operators, shared by both transports.
+    peer_rate: crate::rate_limit::KeyedLimiter<transport::RateKey>,
     /// Counts of refused requests and withheld attributes, by reason.
     counters: Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -356,7 +358,6 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         &key,
         &config.p2p_listen,
         config.envelope_limits.message_bytes_max,
-        config.limits.peer_rate,
         Arc::new(move || read_trust(&trust_source)),
     )
     .await?;
@@ -372,6 +373,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             prefer: config.prefer,
         },
         clients: Clients::new(config.clients_file.clone()),
+        peer_rate: crate::rate_limit::KeyedLimiter::new(config.limits.peer_rate),
         config,
         key,
         store,
@@ -609,6 +611,11 @@ impl Shared {
     /// The API credential table.
     pub fn clients(&self) -> &Clients {
         &self.clients
+    }
+
+    /// The request buckets of peer operators (both transports take from them).
+    pub(crate) fn peer_rate(&self) -> &crate::rate_limit::KeyedLimiter<transport::RateKey> {
+        &self.peer_rate
     }
 
     /// The libp2p swarm's handle.

@@ -59,6 +59,26 @@ impl fmt::Display for Kind {
     }
 }
 
+/// Whose bucket a peer request takes a token from: one per member, shared by
+/// both transports (a member cannot double its quota by using both).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    /// The member a TLS connection or a noise handshake authenticated.
+    Member(crate::core::ids::OperatorId),
+    /// In plaintext gRPC mode, where no one is authenticated: the remote address.
+    Address(Option<std::net::IpAddr>),
+}
+
+impl fmt::Display for RateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Member(id) => write!(f, "peer operator {id}"),
+            Self::Address(Some(ip)) => write!(f, "unauthenticated peer at {ip}"),
+            Self::Address(None) => f.write_str("unauthenticated peer"),
+        }
+    }
+}
+
 /// How long to hold a rate-limited request before refusing it:
 /// [`crate::limits::RATE_LIMITED_HOLD_MS`], spread by ±50 % so that the
 /// requests of a flood held together do not all come back at once.

@@ -19,8 +19,6 @@
 //! sender's outbox retries with backoff.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,10 +32,10 @@ use tracing::{debug, warn};
 
 use super::tls::{self, PeerIdentity, PeerTls};
 use super::PeerError;
+use super::RateKey;
 use crate::core::ids::OperatorId;
 use crate::limits;
 use crate::node::{now_ms, Error, Refusal, Shared};
-use crate::rate_limit::KeyedLimiter;
 
 /// Room for protobuf framing around the envelope bytes.
 const FRAMING_BYTES: usize = 64;
@@ -46,27 +44,6 @@ struct PeerService {
     shared: Arc<Shared>,
     /// Whether connections are TLS: then every request must carry a [`PeerIdentity`].
     tls: bool,
-    /// Request rate per peer.
-    rate: KeyedLimiter<RateKey>,
-}
-
-/// Whose bucket a peer request takes a token from.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum RateKey {
-    /// The member a TLS connection authenticated.
-    Member(OperatorId),
-    /// In plaintext mode, where no one is authenticated: the remote address.
-    Address(Option<IpAddr>),
-}
-
-impl fmt::Display for RateKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Member(id) => write!(f, "peer operator {id}"),
-            Self::Address(Some(ip)) => write!(f, "unauthenticated peer at {ip}"),
-            Self::Address(None) => f.write_str("unauthenticated peer"),
-        }
-    }
 }
 
 impl PeerService {
@@ -120,17 +97,20 @@ impl PeerService {
             Some(peer) => RateKey::Member(peer.clone()),
             None => RateKey::Address(request.remote_addr().map(|a| a.ip())),
         };
-        self.rate.check(&key, Instant::now()).map_err(|limited| {
-            // Per refusal only at debug: a flood must not become a log flood.
-            debug!(%key, "peer request refused: rate limited");
-            self.shared.count("rate_limited");
-            let mut status = Status::resource_exhausted(format!("rate limited: {limited}"));
-            status.metadata_mut().insert(
-                REASON_METADATA_KEY,
-                tonic::metadata::MetadataValue::from_static("rate_limited"),
-            );
-            status
-        })
+        self.shared
+            .peer_rate()
+            .check(&key, Instant::now())
+            .map_err(|limited| {
+                // Per refusal only at debug: a flood must not become a log flood.
+                debug!(%key, "peer request refused: rate limited");
+                self.shared.count("rate_limited");
+                let mut status = Status::resource_exhausted(format!("rate limited: {limited}"));
+                status.metadata_mut().insert(
+                    REASON_METADATA_KEY,
+                    tonic::metadata::MetadataValue::from_static("rate_limited"),
+                );
+                status
+            })
     }
 }
 
@@ -211,12 +191,10 @@ pub(crate) async fn serve(
     cancel: CancellationToken,
 ) -> Result<(), Error> {
     let message_max = shared.config().envelope_limits.message_bytes_max + FRAMING_BYTES;
-    let rate = KeyedLimiter::new(shared.config().limits.peer_rate);
     // Requests are envelopes; responses are receipts or the trust list, which may be larger.
     let service = OperatorPeerServer::new(PeerService {
         shared,
         tls: tls.is_some(),
-        rate,
     })
     .max_decoding_message_size(message_max)
     .max_encoding_message_size(limits::TRUST_LIST_BYTES_MAX + FRAMING_BYTES);

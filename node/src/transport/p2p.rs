@@ -54,7 +54,6 @@ use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::trust::{Member, MemberStatus, VerifiedTrustList};
 use crate::limits;
 use crate::node::{now_ms, Shared};
-use crate::rate_limit::KeyedLimiter;
 
 /// The identify protocol version nodes of this project announce.
 pub const IDENTIFY_PROTOCOL_VERSION: &str = "/mim4/1.0.0";
@@ -413,7 +412,6 @@ pub(crate) struct Driver {
         request_response::ResponseChannel<pb::PeerResponse>,
         pb::PeerResponse,
     )>,
-    rate: KeyedLimiter<OperatorId>,
     /// The trust-list version the routing table and topic were set up for.
     trust_version: u64,
     /// A member joined the topic: announce the version at the next tick.
@@ -449,7 +447,6 @@ pub(crate) async fn start(
     key: &SecretKey,
     listen: &[Multiaddr],
     message_bytes_max: usize,
-    rate: crate::rate_limit::Rate,
     trust: TrustSource,
 ) -> Result<(P2p, Driver), Error> {
     let keypair = keypair(key)?;
@@ -539,7 +536,6 @@ pub(crate) async fn start(
         pending: HashMap::new(),
         lookups: HashMap::new(),
         serving: JoinSet::new(),
-        rate: KeyedLimiter::new(rate),
         trust_version: 0,
         announce_soon: false,
         topic: trust_topic(&federation),
@@ -1077,8 +1073,9 @@ impl Driver {
                 None,
             )
         })?;
-        self.rate
-            .check(&member, Instant::now())
+        shared
+            .peer_rate()
+            .check(&super::RateKey::Member(member.clone()), Instant::now())
             .map_err(|limited| {
                 // Per refusal only at debug: a flood must not become a log flood.
                 debug!(%member, "libp2p request refused: rate limited");

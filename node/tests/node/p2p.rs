@@ -366,3 +366,33 @@ async fn a_newer_trust_list_spreads_by_gossip() {
     }
     net.shutdown().await;
 }
+
+/// A member's requests over gRPC and over libp2p take from one bucket: once
+/// its burst is spent on one transport, the other refuses it too
+/// (`rate_limited`), so using both does not double its quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_transports_share_a_members_rate() {
+    let mut net = TestNet::over(2, Transports::Both);
+    net.configs[0].limits.peer_rate = mim4_node::rate_limit::Rate {
+        per_second: 1,
+        burst: 3,
+    };
+    net.start(0).await;
+    let mut grpc = net.peer_client(1, 0);
+    for _ in 0..3 {
+        grpc.fetch_trust_list(pb::FetchTrustListRequest {})
+            .await
+            .unwrap();
+    }
+    let (peer, addr) = address(&net, 0);
+    let mut p2p = raw_client(mim4_node::transport::p2p::keypair(&net.keys[1]).unwrap());
+    let fetch = frame(&pb::PeerRequest {
+        kind: Some(pb::peer_request::Kind::FetchTrustList(
+            pb::FetchTrustListRequest {},
+        )),
+    });
+    let refused = refusal(raw_request(&mut p2p, peer, addr, fetch).await);
+    assert_eq!(refused.reason, "rate_limited", "{}", refused.message);
+    assert_eq!(refused.code, tonic::Code::ResourceExhausted as u32);
+    net.shutdown().await;
+}
