@@ -15,11 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mim4_node::core::delivery::SenderContext;
-use mim4_node::core::envelope::{Memo, Payload};
-use mim4_node::core::ids::MessageId;
 use mim4_node::core::keys::SecretKey;
-use mim4_node::node::now_ms;
 use mim4_node::rate_limit::Rate;
 use mim4_proto::v1 as pb;
 use tokio::task::JoinSet;
@@ -49,24 +45,7 @@ fn memo(
     key: &SecretKey,
     version: u64,
 ) -> Vec<u8> {
-    SenderContext {
-        me: from,
-        rulebook_version: "mim4-rulebook-1.0",
-        trust_list_version: version,
-        lifetime_ms: 60 * 60 * 1000,
-    }
-    .envelope(
-        MessageId::from_bytes(rand::random()),
-        to.clone(),
-        now_ms(),
-        None,
-        Payload::Memo(Memo {
-            subject: "flood".into(),
-            text: String::new(),
-        }),
-    )
-    .seal(key)
-    .bytes
+    util::sealed_memo(from, to, key, version, "flood", "")
 }
 
 struct Phase {

@@ -21,11 +21,8 @@ use futures::StreamExt as _;
 use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
-use mim4_node::core::delivery::SenderContext;
-use mim4_node::core::envelope::{Memo, Payload};
-use mim4_node::core::ids::{MessageId, OperatorId};
+use mim4_node::core::ids::OperatorId;
 use mim4_node::core::keys::SecretKey;
-use mim4_node::node::now_ms;
 use mim4_proto::v1 as pb;
 use tokio::task::JoinSet;
 use util::{RawCodec, TestNet, Transports};
@@ -46,28 +43,9 @@ fn memos(
     version: u64,
     n: usize,
 ) -> Vec<Vec<u8>> {
-    let context = SenderContext {
-        me: from,
-        rulebook_version: "mim4-rulebook-1.0",
-        trust_list_version: version,
-        lifetime_ms: 60 * 60 * 1000,
-    };
+    let text = "x".repeat(200);
     (0..n)
-        .map(|_| {
-            context
-                .envelope(
-                    MessageId::from_bytes(rand::random()),
-                    to.clone(),
-                    now_ms(),
-                    None,
-                    Payload::Memo(Memo {
-                        subject: "bench".into(),
-                        text: "x".repeat(200),
-                    }),
-                )
-                .seal(key)
-                .bytes
-        })
+        .map(|_| util::sealed_memo(from, to, key, version, "bench", &text))
         .collect()
 }
 

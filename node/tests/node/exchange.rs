@@ -74,16 +74,9 @@ async fn trust_list_spreads_and_suspension_takes_effect(transports: Transports) 
     let version = net.admin(0).await.install_trust_list(v2).await.unwrap();
     assert_eq!(version, 2);
     for i in 0..3 {
-        let client = net.admin(i).await;
-        eventually(
-            &format!("node {i} on trust list v2"),
-            Duration::from_secs(60),
-            || {
-                let client = client.clone();
-                async move { (client.status().await.ok()?.trust_list_version == 2).then_some(()) }
-            },
-        )
-        .await;
+        let what = format!("node {i} on trust list v2");
+        net.until_trust_version(i, 2, &what, Duration::from_secs(60))
+            .await;
     }
     // The suspended member's message is refused by the recipient and stays pending.
     let id = net

@@ -353,16 +353,9 @@ async fn a_newer_trust_list_spreads_by_gossip() {
         2
     );
     for i in [1, 2] {
-        let client = net.admin(i).await;
-        eventually(
-            &format!("node {i} on v2 through gossip"),
-            Duration::from_secs(25),
-            || {
-                let client = client.clone();
-                async move { (client.status().await.ok()?.trust_list_version == 2).then_some(()) }
-            },
-        )
-        .await;
+        let what = format!("node {i} on v2 through gossip");
+        net.until_trust_version(i, 2, &what, Duration::from_secs(25))
+            .await;
     }
     net.shutdown().await;
 }

@@ -412,6 +412,23 @@ impl TestNet {
         PeerTls::new(name, key, Arc::new(trust)).unwrap()
     }
 
+    /// Waits until node `i` holds trust-list `version` (`what` names the
+    /// wait in the failure), failing after `deadline`.
+    pub(crate) async fn until_trust_version(
+        &self,
+        i: usize,
+        version: u64,
+        what: &str,
+        deadline: Duration,
+    ) {
+        let client = self.admin(i).await;
+        eventually(what, deadline, || {
+            let client = client.clone();
+            async move { (client.status().await.ok()?.trust_list_version == version).then_some(()) }
+        })
+        .await;
+    }
+
     pub(crate) fn id(&self, i: usize) -> OperatorId {
         self.configs[i].operator_id.clone()
     }
@@ -421,6 +438,39 @@ impl TestNet {
             self.stop(i).await;
         }
     }
+}
+
+/// A memo from `from` to `to`, sealed with `key` under trust-list `version`
+/// (for benchmarks that send envelopes by hand).
+#[allow(dead_code)] // Used by the benches that include this file, not by the tests.
+pub(crate) fn sealed_memo(
+    from: &OperatorId,
+    to: &OperatorId,
+    key: &SecretKey,
+    version: u64,
+    subject: &str,
+    text: &str,
+) -> Vec<u8> {
+    use mim4_node::core::delivery::SenderContext;
+    use mim4_node::core::envelope::{Memo, Payload};
+    SenderContext {
+        me: from,
+        rulebook_version: "mim4-rulebook-1.0",
+        trust_list_version: version,
+        lifetime_ms: 60 * 60 * 1000,
+    }
+    .envelope(
+        mim4_node::core::ids::MessageId::from_bytes(rand::random()),
+        to.clone(),
+        now_ms(),
+        None,
+        Payload::Memo(Memo {
+            subject: subject.into(),
+            text: text.into(),
+        }),
+    )
+    .seal(key)
+    .bytes
 }
 
 /// Polls `probe` until it returns `Some`, failing after `deadline`.
