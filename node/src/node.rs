@@ -771,6 +771,7 @@ impl Shared {
             bytes,
             &receipt.bytes,
             new_trust.as_ref().map(|t| t.signed().encode()).as_deref(),
+            envelope.payload.subject().as_ref(),
         )?;
         if recorded.is_none() {
             // A concurrent copy of the same message won the race; answer as a
@@ -973,6 +974,7 @@ impl Shared {
         {
             return Err(SendError::UnknownRecipient(recipient));
         }
+        let subject = payload.subject();
         let envelope = self.sender_context(trust.version()).envelope(
             MessageId::from_bytes(random_id_bytes()),
             recipient.clone(),
@@ -998,7 +1000,8 @@ impl Shared {
             last_error: None,
             receipt: None,
         };
-        self.store.enqueue(sealed.message_id, &outgoing)?;
+        self.store
+            .enqueue(sealed.message_id, &outgoing, subject.as_ref())?;
         self.store.durable().await?;
         debug!(message_id = %sealed.message_id, %recipient, "stored in outbox");
         self.enqueued
@@ -1109,11 +1112,12 @@ impl Shared {
 
     /// One delivery attempt: send the stored bytes, check the receipt, mark delivered.
     async fn deliver_once(self: Arc<Self>, id: MessageId) -> Result<(), String> {
-        let outgoing = self
-            .store
-            .outgoing(&id)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "message vanished from the outbox".to_owned())?;
+        let outgoing = self.store.outgoing(&id).map_err(|e| e.to_string())?;
+        let Some(outgoing) = outgoing else {
+            // Gone with the erasure of the citizen it was about: nothing to send.
+            debug!(message_id = %id, "no longer in the outbox (its subject was erased)");
+            return Ok(());
+        };
         if outgoing.state != OutgoingState::Pending {
             return Ok(());
         }

@@ -4,8 +4,8 @@
 //! - `trust`: the current signed trust list (key `current`);
 //! - `seen`: message id → what was applied (the replay window and the stored receipt);
 //! - `seen_expiry`: `expires_at_ms ‖ message id` → (), to prune `seen` in order;
-//! - `inbox`: sequence number → received message;
-//! - `outbox`: message id → outgoing message with its delivery state;
+//! - `inbox`: sequence number → received message (sealed, see below);
+//! - `outbox`: message id → outgoing message with its delivery state (sealed);
 //! - `consents`: consent id → the record's signed event log;
 //! - `delegations`: delegation id → who may act for whom;
 //! - `consent_deliveries`: consent id ‖ operator → the latest push of the record to that party;
@@ -14,20 +14,26 @@
 //! - `request_states`: side ‖ request id → the request's state and when it changed;
 //! - `registry`: the built-in data source (see `sources::registry`);
 //! - `subject_keys`: subject hash → the subject's wrapped data key (see [`at_rest`]);
-//! - `subject_records`: subject hash ‖ tree tag ‖ record key → (), the records
-//!   of `served` and `received` that hold the subject's values, for erasure.
+//! - `subject_records`: subject hash ‖ tree tag ‖ record key → (), every
+//!   record sealed under the subject's data key (in `served`, `received`,
+//!   `consents`, `delegations`, `inbox`, `outbox`), for erasure.
 //!
 //! # Encryption at rest
-//! Values of subjects' attributes are personal data and are stored encrypted
-//! with the subject's data key ([`at_rest`]): the registry's values, and the
-//! `served` and `received` responses (whose value starts with the subject hash,
-//! so that a read finds the key). Registry keys carry the subject hash instead
-//! of the subject id. [`Store::erase_subject`] deletes a subject's key and
-//! records and rotates the keyring, after which no file of the data directory
-//! holds anything that decrypts the subject's old copies. Not encrypted yet:
-//! consent logs and delegations (they name subjects and consent terms but hold
-//! no attribute values), the inbox and outbox (signed envelopes; data answers
-//! travel in calls, not through them) and request states.
+//! Everything about one citizen is stored encrypted with the subject's data
+//! key ([`at_rest`]): the registry's values, the `served` and `received`
+//! responses, consent logs (under their subject's key), delegations (under
+//! their principal's), and inbox and outbox entries about one subject (consent
+//! offers and records). Such a value starts with the subject hash, so that a
+//! read finds the key; registry keys carry the subject hash instead of the
+//! subject id. [`Store::erase_subject`] deletes a subject's key and records
+//! and rotates the keyring, after which no file of the data directory holds
+//! anything that decrypts the subject's old copies (sled keeps those until
+//! compaction). Other messages (memos, trust-list updates) and the replay
+//! entries (`seen`: sender, digests, receipt) are sealed under a messages key
+//! derived from the storage key. In clear: keys of every tree (ids, sequence
+//! numbers, operator ids, subject hashes), the trust list (public), the
+//! delivery records of consents and the data requests' states (ids, operator
+//! ids, states and times: no subject id, no values).
 //!
 //! Every state change that is acknowledged to someone (a receipt to a peer, an
 //! answer to an API client) goes through [`Store::durable`] first, which
@@ -46,7 +52,7 @@ use sled::Transactional as _;
 
 pub mod at_rest;
 
-pub use at_rest::{StorageKey, SubjectHash, Vault};
+pub use at_rest::{StorageKey, SubjectHash, Vault, WriterGuard};
 
 use crate::core::consent::delegation::{Delegation, DelegationKind};
 use crate::core::consent::{ConsentId, ConsentLog, SubjectId};
@@ -78,15 +84,20 @@ pub enum Error {
     /// Keys of encryption at rest: wrong storage key, older database, corrupt key material.
     #[error(transparent)]
     AtRest(#[from] at_rest::Error),
-    /// The database was written by an older version that kept consent logs,
-    /// delegations or messages in clear.
+    /// The database was written by an older version in another format (one
+    /// that kept consent logs, delegations or messages in clear, or sealed
+    /// them differently).
     #[error(
-        "the database in {dir} was written by an older mim4-node that kept consent logs, \
-         delegations or messages in clear; move it away and let the node create a new one"
+        "the database in {dir} was written by an older mim4-node in storage format {found} \
+         (this one writes {}: consent logs, delegations and messages sealed, messages about a \
+         citizen under the citizen's key); move it away and let the node create a new one",
+        String::from_utf8_lossy(FORMAT)
     )]
-    ClearConsents {
+    OldFormat {
         /// The data directory.
         dir: String,
+        /// The format marker found (`none` before markers).
+        found: String,
     },
 }
 
@@ -214,6 +225,24 @@ pub struct Store {
     group: Arc<GroupCommit>,
 }
 
+/// Which key seals an inbox or outbox entry.
+enum Sealing {
+    /// The messages key: a message about no one citizen.
+    Node,
+    /// A subject's data key: a message about that subject (a consent notice).
+    Subject(SubjectHash, at_rest::DataKey),
+}
+
+impl Sealing {
+    /// The `subject_records` entry of a message sealed this way, if any.
+    fn index(&self, tag: u8, key: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Sealing::Node => None,
+            Sealing::Subject(hash, _) => Some(record_index_key(hash, tag, key)),
+        }
+    }
+}
+
 /// Group commit: a writer bumps `written`, then waits until a flush that
 /// started after its write has finished.
 #[derive(Debug, Default)]
@@ -224,6 +253,12 @@ struct GroupCommit {
 }
 
 const TRUST_KEY: &[u8] = b"current";
+/// The storage format this version writes, kept under the key `format`.
+const FORMAT: &[u8] = b"sealed-2";
+/// Header of an inbox or outbox entry sealed under the messages key.
+const SEALED_BY_NODE: u8 = 0;
+/// Header of an inbox or outbox entry sealed under its subject's data key.
+const SEALED_BY_SUBJECT: u8 = 1;
 
 /// Removes the snapshot files sled was still writing when its process died;
 /// returns how many.
@@ -301,39 +336,55 @@ impl Store {
         Ok(store)
     }
 
-    /// Refuses a database whose consent logs or delegations were written in
-    /// clear (before they were sealed under subject keys), and marks a new
-    /// or empty one as sealed.
+    /// Refuses a database written in another format ([`FORMAT`]: consent
+    /// logs, delegations or messages in clear, or sealed differently), and
+    /// marks a new or empty one.
     fn check_format(&self, dir: &Path) -> Result<()> {
         const FORMAT_KEY: &[u8] = b"format";
-        const SEALED_CONSENTS: &[u8] = b"sealed-consents-messages-1";
-        if self.db.get(FORMAT_KEY)?.as_deref() == Some(SEALED_CONSENTS) {
+        let found = self.db.get(FORMAT_KEY)?;
+        if found.as_deref() == Some(FORMAT) {
             return Ok(());
         }
-        let written = [&self.consents, &self.delegations, &self.inbox, &self.outbox];
+        let written = [
+            &self.consents,
+            &self.delegations,
+            &self.inbox,
+            &self.outbox,
+            &self.seen,
+        ];
         if written.iter().any(|tree| !tree.is_empty()) {
-            return Err(Error::ClearConsents {
+            return Err(Error::OldFormat {
                 dir: dir.display().to_string(),
+                found: found.map_or_else(
+                    || "none".to_owned(),
+                    |f| String::from_utf8_lossy(&f).into_owned(),
+                ),
             });
         }
-        self.db.insert(FORMAT_KEY, SEALED_CONSENTS)?;
+        self.db.insert(FORMAT_KEY, FORMAT)?;
         self.db.flush()?;
         Ok(())
     }
 
+    /// Counts the inbox and the outbox by state (at open, and after an erasure).
     fn rebuild_counters(&self) -> Result<()> {
         let c = &self.counters;
-        c.received.store(self.inbox.len() as u64, Ordering::Relaxed);
+        let (mut pending, mut delivered, mut expired) = (0, 0, 0);
         for item in self.outbox.iter() {
             let (key, value) = item?;
-            let outgoing: Outgoing = self.open_message("outbox", &key, &value)?;
-            match outgoing.state {
-                OutgoingState::Pending => &c.pending,
-                OutgoingState::Delivered => &c.delivered,
-                OutgoingState::Expired => &c.expired,
-            }
-            .fetch_add(1, Ordering::Relaxed);
+            let Some((outgoing, _)) = self.open_message::<Outgoing>("outbox", &key, &value)? else {
+                continue;
+            };
+            *match outgoing.state {
+                OutgoingState::Pending => &mut pending,
+                OutgoingState::Delivered => &mut delivered,
+                OutgoingState::Expired => &mut expired,
+            } += 1;
         }
+        c.received.store(self.inbox.len() as u64, Ordering::Relaxed);
+        c.pending.store(pending, Ordering::Relaxed);
+        c.delivered.store(delivered, Ordering::Relaxed);
+        c.expired.store(expired, Ordering::Relaxed);
         Ok(())
     }
 
@@ -382,7 +433,11 @@ impl Store {
         let Some(value) = self.seen.get(id.as_bytes())? else {
             return Ok(None);
         };
-        let seen: Seen = decode("seen", &value)?;
+        let plain = self
+            .messages_key
+            .open(&message_aad("seen", id.as_bytes()), &value)
+            .map_err(|_| undecryptable("seen"))?;
+        let seen: Seen = decode("seen", &plain)?;
         Ok(Some((
             Applied {
                 body_sha256: seen.body_sha256,
@@ -394,6 +449,8 @@ impl Store {
 
     /// Records an applied message atomically: the replay entry with its
     /// receipt, the inbox entry, and (for a trust-list update) the new list.
+    /// A message about one `subject` (a consent notice) is sealed under that
+    /// subject's data key, so erasing the subject erases it too.
     /// Returns `None` if the id was applied concurrently (the caller answers
     /// with the stored receipt). Not yet durable: call [`Store::durable`].
     #[allow(clippy::too_many_arguments)]
@@ -407,19 +464,26 @@ impl Store {
         envelope: &[u8],
         receipt: &[u8],
         new_trust_list: Option<&[u8]>,
+        subject: Option<&SubjectId>,
     ) -> Result<Option<u64>> {
         // Sequence numbers start at 1 so that `after_seq = 0` means "from the start".
         let seq = self.db.generate_id()?.saturating_add(1);
-        let seen = encode(&Seen {
+        let seen = Zeroizing::new(encode(&Seen {
             sender: sender.clone(),
             body_sha256,
             applied_at_ms,
             expires_at_ms,
             receipt: receipt.to_vec(),
-        })?;
+        })?);
+        let seen = self
+            .messages_key
+            .seal(&message_aad("seen", id.as_bytes()), &seen)?;
+        let (_writer, sealing) = self.sealing_for(subject)?;
+        let index = sealing.index(TAG_INBOX, &seq.to_be_bytes());
         let incoming = self.seal_message(
             "inbox",
             &seq.to_be_bytes(),
+            &sealing,
             &Incoming {
                 seq,
                 message_id: id,
@@ -431,14 +495,24 @@ impl Store {
         )?;
         let mut expiry_key = expires_at_ms.to_be_bytes().to_vec();
         expiry_key.extend_from_slice(id.as_bytes());
-        let outcome = (&self.seen, &self.seen_expiry, &self.inbox, &self.trust).transaction(
-            |(seen_tree, expiry_tree, inbox_tree, trust_tree)| {
+        let trees = (
+            &self.seen,
+            &self.seen_expiry,
+            &self.inbox,
+            &self.trust,
+            &self.subject_records,
+        );
+        let outcome = trees.transaction(
+            |(seen_tree, expiry_tree, inbox_tree, trust_tree, index_tree)| {
                 if seen_tree.get(id.as_bytes())?.is_some() {
                     return Ok(None);
                 }
                 seen_tree.insert(id.as_bytes().as_slice(), seen.as_slice())?;
                 expiry_tree.insert(expiry_key.as_slice(), &[][..])?;
                 inbox_tree.insert(&seq.to_be_bytes(), incoming.as_slice())?;
+                if let Some(index) = &index {
+                    index_tree.insert(index.as_slice(), &[][..])?;
+                }
                 if let Some(list) = new_trust_list {
                     trust_tree.insert(TRUST_KEY, list)?;
                 }
@@ -462,9 +536,14 @@ impl Store {
     pub fn incoming(&self, after_seq: u64, limit: usize) -> Result<Vec<Incoming>> {
         let start = after_seq.saturating_add(1).to_be_bytes();
         let mut out = Vec::new();
-        for item in self.inbox.range(start..).take(limit) {
+        for item in self.inbox.range(start..) {
+            if out.len() == limit {
+                break;
+            }
             let (key, value) = item?;
-            let incoming: Incoming = self.open_message("inbox", &key, &value)?;
+            let Some((incoming, _)) = self.open_message::<Incoming>("inbox", &key, &value)? else {
+                continue;
+            };
             check_digest("inbox", &incoming.envelope, &incoming.envelope_sha256)?;
             out.push(incoming);
         }
@@ -489,23 +568,40 @@ impl Store {
 
     // -- sending ------------------------------------------------------------
 
-    /// Stores a new outgoing message (call [`Store::durable`] before acknowledging).
-    pub fn enqueue(&self, id: MessageId, outgoing: &Outgoing) -> Result<()> {
+    /// Stores a new outgoing message (call [`Store::durable`] before
+    /// acknowledging); one about a `subject` is sealed under its data key.
+    pub fn enqueue(
+        &self,
+        id: MessageId,
+        outgoing: &Outgoing,
+        subject: Option<&SubjectId>,
+    ) -> Result<()> {
         debug_assert_eq!(outgoing.state, OutgoingState::Pending);
-        self.outbox.insert(
-            id.as_bytes(),
-            self.seal_message("outbox", id.as_bytes(), outgoing)?,
-        )?;
+        let (_writer, sealing) = self.sealing_for(subject)?;
+        let sealed = self.seal_message("outbox", id.as_bytes(), &sealing, outgoing)?;
+        let index = sealing.index(TAG_OUTBOX, id.as_bytes());
+        (&self.outbox, &self.subject_records)
+            .transaction(|(outbox, index_tree)| {
+                outbox.insert(id.as_bytes().as_slice(), sealed.as_slice())?;
+                if let Some(index) = &index {
+                    index_tree.insert(index.as_slice(), &[][..])?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| transaction_error("outbox", e))?;
         self.counters.pending.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// One outgoing message.
+    /// One outgoing message (none either if its subject was erased).
     pub fn outgoing(&self, id: &MessageId) -> Result<Option<Outgoing>> {
         let Some(value) = self.outbox.get(id.as_bytes())? else {
             return Ok(None);
         };
-        let outgoing: Outgoing = self.open_message("outbox", id.as_bytes(), &value)?;
+        let Some((outgoing, _)) = self.open_message::<Outgoing>("outbox", id.as_bytes(), &value)?
+        else {
+            return Ok(None);
+        };
         check_digest("outbox", &outgoing.envelope, &outgoing.envelope_sha256)?;
         Ok(Some(outgoing))
     }
@@ -515,7 +611,9 @@ impl Store {
         let mut out = Vec::new();
         for item in self.outbox.iter() {
             let (key, value) = item?;
-            let outgoing: Outgoing = self.open_message("outbox", &key, &value)?;
+            let Some((outgoing, _)) = self.open_message::<Outgoing>("outbox", &key, &value)? else {
+                continue;
+            };
             if outgoing.state == OutgoingState::Pending {
                 let id = MessageId::from_slice(&key).ok_or_else(|| Error::Corrupt {
                     tree: "outbox",
@@ -536,7 +634,9 @@ impl Store {
                 tree: "outbox",
                 reason: "key is not a message id".into(),
             })?;
-            out.push((id, self.open_message("outbox", &key, &value)?));
+            if let Some((outgoing, _)) = self.open_message("outbox", &key, &value)? {
+                out.push((id, outgoing));
+            }
         }
         Ok(out)
     }
@@ -549,14 +649,38 @@ impl Store {
     ) -> Result<Option<Outgoing>> {
         let mut before_state = None;
         let mut after: Option<Outgoing> = None;
+        let mut failed = None;
+        // The closure may run more than once (compare-and-swap); an entry it
+        // cannot read or reseal is left exactly as it was.
         self.outbox.fetch_and_update(id.as_bytes(), |old| {
-            let mut outgoing: Outgoing = self.open_message("outbox", id.as_bytes(), old?).ok()?;
-            before_state = Some(outgoing.state);
-            change(&mut outgoing);
-            let bytes = self.seal_message("outbox", id.as_bytes(), &outgoing).ok()?;
-            after = Some(outgoing);
-            Some(bytes)
+            (before_state, after, failed) = (None, None, None);
+            let old = old?;
+            let changed = self
+                .open_message::<Outgoing>("outbox", id.as_bytes(), old)
+                .and_then(|opened| {
+                    let Some((mut outgoing, sealing)) = opened else {
+                        return Ok(None);
+                    };
+                    let before = outgoing.state;
+                    change(&mut outgoing);
+                    let bytes = self.seal_message("outbox", id.as_bytes(), &sealing, &outgoing)?;
+                    Ok(Some((before, outgoing, bytes)))
+                });
+            match changed {
+                Ok(Some((before, outgoing, bytes))) => {
+                    (before_state, after) = (Some(before), Some(outgoing));
+                    Some(bytes)
+                }
+                Ok(None) => Some(old.to_vec()),
+                Err(e) => {
+                    failed = Some(e);
+                    Some(old.to_vec())
+                }
+            }
         })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if let (Some(before), Some(after)) = (before_state, &after) {
             if before != after.state {
                 self.counter(before).fetch_sub(1, Ordering::Relaxed);
@@ -566,27 +690,87 @@ impl Store {
         Ok(after)
     }
 
-    /// Encodes and seals an inbox or outbox entry, bound to its tree and key.
-    fn seal_message<T: Serialize>(&self, tree: &str, key: &[u8], value: &T) -> Result<Vec<u8>> {
-        let plain = Zeroizing::new(encode(value)?);
-        Ok(self.messages_key.seal(&message_aad(tree, key), &plain)?)
+    /// The sealing of a new inbox or outbox entry about `subject` (creating
+    /// its data key if needed), with the vault's writer lock for a subject:
+    /// hold it until the entry is written, so an erasure cannot come between.
+    fn sealing_for(
+        &self,
+        subject: Option<&SubjectId>,
+    ) -> Result<(Option<WriterGuard<'_>>, Sealing)> {
+        let Some(subject) = subject else {
+            return Ok((None, Sealing::Node));
+        };
+        let writer = self.vault.writer();
+        let hash = self.vault.hash(subject);
+        let data_key = self.vault.data_key_or_create(&writer, &hash)?;
+        Ok((Some(writer), Sealing::Subject(hash, data_key)))
     }
 
-    /// Opens and decodes an inbox or outbox entry sealed by [`Store::seal_message`].
+    /// Encodes and seals an inbox or outbox entry, bound to its tree and key:
+    /// `SEALED_BY_NODE ‖ sealed under the messages key`, or, for a message
+    /// about one subject, `SEALED_BY_SUBJECT ‖ subject hash ‖ sealed under
+    /// the subject's data key`. The caller writes the `subject_records` entry.
+    fn seal_message<T: Serialize>(
+        &self,
+        tree: &str,
+        key: &[u8],
+        sealing: &Sealing,
+        value: &T,
+    ) -> Result<Vec<u8>> {
+        let plain = Zeroizing::new(encode(value)?);
+        Ok(match sealing {
+            Sealing::Node => {
+                let mut sealed = vec![SEALED_BY_NODE];
+                sealed.extend(self.messages_key.seal(&message_aad(tree, key), &plain)?);
+                sealed
+            }
+            Sealing::Subject(hash, data_key) => {
+                let mut sealed = vec![SEALED_BY_SUBJECT];
+                sealed.extend_from_slice(hash.as_bytes());
+                sealed.extend(data_key.seal(&record_aad(tree, key, hash), &plain)?);
+                sealed
+            }
+        })
+    }
+
+    /// Opens and decodes an inbox or outbox entry sealed by
+    /// [`Store::seal_message`], with its sealing; `None` if it was sealed for
+    /// a subject whose data key is gone (erased).
     fn open_message<T: for<'de> Deserialize<'de>>(
         &self,
         tree: &'static str,
         key: &[u8],
         sealed: &[u8],
-    ) -> Result<T> {
-        let plain = self
-            .messages_key
-            .open(&message_aad(tree, key), sealed)
-            .map_err(|_| Error::Corrupt {
-                tree,
-                reason: "entry does not decrypt (altered on disk, or another storage key)".into(),
-            })?;
-        decode(tree, &plain)
+    ) -> Result<Option<(T, Sealing)>> {
+        let (sealing, plain) = match sealed.split_first() {
+            Some((&SEALED_BY_NODE, rest)) => (
+                Sealing::Node,
+                self.messages_key
+                    .open(&message_aad(tree, key), rest)
+                    .map_err(|_| undecryptable(tree))?,
+            ),
+            Some((&SEALED_BY_SUBJECT, rest)) => {
+                let (hash, rest) = rest.split_first_chunk::<32>().ok_or(Error::Corrupt {
+                    tree,
+                    reason: "entry shorter than a subject hash".into(),
+                })?;
+                let hash = SubjectHash(*hash);
+                let Some(data_key) = self.vault.data_key(&hash)? else {
+                    return Ok(None);
+                };
+                let plain = data_key
+                    .open(&record_aad(tree, key, &hash), rest)
+                    .map_err(|_| undecryptable(tree))?;
+                (Sealing::Subject(hash, data_key), plain)
+            }
+            _ => {
+                return Err(Error::Corrupt {
+                    tree,
+                    reason: "entry has no known sealing header".into(),
+                })
+            }
+        };
+        Ok(Some((decode(tree, &plain)?, sealing)))
     }
 
     fn counter(&self, state: OutgoingState) -> &AtomicU64 {
@@ -828,6 +1012,8 @@ impl Store {
             TAG_RECEIVED => Ok(("received", &self.received)),
             TAG_CONSENT => Ok(("consents", &self.consents)),
             TAG_DELEGATION => Ok(("delegations", &self.delegations)),
+            TAG_INBOX => Ok(("inbox", &self.inbox)),
+            TAG_OUTBOX => Ok(("outbox", &self.outbox)),
             _ => Err(Error::Corrupt {
                 tree: "subject_records",
                 reason: format!("unknown tree tag {tag}"),
@@ -889,9 +1075,11 @@ impl Store {
     /// still keep of its records and wrapped key. Blocking (flushes; rewraps
     /// every data key): call it from `spawn_blocking` in async code.
     ///
-    /// Its consent logs and the delegations it gave are deleted with them:
-    /// they are sealed under its data key (the consents' subject, the
-    /// delegations' principal), so their old copies are unreadable too.
+    /// Its consent logs, the delegations it gave and the inbox and outbox
+    /// messages about it are deleted with them: they are sealed under its data
+    /// key (the consents' subject, the delegations' principal), so their old
+    /// copies are unreadable too. A pending message about the subject is thus
+    /// no longer delivered (the delivery loop finds it gone).
     pub fn erase_subject(&self, subject: &SubjectId) -> Result<Erasure> {
         let hash = self.vault.hash(subject);
         let writer = self.vault.writer();
@@ -925,9 +1113,21 @@ impl Store {
             &self.registry,
             &self.consents,
             &self.delegations,
+            &self.inbox,
+            &self.outbox,
         )
             .transaction(
-                |(keys, index, served, received, registry, consents, delegations)| {
+                |(
+                    keys,
+                    index,
+                    served,
+                    received,
+                    registry,
+                    consents,
+                    delegations,
+                    inbox,
+                    outbox,
+                )| {
                     let had_key = keys.remove(hash.as_bytes().as_slice())?.is_some();
                     for (entry, (tag, key)) in records.iter().zip(&targets) {
                         index.remove(entry)?;
@@ -935,6 +1135,8 @@ impl Store {
                             TAG_SERVED => served,
                             TAG_RECEIVED => received,
                             TAG_CONSENT => consents,
+                            TAG_INBOX => inbox,
+                            TAG_OUTBOX => outbox,
                             _ => delegations,
                         };
                         tree.remove(key.as_slice())?;
@@ -947,6 +1149,7 @@ impl Store {
             )
             .map_err(|e| transaction_error("subject_keys", e))?;
         self.db.flush()?;
+        self.rebuild_counters()?;
         let rewrapped = self.vault.rotate(&writer)?;
         self.db.flush()?;
         Ok(Erasure {
@@ -1004,7 +1207,8 @@ impl Store {
 pub struct Erasure {
     /// The subject had a data key (something was stored about it).
     pub had_key: bool,
-    /// `served` and `received` records deleted.
+    /// Records sealed under the subject's key deleted (`served`, `received`,
+    /// consent logs, delegations, inbox and outbox messages).
     pub records: usize,
     /// Registry entries deleted (values and the marker).
     pub registry_entries: usize,
@@ -1020,6 +1224,17 @@ const TAG_RECEIVED: u8 = b'r';
 const TAG_CONSENT: u8 = b'c';
 /// Tag of the `delegations` tree in `subject_records`.
 const TAG_DELEGATION: u8 = b'd';
+/// Tag of the `inbox` tree (messages about the subject) in `subject_records`.
+const TAG_INBOX: u8 = b'i';
+/// Tag of the `outbox` tree (messages about the subject) in `subject_records`.
+const TAG_OUTBOX: u8 = b'o';
+
+fn undecryptable(tree: &'static str) -> Error {
+    Error::Corrupt {
+        tree,
+        reason: "entry does not decrypt (altered on disk, or another storage key)".into(),
+    }
+}
 
 fn served_key(requester: &OperatorId, request_id: &MessageId) -> Vec<u8> {
     let mut key = requester.as_str().as_bytes().to_vec();
@@ -1220,42 +1435,60 @@ mod tests {
         assert_eq!(store.consent_log(&consent_id).unwrap(), Some(log.clone()));
         assert_eq!(store.consent_logs().unwrap(), vec![log]);
         assert_eq!(store.delegations().unwrap(), vec![delegation]);
-        // A message about the subject in the outbox and one in the inbox
-        // (consent logs travel in envelopes): sealed under the messages key.
+        // Messages about the subject in the outbox and the inbox (consent
+        // logs travel in envelopes) are sealed under its key; a memo to the
+        // same peer, about no one, under the messages key.
         let envelope = format!("envelope about {} {marker}", erased.as_str()).into_bytes();
-        let sent = MessageId::from_bytes([5; 16]);
-        let outgoing = Outgoing {
+        let memo = b"a memo about no one".to_vec();
+        let outgoing = |envelope: &[u8]| Outgoing {
             recipient: requester.clone(),
-            envelope: envelope.clone(),
+            envelope: envelope.to_vec(),
             body_sha256: [0; 32],
-            envelope_sha256: Sha256::digest(&envelope).into(),
+            envelope_sha256: Sha256::digest(envelope).into(),
             expires_at_ms: u64::MAX,
             state: OutgoingState::Pending,
             attempts: 0,
             last_error: None,
             receipt: None,
         };
-        store.enqueue(sent, &outgoing).unwrap();
+        let (sent, sent_memo) = (
+            MessageId::from_bytes([5; 16]),
+            MessageId::from_bytes([7; 16]),
+        );
         store
-            .update_outgoing(&sent, |o| o.attempts = 1)
-            .unwrap()
+            .enqueue(sent, &outgoing(&envelope), Some(&erased))
             .unwrap();
-        assert_eq!(store.outgoing(&sent).unwrap().unwrap().attempts, 1);
-        assert_eq!(store.pending().unwrap().len(), 1);
-        store
-            .record_applied(
-                MessageId::from_bytes([6; 16]),
-                &requester,
-                [0; 32],
-                u64::MAX,
-                1,
-                &envelope,
-                b"receipt",
-                None,
-            )
-            .unwrap()
-            .unwrap();
-        assert_eq!(store.incoming(0, 10).unwrap()[0].envelope, envelope);
+        store.enqueue(sent_memo, &outgoing(&memo), None).unwrap();
+        for id in [sent, sent_memo] {
+            store
+                .update_outgoing(&id, |o| o.attempts = 1)
+                .unwrap()
+                .unwrap();
+            assert_eq!(store.outgoing(&id).unwrap().unwrap().attempts, 1);
+        }
+        assert_eq!(store.pending().unwrap().len(), 2);
+        for (id, envelope, subject) in [(6, &envelope, Some(&erased)), (8, &memo, None)] {
+            store
+                .record_applied(
+                    MessageId::from_bytes([id; 16]),
+                    &requester,
+                    [0; 32],
+                    u64::MAX,
+                    1,
+                    envelope,
+                    // The replay entry keeps the receipt: sealed too.
+                    format!("receipt {marker}").as_bytes(),
+                    None,
+                    subject,
+                )
+                .unwrap()
+                .unwrap();
+        }
+        let received: Vec<_> = store.incoming(0, 10).unwrap();
+        assert_eq!(received.len(), 2);
+        assert_eq!(received[0].envelope, envelope);
+        assert_eq!(store.stats().received, 2);
+        assert_eq!(store.stats().pending, 2);
         assert_eq!(
             store.served(&requester, &request_id).unwrap(),
             Some(response.clone())
@@ -1291,11 +1524,12 @@ mod tests {
             erasure,
             Erasure {
                 had_key: true,
-                records: 4,
+                records: 6,
                 registry_entries: 3,
                 keys_rewrapped: 1,
             }
         );
+        assert_eq!((store.stats().received, store.stats().pending), (1, 1));
         store.flush_blocking().unwrap();
         drop(registry);
         drop(store);
@@ -1322,9 +1556,14 @@ mod tests {
         assert!(store.consent_logs().unwrap().is_empty());
         assert!(store.delegations().unwrap().is_empty());
         assert!(store.consents.is_empty() && store.delegations.is_empty());
-        // Messages are not per subject: they stay, sealed, until they are pruned.
-        assert_eq!(store.incoming(0, 10).unwrap().len(), 1);
-        assert_eq!(store.all_outgoing().unwrap().len(), 1);
+        // The messages about the subject went with it; the memo stays.
+        let received = store.incoming(0, 10).unwrap();
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].envelope, memo);
+        let sent = store.all_outgoing().unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].0, &sent[0].1.envelope), (sent_memo, &memo));
+        assert_eq!((store.stats().received, store.stats().pending), (1, 1));
         let registry = Registry::new(store.registry_tree().unwrap(), store.vault().clone());
         let attributes = [crate::core::consent::Attribute::new("test.marker").unwrap()];
         let read = |subject| futures::executor::block_on(registry.read(subject, &attributes));
@@ -1343,28 +1582,37 @@ mod tests {
     }
 
     /// A database whose consent logs were written in clear (by a version
-    /// before they were sealed) is refused with an error that says so; a new
-    /// one is marked and opens again.
+    /// before they were sealed) or in the previous sealed format is refused
+    /// with an error that says so; a new one is marked and opens again.
     #[test]
-    fn clear_consent_logs_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
+    fn databases_of_older_formats_are_refused() {
         let key = StorageKey::generate();
-        drop(Store::open(dir.path(), &key).unwrap());
-        drop(Store::open(dir.path(), &key).unwrap());
-        {
-            let db = sled::open(dir.path()).unwrap();
-            db.remove(b"format").unwrap();
-            db.open_tree("consents")
-                .unwrap()
-                .insert([1u8; 16], b"a log in clear".as_slice())
-                .unwrap();
-            db.flush().unwrap();
+        for marker in [None, Some(&b"sealed-consents-messages-1"[..])] {
+            let dir = tempfile::tempdir().unwrap();
+            drop(Store::open(dir.path(), &key).unwrap());
+            drop(Store::open(dir.path(), &key).unwrap());
+            {
+                let db = sled::open(dir.path()).unwrap();
+                match marker {
+                    None => db.remove(b"format").unwrap(),
+                    Some(marker) => db.insert(b"format", marker).unwrap(),
+                };
+                db.open_tree("consents")
+                    .unwrap()
+                    .insert([1u8; 16], b"a log in clear".as_slice())
+                    .unwrap();
+                db.flush().unwrap();
+            }
+            let Err(err) = Store::open(dir.path(), &key) else {
+                panic!("opened a database of format {marker:?}");
+            };
+            let Error::OldFormat { found, .. } = &err else {
+                panic!("{err}");
+            };
+            let expected = marker.map_or("none".into(), |m| String::from_utf8_lossy(m));
+            assert_eq!(found.as_str(), expected);
+            assert!(err.to_string().contains("older mim4-node"), "{err}");
         }
-        let Err(err) = Store::open(dir.path(), &key) else {
-            panic!("opened a database with consent logs in clear");
-        };
-        assert!(matches!(err, Error::ClearConsents { .. }), "{err}");
-        assert!(err.to_string().contains("in clear"), "{err}");
     }
 
     /// A database written before encryption at rest (data, no keyring) is

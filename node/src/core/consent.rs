@@ -633,6 +633,17 @@ impl ConsentLog {
         }
         Ok(record)
     }
+
+    /// The subject named by the first (`requested`) event, decoded without
+    /// checking any signature: for choosing the key that seals a stored copy
+    /// of the log, never for a decision (use [`ConsentLog::verify`]).
+    pub fn subject(&self) -> Option<SubjectId> {
+        let first = wire::decode_consent_event(&self.events.first()?.body).ok()?;
+        match first.kind {
+            EventKind::Requested(terms) => Some(terms.subject),
+            _ => None,
+        }
+    }
 }
 
 /// Why an event cannot be applied to a record.
@@ -1122,5 +1133,29 @@ mod tests {
         assert!(read.is_narrowed_by(&verify));
         assert!(!verify.is_narrowed_by(&read));
         assert!(!read.is_narrowed_by(&terms(&[("a.c", Action::Verify)])));
+    }
+
+    /// A log names its subject through its first event (what the store seals
+    /// a stored copy under); a log that does not start with `requested`, or
+    /// whose first event does not decode, names no one.
+    #[test]
+    fn a_log_names_the_subject_of_its_first_event() {
+        let key = SecretKey::generate(&mut rand::rngs::OsRng);
+        let t = terms(&[("a.b", Action::Read)]);
+        let requested = event(1, 0, EventKind::Requested(t.clone())).sign(&key);
+        let granted = event(2, 1, grant()).sign(&key);
+        let log = |events: Vec<SignedEvent>| ConsentLog {
+            consent_id: t.consent_id,
+            events,
+        };
+        assert_eq!(
+            log(vec![requested.clone(), granted.clone()]).subject(),
+            Some(t.subject.clone())
+        );
+        assert_eq!(log(vec![granted.clone()]).subject(), None);
+        assert_eq!(log(vec![]).subject(), None);
+        let mut garbled = requested;
+        garbled.body.truncate(3);
+        assert_eq!(log(vec![garbled, granted]).subject(), None);
     }
 }

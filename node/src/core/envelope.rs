@@ -18,7 +18,7 @@
 
 use sha2::{Digest as _, Sha256};
 
-use crate::core::consent::{ConsentId, ConsentLog, ConsentTerms};
+use crate::core::consent::{ConsentId, ConsentLog, ConsentTerms, SubjectId};
 use crate::core::exchange::{DataRequest, DataResponse};
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::keys::{KeyId, SecretKey, ENVELOPE_DOMAIN};
@@ -95,6 +95,24 @@ impl Payload {
             Payload::ConsentStatusAnswer(_) => "consent-status-answer",
             Payload::DataRequest(_) => "data-request",
             Payload::DataResponse(_) => "data-response",
+        }
+    }
+
+    /// The citizen the payload is about, if it names exactly one: the store
+    /// seals a stored copy under that subject's data key, so erasing the
+    /// subject makes the copy unreadable. For a consent log it is read from
+    /// the first event without checking signatures ([`ConsentLog::subject`]):
+    /// good for choosing a key, never for a decision.
+    pub fn subject(&self) -> Option<SubjectId> {
+        match self {
+            Payload::ConsentOffer(terms) => Some(terms.subject.clone()),
+            Payload::ConsentRecord(log) | Payload::ConsentStatusAnswer(log) => log.subject(),
+            Payload::DataRequest(request) => Some(request.subject.clone()),
+            Payload::Memo(_)
+            | Payload::Receipt(_)
+            | Payload::TrustListUpdate(_)
+            | Payload::ConsentStatusQuery(_)
+            | Payload::DataResponse(_) => None,
         }
     }
 }
