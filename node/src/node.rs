@@ -17,6 +17,7 @@ use rand::{Rng as _, RngCore as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tonic::Code;
 use tracing::{debug, info, info_span, warn, Instrument as _};
 
 use crate::api::clients::Clients;
@@ -170,6 +171,49 @@ pub enum SendError {
         /// End of its validity.
         valid_until_ms: u64,
     },
+}
+
+/// Errors of [`Shared::call`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The trust list held has expired: the node calls no one until it has a newer one.
+    #[error("{0}")]
+    TrustListExpired(String),
+    /// The callee is not an active member.
+    #[error("{0} is not an active member of the federation")]
+    NotAMember(OperatorId),
+    /// The transports did not reach the callee, or it refused the call.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// The answer does not verify.
+    #[error("the answer does not verify: {0}")]
+    BadAnswer(Rejection),
+    /// A verified envelope, but not the callee's answer to this call.
+    #[error("{0} answered with an envelope that does not answer this call")]
+    NotTheAnswer(OperatorId),
+}
+
+impl CallError {
+    /// The callee was not reached or could not answer (on every transport
+    /// it offers), as opposed to a verdict on the call itself.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            CallError::Peer(PeerError::Unreachable(_)) => true,
+            // The peer's own "unavailable" or deadline verdict, or a status
+            // its stack produced without a verdict (`Unknown`).
+            CallError::Peer(PeerError::Refused { code, .. }) => matches!(
+                code,
+                Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
+            ),
+            _ => false,
+        }
+    }
+
+    /// The callee refused the call with `code`.
+    pub fn is_refused_with(&self, code: Code) -> bool {
+        matches!(self, CallError::Peer(PeerError::Refused { code: c, .. }) if *c == code)
+    }
 }
 
 /// 16 random bytes for a new message, consent or delegation id (the core
@@ -1020,34 +1064,28 @@ impl Shared {
         self: &Arc<Self>,
         to: OperatorId,
         payload: Payload,
-    ) -> Result<Payload, String> {
+    ) -> Result<Payload, CallError> {
         let trust = self.trust();
         if !trust.is_current(now_ms()) {
-            return Err(trust_expired_message(&trust));
+            return Err(CallError::TrustListExpired(trust_expired_message(&trust)));
         }
         let member = trust
             .member(&to)
             .filter(|m| m.status == MemberStatus::Active)
-            .ok_or_else(|| format!("{to} is not an active member of the federation"))?;
+            .ok_or_else(|| CallError::NotAMember(to.clone()))?;
         let request_id = MessageId::from_bytes(random_id_bytes());
         let sealed = self
             .sender_context(trust.version())
             .envelope(request_id, to.clone(), now_ms(), None, payload)
             .seal(&self.key);
-        let answer = self
-            .peers
-            .call(member, sealed.bytes)
-            .await
-            .map_err(|e| e.to_string())?;
-        let verifier = self.verifier(&trust);
-        let verified = verifier
+        let answer = self.peers.call(member, sealed.bytes).await?;
+        let verified = self
+            .verifier(&trust)
             .verify(&answer, now_ms())
-            .map_err(|e| e.to_string())?;
+            .map_err(CallError::BadAnswer)?;
         let envelope = verified.into_envelope();
         if envelope.sender != to || envelope.in_reply_to != Some(request_id) {
-            return Err(format!(
-                "{to} answered with an envelope that does not answer this call"
-            ));
+            return Err(CallError::NotTheAnswer(to));
         }
         Ok(envelope.payload)
     }

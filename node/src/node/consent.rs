@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use tonic::Code;
 use tracing::{info, warn};
 
 use crate::core::consent::delegation::{Delegation, DelegationError, DelegationKind, Delegations};
@@ -695,10 +696,10 @@ impl Shared {
             .call(from.clone(), Payload::ConsentStatusQuery(id))
             .await
             .map_err(|e| {
-                if e.starts_with("NotFound") {
+                if e.is_refused_with(Code::NotFound) {
                     ConsentError::NotFound(id)
                 } else {
-                    ConsentError::Peer(e)
+                    ConsentError::Peer(e.to_string())
                 }
             })?;
         let Payload::ConsentStatusAnswer(log) = answer else {

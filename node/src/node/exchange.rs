@@ -268,17 +268,10 @@ impl Shared {
                     limits::DATA_REQUEST_TIMEOUT_MS
                 ),
             ),
-            Ok(Err(e))
-                // `PeerError::Unreachable` (any transport), or a peer's own
-                // "unavailable" or deadline verdict.
-                if e.starts_with("unreachable")
-                    || e.starts_with("Unavailable")
-                    || e.starts_with("DeadlineExceeded")
-                    || e.starts_with("Unknown") =>
-            {
+            Ok(Err(e)) if e.is_unreachable() => {
                 failed("unreachable", format!("{source} is unreachable: {e}"))
             }
-            Ok(Err(e)) => failed("refused", e),
+            Ok(Err(e)) => failed("refused", e.to_string()),
             Ok(Ok(Payload::DataResponse(response))) => {
                 if response.request_id != request_id || response.source != source {
                     failed(
