@@ -780,3 +780,156 @@ fn a_libp2p_only_member() {
         "{shown}"
     );
 }
+
+/// No secret ever reaches what an operator sees or ships to a log system:
+/// the hex of the operator key, the storage key and the governance key is in
+/// no output of `init`, `config check`, `trust`, `client` and a running node
+/// logging at `trace` (every crate's logs, TLS and libp2p included), in hex
+/// or base64.
+#[test]
+fn secret_keys_never_reach_output_or_logs() {
+    use base64::Engine as _;
+    use std::io::Read as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut seen = String::new();
+    let mut run = |args: &[&str]| seen.push_str(&ok(args, d));
+    run(&["governance", "init", "--dir", "gov"]);
+    let gov_pub = std::fs::read_to_string(d.join("gov/governance.pub")).unwrap();
+    run(&[
+        "init",
+        "--operator",
+        "fi.helsinki",
+        "--dir",
+        "hel",
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--p2p-listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--governance-key",
+        gov_pub.trim(),
+    ]);
+    run(&["config", "check", "hel/node.toml"]);
+    run(&[
+        "trust",
+        "new",
+        "--federation",
+        "f",
+        "--governance-pub",
+        "gov/governance.pub",
+        "--draft",
+        "draft.toml",
+    ]);
+    run(&[
+        "trust",
+        "add-member",
+        "--draft",
+        "draft.toml",
+        "--operator",
+        "fi.helsinki",
+        "--name",
+        "H",
+        "--country",
+        "FI",
+        "--role",
+        "operator",
+        "--key-file",
+        "hel/operator.pub",
+        "--grpc",
+        "https://127.0.0.1:1",
+    ]);
+    run(&[
+        "trust",
+        "sign",
+        "--draft",
+        "draft.toml",
+        "--key",
+        "gov/governance.key",
+        "--out",
+        "hel/trust-list.pb",
+    ]);
+    run(&["trust", "show", "hel/trust-list.pb"]);
+    run(&[
+        "client",
+        "add",
+        "-c",
+        "hel/node.toml",
+        "--id",
+        "edu",
+        "--role",
+        "service",
+    ]);
+
+    // The node itself, logging everything until it has started and a moment more.
+    let log = d.join("node.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mim4-node"))
+        .args(["run", "--config", "hel/node.toml"])
+        .current_dir(d)
+        .env("RUST_LOG", "trace")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(d.join("node.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let read_all = || {
+        let mut text = String::new();
+        for file in ["node.log", "node.err"] {
+            let mut bytes = Vec::new();
+            std::fs::File::open(d.join(file))
+                .unwrap()
+                .read_to_end(&mut bytes)
+                .unwrap();
+            text.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        text
+    };
+    while !read_all().contains("node started") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not start within 60 s:\n{}",
+            read_all()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the node exited:\n{}",
+            read_all()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let logged = read_all();
+    assert!(logged.lines().count() > 20, "trace logging is on: {logged}");
+    eprintln!(
+        "node log: {} lines, {} at TRACE",
+        logged.lines().count(),
+        logged.matches("TRACE").count()
+    );
+    seen.push_str(&logged);
+
+    for file in ["hel/operator.key", "hel/storage.key", "gov/governance.key"] {
+        let text = std::fs::read_to_string(d.join(file)).unwrap();
+        let secret = text
+            .split(|c: char| !c.is_ascii_hexdigit())
+            .find(|word| word.len() == 64)
+            .unwrap_or_else(|| panic!("no 32-byte hex secret in {file}"));
+        let bytes = hex::decode(secret).unwrap();
+        for shown in [
+            secret.to_ascii_lowercase(),
+            secret.to_ascii_uppercase(),
+            base64::engine::general_purpose::STANDARD.encode(&bytes),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes),
+        ] {
+            assert!(
+                !seen.contains(&shown),
+                "{file}: its secret is in the output"
+            );
+        }
+        // Control: the scan does find what is there (the public keys).
+        assert!(seen.contains("fi.helsinki"));
+    }
+}
