@@ -322,3 +322,68 @@ async fn send_from_node0(net: &TestNet, subject: &str) -> mim4_sdk::MessageId {
         .await
         .expect("node 0 acknowledges every send")
 }
+
+/// A revoked member is refused by every node within a minute of the
+/// revocation being installed at one of them, with the default refresh
+/// interval, a node that was down at the time included (it gets the list by
+/// the retried offer or by its own refresh, whichever comes first): new
+/// connections with the member's certificate fail at the handshake, and one
+/// it opened before is refused request by request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_is_in_force_everywhere_within_a_minute_with_default_intervals() {
+    const MINUTE: Duration = Duration::from_secs(60);
+    let mut net = TestNet::new(4);
+    assert_eq!(
+        net.configs[0].limits.trust_refresh_interval_ms,
+        mim4_node::limits::TRUST_REFRESH_INTERVAL_MS_DEFAULT
+    );
+    for i in 0..3 {
+        net.start(i).await;
+    }
+    let revoked = 3;
+    let (revoked_id, revoked_key) = (
+        net.id(revoked),
+        SecretKey::from_bytes(&net.keys[revoked].to_bytes()[..]).unwrap(),
+    );
+    let mut opened_before = net.peer_client_with_key(&revoked_id, &revoked_key, 1);
+    opened_before
+        .fetch_trust_list(pb::FetchTrustListRequest {})
+        .await
+        .expect("served while active");
+
+    net.stop(2).await;
+    let v2 = net.sign_next(|draft| {
+        draft.member_mut(OPERATORS[revoked]).unwrap().status = "revoked".into();
+    });
+    assert_eq!(net.admin(0).await.install_trust_list(v2).await.unwrap(), 2);
+    let installed = tokio::time::Instant::now();
+    // Node 2 misses the first offers.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    net.start(2).await;
+    for i in 0..3 {
+        let left = MINUTE.saturating_sub(installed.elapsed());
+        net.until_trust_version(i, 2, &format!("node {i} on the revocation"), left)
+            .await;
+        eprintln!(
+            "node {i} holds the revocation {} ms after it was installed",
+            installed.elapsed().as_millis()
+        );
+    }
+    for i in [1, 2] {
+        let status = net
+            .peer_client_with_key(&revoked_id, &revoked_key, i)
+            .fetch_trust_list(pb::FetchTrustListRequest {})
+            .await
+            .expect_err("a revoked member's new connection is refused");
+        let refused_by_tls = std::error::Error::source(&status)
+            .is_some_and(|source| source.is::<tonic::transport::Error>());
+        assert!(refused_by_tls, "node {i}: {status:?}");
+    }
+    let status = opened_before
+        .fetch_trust_list(pb::FetchTrustListRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+    net.shutdown().await;
+}
