@@ -13,6 +13,12 @@ use crate::core::keys::PublicKey;
 use crate::limits;
 use crate::rate_limit::Rate;
 
+/// Said at every start (and by `config check`) when the API listens on a
+/// non-loopback address (`[listen] api_remote = true`).
+pub const API_REMOTE_WARNING: &str = "[listen] api_remote = true: the API listens on a \
+     non-loopback address in PLAINTEXT: API credentials and personal data cross the network in \
+     clear unless a TLS-terminating proxy on this host is the only way in";
+
 /// A validated configuration. Relative paths are resolved against the
 /// folder of the configuration file.
 #[derive(Clone, Debug)]
@@ -35,6 +41,11 @@ pub struct Config {
     pub peer_listen: SocketAddr,
     /// Address of the `OperatorApi` gRPC server (local clients).
     pub api_listen: SocketAddr,
+    /// `[listen] api_remote`: lets `api_listen` be a non-loopback address.
+    /// The API is plaintext gRPC (bearer credentials and personal data in
+    /// clear), so it is meant for clients on the same host, or behind a
+    /// TLS-terminating proxy there; the node warns at every start when set.
+    pub api_remote: bool,
     /// Bounds on received envelopes.
     pub envelope_limits: EnvelopeLimits,
     /// Lifetime given to messages this node sends, in ms.
@@ -224,6 +235,8 @@ fn default_rulebook() -> String {
 struct RawListen {
     peer: Spanned<String>,
     api: Spanned<String>,
+    #[serde(default)]
+    api_remote: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -337,6 +350,18 @@ impl Config {
         };
         let peer_listen = addr(&raw.listen.peer, "listen.peer")?;
         let api_listen = addr(&raw.listen.api, "listen.api")?;
+        if !api_listen.ip().is_loopback() && !raw.listen.api_remote {
+            return Err(error(
+                Some(raw.listen.api.span()),
+                "listen.api",
+                format!(
+                    "{api_listen} is not a loopback address: the API is plaintext gRPC \
+                     (credentials and personal data in clear), for clients on this host; \
+                     bind it to 127.0.0.1 or ::1 and put a TLS proxy in front for remote \
+                     clients, or set `api_remote = true` under [listen] to accept the risk"
+                ),
+            ));
+        }
         if peer_listen == api_listen && peer_listen.port() != 0 {
             return Err(error(
                 Some(raw.listen.api.span()),
@@ -476,6 +501,7 @@ impl Config {
             clients_file: resolve(&raw.clients_file),
             peer_listen,
             api_listen,
+            api_remote: raw.listen.api_remote,
             envelope_limits,
             message_lifetime_ms,
             rulebook_version: raw.rulebook_version,
@@ -555,8 +581,11 @@ rulebook_version = "mim4-rulebook-1.0"
 # must match the grpc_endpoint of this operator in the trust list
 # (https://host:port).
 peer = "{peer_listen}"
-# OperatorApi gRPC server: cities, citizen apps and admins. Keep it local.
+# OperatorApi gRPC server: cities, citizen apps and admins. Plaintext gRPC
+# (bearer credentials and personal data in clear): a loopback address only,
+# unless api_remote = true (then put a TLS-terminating proxy in front).
 api = "{api_listen}"
+api_remote = false
 
 [transport]
 # Peers talk gRPC over TLS 1.3, both sides authenticated: each node presents a
@@ -675,6 +704,17 @@ mod tests {
             &valid().replace(KEY, "abc"),
             Err((Some(5), "governance_keys")),
         );
+        // The plaintext API binds to loopback unless remote access is asked for.
+        for remote in ["0.0.0.0:2", "192.0.2.7:2", "[::]:2"] {
+            check(
+                &valid().replace("127.0.0.1:2", remote),
+                Err((Some(8), "not a loopback address")),
+            );
+            let text = valid().replace("127.0.0.1:2", remote) + "api_remote = true\n";
+            let config = Config::parse(&text, Path::new("node.toml")).unwrap();
+            assert!(config.api_remote, "{remote}");
+        }
+        check(&valid().replace("127.0.0.1:2", "[::1]:2"), Ok(()));
         check(
             &valid().replace("data_dir", "data_dri"),
             Err((Some(3), "unknown field")),

@@ -303,6 +303,9 @@ fn main() -> anyhow::Result<()> {
                      encrypted nor authenticated by TLS; for development federations only"
                 );
             }
+            if config.api_remote && !config.api_listen.ip().is_loopback() {
+                eprintln!("warning: {}", mim4_node::config::API_REMOTE_WARNING);
+            }
             Ok(())
         }
         Command::Client(command) => client(command),

@@ -394,6 +394,10 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         })?;
     let peer_addr = local_addr(&peer_listener, config.peer_listen)?;
     let api_addr = local_addr(&api_listener, config.api_listen)?;
+    if !api_addr.ip().is_loopback() {
+        // Config refuses this unless `[listen] api_remote = true`.
+        warn!(%api_addr, "{}", crate::config::API_REMOTE_WARNING);
+    }
 
     let trust = Arc::new(RwLock::new(Arc::new(trust)));
     let tls = peer_tls(&config, &key, &trust)?;
