@@ -212,6 +212,7 @@ impl TestNet {
                 clients_file,
                 peer_listen,
                 api_listen,
+                api_remote: false,
                 envelope_limits: EnvelopeLimits::default(),
                 message_lifetime_ms: limits::MESSAGE_LIFETIME_MS_DEFAULT,
                 rulebook_version: "mim4-rulebook-1.0".into(),
