@@ -704,6 +704,11 @@ impl Index {
         }
     }
 
+    /// How many records about `subject` the index holds.
+    pub fn count_of(&self, subject: &SubjectId) -> usize {
+        self.summaries.get(subject.as_str()).map_or(0, Vec::len)
+    }
+
     /// Ids of the records about `subject`.
     pub fn records_of(&self, subject: &SubjectId) -> Vec<ConsentId> {
         self.summaries
