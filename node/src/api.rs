@@ -36,6 +36,7 @@ use crate::core::wire;
 use crate::limits;
 use crate::node::{Error, RegistryLoadError, SendError, Shared};
 use crate::rate_limit::KeyedLimiter;
+use crate::sources::registry::LoadError;
 use crate::store::OutgoingState;
 use crate::transport::grpc::REASON_METADATA_KEY;
 
@@ -117,6 +118,36 @@ const ADMIN: &[ClientRole] = &[ClientRole::Admin];
 
 fn store_status(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("storage failure: {e}"))
+}
+
+/// Reason of a refusal for a value over `limits::ATTRIBUTE_VALUE_BYTES_MAX`.
+pub(crate) const REASON_VALUE_TOO_LARGE: &str = "value_too_large";
+/// Reason of a refusal for a subject over `limits::ATTRIBUTES_PER_SUBJECT_MAX`.
+pub(crate) const REASON_TOO_MANY_ATTRIBUTES: &str = "too_many_attributes";
+/// Reason of a refusal for a subject over `limits::SUBJECT_DATA_BYTES_MAX`.
+pub(crate) const REASON_SUBJECT_TOO_LARGE: &str = "subject_too_large";
+
+/// A refused registry load: going over a limit on one subject's data is
+/// `RESOURCE_EXHAUSTED` with the limit's reason; other bad files are
+/// `INVALID_ARGUMENT`.
+fn registry_status(error: RegistryLoadError) -> Status {
+    let message = error.to_string();
+    match error {
+        RegistryLoadError::NoRegistry => Status::failed_precondition(message),
+        RegistryLoadError::Invalid(LoadError::ValueTooLarge { .. }) => {
+            with_reason(Status::resource_exhausted(message), REASON_VALUE_TOO_LARGE)
+        }
+        RegistryLoadError::Invalid(LoadError::TooManyAttributes { .. }) => with_reason(
+            Status::resource_exhausted(message),
+            REASON_TOO_MANY_ATTRIBUTES,
+        ),
+        RegistryLoadError::Invalid(LoadError::SubjectTooLarge { .. }) => with_reason(
+            Status::resource_exhausted(message),
+            REASON_SUBJECT_TOO_LARGE,
+        ),
+        RegistryLoadError::Invalid(_) => Status::invalid_argument(message),
+        RegistryLoadError::Node(_) => Status::unavailable(message),
+    }
 }
 
 #[tonic::async_trait]
@@ -330,11 +361,7 @@ impl OperatorApi for ApiService {
             .shared
             .load_registry(request.into_inner().json)
             .await
-            .map_err(|e| match e {
-                RegistryLoadError::NoRegistry => Status::failed_precondition(e.to_string()),
-                RegistryLoadError::Invalid(_) => Status::invalid_argument(e.to_string()),
-                RegistryLoadError::Node(_) => Status::unavailable(e.to_string()),
-            })?;
+            .map_err(registry_status)?;
         info!(client = %caller.id, subjects = report.subjects, values = report.values, "registry data loaded by admin");
         Ok(Response::new(pb::LoadRegistryResponse {
             subjects: report.subjects as u64,

@@ -110,8 +110,94 @@ pub const REQUEST_ATTRIBUTES_MAX: usize = 32;
 /// Longest JSON operand of a predicate, in bytes.
 pub const PREDICATE_OPERAND_BYTES_MAX: usize = 256;
 
-/// Longest JSON value a source may return for one attribute, in bytes.
+/// Longest JSON value of one attribute of one subject, in bytes: the largest
+/// value a registry load stores (`LoadError::ValueTooLarge`) and the largest
+/// a holder releases from any source (a larger one is withheld `too-large`).
+///
+/// Register values are numbers, short strings and small lists; 64 KiB leaves
+/// room for a long list of diplomas while keeping a read's answer small.
 pub const ATTRIBUTE_VALUE_BYTES_MAX: usize = 64 * 1024;
+
+/// Most attributes the built-in registry holds for one subject, over all the
+/// files loaded into it (`LoadError::TooManyAttributes`).
+///
+/// The attribute catalogue of a federation has tens of attributes per
+/// register and a person appears in a handful of registers; 1,024 is far
+/// above that and bounds a subject's keys in sled (one per attribute).
+pub const ATTRIBUTES_PER_SUBJECT_MAX: usize = 1_024;
+
+/// Most bytes of JSON the built-in registry holds for one subject, summed
+/// over its values from all the files loaded into it
+/// (`LoadError::SubjectTooLarge`).
+///
+/// Half of [`MESSAGE_BYTES_MAX`]: whatever a request asks of one subject,
+/// the values of the answer then fit in one signed envelope, with the other
+/// half for provenance, encoding and signature. It also bounds what one read
+/// holds in memory. A subject with every attribute at
+/// [`ATTRIBUTE_VALUE_BYTES_MAX`] is refused at load time, not at read time.
+pub const SUBJECT_DATA_BYTES_MAX: usize = 512 * 1024;
+
+/// Most NGSI-LD entities one subject may match in one read from a context
+/// broker; more is `SourceError::TooManyEntities`, as a broker that ignored
+/// the query would answer.
+///
+/// A person has a handful of entities in any register (a diploma register
+/// lists one per degree); 1,000 bounds the memory of a read (each entity is
+/// parsed JSON restricted to the mapped attributes) independently of the
+/// page size.
+pub const ENTITIES_PER_SUBJECT_MAX: usize = 1_000;
+
+/// Most consent records (consents and arrangements, in any state, ended ones
+/// included) one node holds about one subject; a new record beyond it is
+/// refused with `ConsentError::SubjectFull` (`RESOURCE_EXHAUSTED`, reason
+/// `subject_limit`), also when a peer offers it.
+///
+/// A person gives a few consents a year; 1,024 covers a lifetime of them.
+/// It bounds the index entries of a subject, and a `ListConsents` answer
+/// (terms and signed log, a few KiB per typical record, so a few MiB at most,
+/// within the API's encoding limit). Ended records count because
+/// they are kept as evidence; a requester that fills a subject's records is
+/// visible in them (each names its service).
+pub const CONSENTS_PER_SUBJECT_MAX: usize = 1_024;
+
+/// Most grantors one consent may require: both guardians of a child, and a
+/// little room (`TermsError::Count`).
+pub const CONSENT_GRANTORS_MAX: usize = 4;
+
+/// Most (attribute, action) pairs in one consent's scope (`TermsError::Count`):
+/// twice [`REQUEST_ATTRIBUTES_MAX`], so one consent covers any request.
+pub const CONSENT_SCOPE_MAX: usize = 64;
+
+/// Most purposes in one consent (`TermsError::Count`); the decision index
+/// keeps up to this many inline per entry.
+pub const CONSENT_PURPOSES_MAX: usize = 8;
+
+/// Most events in one consent's log (`TransitionError::TooManyEvents`).
+///
+/// A log travels whole in one envelope: an event with the largest terms
+/// (64 scope items and 8 purposes of [`NAME_BYTES_MAX`], 1 KiB of text) is
+/// about 11 KiB signed, so 64 of them stay below [`MESSAGE_BYTES_MAX`]. A
+/// record's life is a request, a grant per grantor, a few narrowings and an
+/// end, far fewer.
+pub const CONSENT_EVENTS_MAX: usize = 64;
+
+/// Longest identifier or label in consent terms (subject ids, attributes,
+/// purposes, sectors, service ids), in bytes: national person ids and
+/// catalogue names are far shorter.
+pub const NAME_BYTES_MAX: usize = 128;
+
+/// Longest free-text description of a consent's purpose, in bytes: a few
+/// sentences shown to the citizen.
+pub const PURPOSE_TEXT_BYTES_MAX: usize = 1024;
+
+/// Most delegations (guardianships, mandates) one agent may hold
+/// (`DelegationError::TooMany`); bounds the search for an authority chain.
+/// A guardian of a large family or a professional mandatary stays far below it.
+pub const DELEGATIONS_PER_AGENT_MAX: usize = 64;
+
+/// Longest delegation chain: a guardian (1) may mandate one person (2); a
+/// mandate cannot be passed on further.
+pub const DELEGATION_DEPTH_MAX: usize = 2;
 
 /// Deadline of a data request across operators, in ms: a holder that does not
 /// answer by then is reported unreachable.

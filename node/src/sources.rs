@@ -37,6 +37,14 @@ pub enum SourceError {
     /// The source answered with something that is not a valid record.
     #[error("the source answered with an invalid record: {0}")]
     Malformed(String),
+    /// More entities match the subject than
+    /// [`crate::limits::ENTITIES_PER_SUBJECT_MAX`]: the subject's data is
+    /// larger than a read may hold (or the source ignored the query).
+    #[error("more than {max} entities match the subject at the source")]
+    TooManyEntities {
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// A registry that holds attribute values of subjects.

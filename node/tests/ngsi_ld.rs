@@ -28,6 +28,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use mim4_node::core::consent::{Attribute, SubjectId};
+use mim4_node::limits::ENTITIES_PER_SUBJECT_MAX;
 use mim4_node::sources::ngsi_ld::{
     Config, Mapping, MediaType, Multiplicity, NgsiLdSource, Representation, SubjectKey,
 };
@@ -779,6 +780,51 @@ async fn follows_pagination() {
             .queries()
             .iter()
             .all(|q| q["limit"] == limit && q["count"] == "true"));
+    }
+}
+
+/// A subject may match up to [`ENTITIES_PER_SUBJECT_MAX`] entities (across
+/// pages): the read at the limit returns all of them, one more is
+/// `TooManyEntities`, never a crash or a partial answer.
+#[tokio::test]
+async fn entities_per_subject_are_bounded() {
+    for (count, want_ok) in [
+        (ENTITIES_PER_SUBJECT_MAX, true),
+        (ENTITIES_PER_SUBJECT_MAX + 1, false),
+    ] {
+        let entities: Vec<Value> = (0..count)
+            .map(|i| {
+                json!({
+                    "id": format!("urn:ngsi-ld:EducationalOccupationalCredential:{i:05}"),
+                    "type": "EducationalOccupationalCredential",
+                    "holder": {"type": "Property", "value": "se:pnr:1"},
+                    "credits": {"type": "Property", "value": 1},
+                })
+            })
+            .collect();
+        let broker = Broker::start(Behaviour::Broker {
+            entities: Arc::new(entities),
+            count_header: true,
+            page_cap: None,
+        })
+        .await;
+        let mut config = Config::new(broker.base_url(), credential_mapping());
+        config.page_size = 400;
+        let source = NgsiLdSource::new(config).unwrap();
+        let got = read(&source, "se:pnr:1", &["education.credits"]).await;
+        if want_ok {
+            assert_eq!(
+                got.unwrap(),
+                values(&[("education.credits", json!(vec![1; count]))])
+            );
+        } else {
+            assert_eq!(
+                got,
+                Err(SourceError::TooManyEntities {
+                    max: ENTITIES_PER_SUBJECT_MAX
+                })
+            );
+        }
     }
 }
 

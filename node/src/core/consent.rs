@@ -28,18 +28,11 @@ use crate::core::keys::{KeyId, SecretKey, CONSENT_EVENT_DOMAIN};
 use crate::core::trust::VerifiedTrustList;
 use crate::core::wire;
 
-/// Most grantors a consent may require (both guardians and a little room).
-pub const GRANTORS_MAX: usize = 4;
-/// Most (attribute, action) pairs in one consent.
-pub const SCOPE_MAX: usize = 64;
-/// Most purposes in one consent.
-pub const PURPOSES_MAX: usize = 8;
-/// Most events in one consent's log; bounds a record received from a peer.
-pub const EVENTS_MAX: usize = 64;
-/// Longest identifier or label, in bytes.
-pub const NAME_BYTES_MAX: usize = 128;
-/// Longest free-text field, in bytes.
-pub const TEXT_BYTES_MAX: usize = 1024;
+// The bounds of terms and logs are in `crate::limits`, with their reasons.
+use crate::limits::{
+    CONSENT_EVENTS_MAX, CONSENT_GRANTORS_MAX, CONSENT_PURPOSES_MAX, CONSENT_SCOPE_MAX,
+    NAME_BYTES_MAX, PURPOSE_TEXT_BYTES_MAX,
+};
 
 /// Why a name (subject, attribute, purpose, ...) is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -380,7 +373,7 @@ pub enum TermsError {
         not_after_ms: u64,
     },
     /// Free text too long.
-    #[error("purpose text is {0} bytes, more than {TEXT_BYTES_MAX}")]
+    #[error("purpose text is {0} bytes, more than {PURPOSE_TEXT_BYTES_MAX}")]
     TextTooLong(usize),
     /// An arrangement must be granted by its subject alone.
     #[error("an arrangement is granted by its subject alone")]
@@ -398,9 +391,9 @@ pub enum TermsError {
 impl ConsentTerms {
     /// Checks the terms' own rules (counts, duplicates, window).
     pub fn validate(&self) -> Result<(), TermsError> {
-        count("grantors", self.grantors.len(), GRANTORS_MAX)?;
-        count("scope", self.scope.len(), SCOPE_MAX)?;
-        count("purposes", self.purposes.len(), PURPOSES_MAX)?;
+        count("grantors", self.grantors.len(), CONSENT_GRANTORS_MAX)?;
+        count("scope", self.scope.len(), CONSENT_SCOPE_MAX)?;
+        count("purposes", self.purposes.len(), CONSENT_PURPOSES_MAX)?;
         unique("grantors", &self.grantors)?;
         unique("scope", &self.scope)?;
         unique("purposes", &self.purposes)?;
@@ -410,7 +403,7 @@ impl ConsentTerms {
                 not_after_ms: self.not_after_ms,
             });
         }
-        if self.purpose_text.len() > TEXT_BYTES_MAX {
+        if self.purpose_text.len() > PURPOSE_TEXT_BYTES_MAX {
             return Err(TermsError::TextTooLong(self.purpose_text.len()));
         }
         match (self.kind, &self.audience) {
@@ -619,7 +612,7 @@ pub struct ConsentLog {
 impl ConsentLog {
     /// Verifies every event against the trust list and folds them into a record.
     pub fn verify(&self, trust: &VerifiedTrustList) -> Result<ConsentRecord, TransitionError> {
-        if self.events.len() > EVENTS_MAX {
+        if self.events.len() > CONSENT_EVENTS_MAX {
             return Err(TransitionError::TooManyEvents);
         }
         let events = self
@@ -703,7 +696,7 @@ pub enum TransitionError {
     #[error("narrowed terms are invalid: {0}")]
     Terms(TermsError),
     /// Too many events.
-    #[error("a record holds at most {EVENTS_MAX} events")]
+    #[error("a record holds at most {CONSENT_EVENTS_MAX} events")]
     TooManyEvents,
     /// An expiry recorded before `not_after`, after the record ended, or twice.
     #[error("expiry recorded at {at_ms} ms, but the consent runs until {not_after_ms} ms or has already ended")]
@@ -841,7 +834,7 @@ impl ConsentRecord {
                 got: event.seq,
             });
         }
-        if self.events.len() >= EVENTS_MAX {
+        if self.events.len() >= CONSENT_EVENTS_MAX {
             return Err(TransitionError::TooManyEvents);
         }
         if let Some(last) = self.events.last() {

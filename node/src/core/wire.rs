@@ -11,7 +11,7 @@ use prost::Message as _;
 use crate::core::consent::{
     Action, Actor, Attribute, Audience, ConsentEvent, ConsentId, ConsentLog, ConsentTerms,
     EventKind, LawfulBasis, Purpose, RecordKind, ScopeItem, Sector, ServiceId, SignedEvent,
-    SubjectId, TermsError, EVENTS_MAX,
+    SubjectId, TermsError,
 };
 use crate::core::envelope::{Envelope, Memo, Payload, Receipt, SignedEnvelope};
 use crate::core::exchange::{Answer, DataRequest, DataResponse, Op, Predicate, Released, Withheld};
@@ -634,17 +634,9 @@ pub fn terms_from_pb(raw: pb::ConsentTerms) -> Result<ConsentTerms, TermsError> 
         }
     };
     for (field, got, max) in [
-        (
-            "grantors",
-            raw.grantors.len(),
-            crate::core::consent::GRANTORS_MAX,
-        ),
-        ("scope", raw.scope.len(), crate::core::consent::SCOPE_MAX),
-        (
-            "purposes",
-            raw.purposes.len(),
-            crate::core::consent::PURPOSES_MAX,
-        ),
+        ("grantors", raw.grantors.len(), limits::CONSENT_GRANTORS_MAX),
+        ("scope", raw.scope.len(), limits::CONSENT_SCOPE_MAX),
+        ("purposes", raw.purposes.len(), limits::CONSENT_PURPOSES_MAX),
     ] {
         if got > max {
             return Err(TermsError::Count { field, max, got });
@@ -712,7 +704,7 @@ fn actor_to_pb(actor: &Actor) -> pb::ConsentActor {
 }
 
 fn actor_from_pb(raw: pb::ConsentActor) -> Result<Actor, String> {
-    if raw.delegations.len() > crate::core::consent::delegation::DEPTH_MAX
+    if raw.delegations.len() > limits::DELEGATION_DEPTH_MAX
         || raw.authentication.len() > limits::TEXT_FIELD_BYTES_MAX
     {
         return Err("actor: too many delegations or authentication text too long".into());
@@ -808,9 +800,10 @@ pub fn consent_log_to_pb(log: &ConsentLog) -> pb::ConsentRecordUpdate {
 
 /// Validates a signed consent log from its wire type (signatures not yet checked).
 pub fn consent_log_from_pb(raw: pb::ConsentRecordUpdate) -> Result<ConsentLog, String> {
-    if raw.events.is_empty() || raw.events.len() > EVENTS_MAX {
+    if raw.events.is_empty() || raw.events.len() > limits::CONSENT_EVENTS_MAX {
         return Err(format!(
-            "a consent log has 1 to {EVENTS_MAX} events, got {}",
+            "a consent log has 1 to {} events, got {}",
+            limits::CONSENT_EVENTS_MAX,
             raw.events.len()
         ));
     }

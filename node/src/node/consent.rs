@@ -22,6 +22,7 @@ use crate::core::consent::{
 use crate::core::envelope::Payload;
 use crate::core::ids::OperatorId;
 use crate::core::trust::VerifiedTrustList;
+use crate::limits;
 use crate::node::{now_ms, random_id_bytes, SendError, Shared};
 use crate::store::{self, ConsentDelivery, Store};
 
@@ -86,6 +87,13 @@ pub enum ConsentError {
     /// The record exists already.
     #[error("consent {0} exists already")]
     Exists(ConsentId),
+    /// This node holds [`limits::CONSENTS_PER_SUBJECT_MAX`] records about the
+    /// subject already; a new one is refused.
+    #[error("this node holds the maximum of {max} consent records about the subject")]
+    SubjectFull {
+        /// The limit.
+        max: usize,
+    },
     /// An operator named in the terms is not an active member.
     #[error("{0} is not an active member of the federation")]
     UnknownOperator(OperatorId),
@@ -184,6 +192,19 @@ impl Shared {
         self.read_consents(|state| state.index.records_of(subject))
     }
 
+    /// Refuses a new record about `subject` when this node holds
+    /// [`limits::CONSENTS_PER_SUBJECT_MAX`] already. Callers hold
+    /// `consent_writer`, so no other record is added in between.
+    fn check_room_for(&self, subject: &SubjectId) -> Result<(), ConsentError> {
+        let held = self.read_consents(|state| state.index.count_of(subject));
+        if held >= limits::CONSENTS_PER_SUBJECT_MAX {
+            return Err(ConsentError::SubjectFull {
+                max: limits::CONSENTS_PER_SUBJECT_MAX,
+            });
+        }
+        Ok(())
+    }
+
     /// Asks the decision index.
     pub fn decide(&self, query: &Query<'_>) -> Decision {
         self.read_consents(|state| state.index.decide(query))
@@ -257,6 +278,7 @@ impl Shared {
         if self.store.consent_log(&id)?.is_some() {
             return Err(ConsentError::Exists(id));
         }
+        self.check_room_for(&terms.subject)?;
         let now = now_ms();
         let first = ConsentEvent {
             consent_id: id,
@@ -650,6 +672,11 @@ impl Shared {
             if stored.events.len() >= log.events.len() {
                 return Ok(());
             }
+        } else {
+            // A home that keeps to the limit never sends more; a record
+            // beyond it is refused, not indexed.
+            self.check_room_for(&terms.subject)
+                .map_err(|e| e.to_string())?;
         }
         self.store
             .put_consent_log(log, &record.terms().subject)

@@ -37,6 +37,7 @@ use tokio::net::TcpStream;
 
 use super::{BoxFuture, DataSource, SourceError, Values};
 use crate::core::consent::{Attribute, SubjectId};
+use crate::limits::ENTITIES_PER_SUBJECT_MAX;
 
 /// Largest accepted response body of one page, in bytes.
 ///
@@ -52,11 +53,6 @@ pub const RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// one person has in any register; the bound stops a broker that keeps
 /// announcing more pages.
 pub const PAGES_MAX: usize = 16;
-
-/// Most entities one subject may match in one read.
-///
-/// Bounds the memory of a read independently of the page size.
-pub const ENTITIES_PER_SUBJECT_MAX: usize = 1_000;
 
 /// Largest page size (`limit`) the adapter asks for; brokers commonly cap it at 1,000.
 pub const PAGE_SIZE_MAX: u32 = 1_000;
@@ -696,9 +692,9 @@ impl NgsiLdSource {
                 .await?;
             let received = page.entities.len();
             if entities.len() + received > ENTITIES_PER_SUBJECT_MAX {
-                return Err(malformed(format!(
-                    "more than {ENTITIES_PER_SUBJECT_MAX} entities match one subject"
-                )));
+                return Err(SourceError::TooManyEntities {
+                    max: ENTITIES_PER_SUBJECT_MAX,
+                });
             }
             entities.extend(page.entities);
             offset += received as u64;

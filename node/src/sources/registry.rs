@@ -23,6 +23,14 @@
 //! Other subjects and attributes are kept, so several registers (one file
 //! each) can share one registry. [`Registry::clear`] empties it.
 //!
+//! The size of one subject's data is bounded by the limits in
+//! [`crate::limits`]: each value by [`limits::ATTRIBUTE_VALUE_BYTES_MAX`],
+//! and what the registry holds for a subject after the load (the file's
+//! values plus those kept from other files) by
+//! [`limits::ATTRIBUTES_PER_SUBJECT_MAX`] and
+//! [`limits::SUBJECT_DATA_BYTES_MAX`]; a load that would exceed one is
+//! refused with its own [`LoadError`] variant.
+//!
 //! ## JSON format
 //! ```json
 //! {"subjects": {
@@ -50,6 +58,7 @@ use serde_json::Value;
 use super::ngsi_ld::{Entity, Form, Mapping, Multiplicity};
 use super::{BoxFuture, DataSource, SourceError, Values};
 use crate::core::consent::{Attribute, NameError, SubjectId};
+use crate::limits;
 use crate::store::{at_rest, SubjectHash, Vault};
 
 /// Largest file a load accepts, in bytes.
@@ -59,20 +68,16 @@ use crate::store::{at_rest, SubjectHash, Vault};
 /// size in memory, once, while loading.
 pub const FILE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// Largest stored value, in bytes of JSON.
-///
-/// Register values are numbers, short strings and small lists; 64 KiB leaves
-/// room for a long list of diplomas while keeping a read's answer small.
-pub const VALUE_BYTES_MAX: usize = 64 * 1024;
-
 /// Most subjects one file may hold: a national-scale register per file.
 pub const SUBJECTS_MAX: usize = 1_000_000;
 
 /// Most entities one NGSI-LD file may hold.
 pub const ENTITIES_MAX: usize = 1_000_000;
 
-/// Most attributes one subject may have in one file; the attribute catalogue is far smaller.
-pub const ATTRIBUTES_PER_SUBJECT_MAX: usize = 1_024;
+/// Bytes a sealed value adds to its JSON (`nonce ‖ ciphertext ‖ tag`: a
+/// 24-byte XChaCha20 nonce and a 16-byte Poly1305 tag), so that a subject's
+/// stored data can be sized without decrypting it. `key_layout` checks it.
+const SEALED_OVERHEAD_BYTES: usize = 24 + 16;
 
 /// The bounds a load enforces; tests shrink them.
 #[derive(Debug, Clone, Copy)]
@@ -81,14 +86,18 @@ struct Bounds {
     value_bytes_max: usize,
     subjects_max: usize,
     entities_max: usize,
+    attributes_per_subject_max: usize,
+    subject_bytes_max: usize,
 }
 
 impl Bounds {
     const DEFAULT: Bounds = Bounds {
         file_bytes_max: FILE_BYTES_MAX,
-        value_bytes_max: VALUE_BYTES_MAX,
+        value_bytes_max: limits::ATTRIBUTE_VALUE_BYTES_MAX,
         subjects_max: SUBJECTS_MAX,
         entities_max: ENTITIES_MAX,
+        attributes_per_subject_max: limits::ATTRIBUTES_PER_SUBJECT_MAX,
+        subject_bytes_max: limits::SUBJECT_DATA_BYTES_MAX,
     };
 }
 
@@ -182,11 +191,31 @@ pub enum LoadError {
         /// The limit.
         max: usize,
     },
-    /// A subject has more attributes than [`ATTRIBUTES_PER_SUBJECT_MAX`].
-    #[error("{at}: more than {ATTRIBUTES_PER_SUBJECT_MAX} attributes")]
+    /// A subject would have more attributes than
+    /// [`limits::ATTRIBUTES_PER_SUBJECT_MAX`] (in the file, or with those
+    /// the registry keeps for it from other files).
+    #[error("{at}: the subject would have {count} attributes, more than the {max} allowed")]
     TooManyAttributes {
         /// Where.
         at: Location,
+        /// Attributes the subject would have.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A subject's values would be more than
+    /// [`limits::SUBJECT_DATA_BYTES_MAX`] bytes of JSON in total (in the
+    /// file, or with those the registry keeps for it from other files).
+    #[error(
+        "{at}: the subject's values would be {bytes} bytes of JSON, more than the {max} allowed"
+    )]
+    SubjectTooLarge {
+        /// Where.
+        at: Location,
+        /// The subject's total.
+        bytes: usize,
+        /// The limit.
+        max: usize,
     },
     /// A subject id is not a valid [`SubjectId`].
     #[error("{at}: invalid subject id: {source}")]
@@ -212,7 +241,7 @@ pub enum LoadError {
         /// The attribute.
         attribute: Attribute,
     },
-    /// A value is larger than [`VALUE_BYTES_MAX`] as JSON.
+    /// A value is larger than [`limits::ATTRIBUTE_VALUE_BYTES_MAX`] as JSON.
     #[error("{at}: attribute {attribute} is {bytes} bytes of JSON, more than the {max} allowed")]
     ValueTooLarge {
         /// Where.
@@ -258,8 +287,9 @@ pub enum LoadError {
     Keys(#[from] at_rest::Error),
 }
 
-/// Checked values ready to write: subject → attribute → JSON bytes.
-type Pending = BTreeMap<SubjectId, BTreeMap<Attribute, Vec<u8>>>;
+/// Checked values ready to write: subject → where it is in the file, and
+/// attribute → JSON bytes.
+type Pending = BTreeMap<SubjectId, (Location, BTreeMap<Attribute, Vec<u8>>)>;
 
 /// The sled key of `attribute` of `subject`, or of the subject's marker for `None`.
 fn key(subject: &SubjectHash, attribute: Option<&Attribute>) -> Vec<u8> {
@@ -414,8 +444,14 @@ impl Registry {
                 at: at.clone(),
                 source,
             })?;
-            if attributes.0.len() > ATTRIBUTES_PER_SUBJECT_MAX {
-                return Err(LoadError::TooManyAttributes { at });
+            // Checked before parsing names, to bound the work; the total
+            // with kept attributes is checked before writing.
+            if attributes.0.len() > bounds.attributes_per_subject_max {
+                return Err(LoadError::TooManyAttributes {
+                    at,
+                    count: attributes.0.len(),
+                    max: bounds.attributes_per_subject_max,
+                });
             }
             let mut values = BTreeMap::new();
             for (name, value) in attributes.0 {
@@ -427,9 +463,9 @@ impl Registry {
                 covered.insert(attribute.clone());
                 values.insert(attribute, bytes);
             }
-            pending.insert(subject, values);
+            pending.insert(subject, (at, values));
         }
-        self.write(pending, &covered, 0)
+        self.write(pending, &covered, 0, bounds)
     }
 
     fn load_ngsi_ld_bounded(
@@ -554,18 +590,62 @@ impl Registry {
                     }
                 }
             }
-            pending.insert(subject, values);
+            pending.insert(subject, (at, values));
         }
         let covered: BTreeSet<Attribute> = mapping.attributes().keys().cloned().collect();
-        self.write(pending, &covered, skipped)
+        self.write(pending, &covered, skipped, bounds)
     }
 
-    /// Writes checked values in one atomic batch and flushes.
+    /// Checks that no subject of `pending` would hold more than the bounds
+    /// allow once written: its values in the file, plus those the registry
+    /// keeps for it (attributes the file does not cover). Kept values are
+    /// sized from their sealed length, without decrypting them.
+    fn check_subject_totals(
+        &self,
+        pending: &Pending,
+        covered: &BTreeSet<Attribute>,
+        bounds: &Bounds,
+    ) -> Result<(), LoadError> {
+        for (subject, (at, values)) in pending {
+            let mut count = values.len();
+            let mut bytes: usize = values.values().map(Vec::len).sum();
+            let hash = self.vault.hash(subject);
+            let prefix = hash.as_bytes().len();
+            for entry in self.tree.scan_prefix(hash.as_bytes()) {
+                let (key, sealed) = entry?;
+                let kept = std::str::from_utf8(&key[prefix..])
+                    .is_ok_and(|name| !name.is_empty() && !covered.contains(name));
+                if kept {
+                    count += 1;
+                    bytes += sealed.len().saturating_sub(SEALED_OVERHEAD_BYTES);
+                }
+            }
+            if count > bounds.attributes_per_subject_max {
+                return Err(LoadError::TooManyAttributes {
+                    at: at.clone(),
+                    count,
+                    max: bounds.attributes_per_subject_max,
+                });
+            }
+            if bytes > bounds.subject_bytes_max {
+                return Err(LoadError::SubjectTooLarge {
+                    at: at.clone(),
+                    bytes,
+                    max: bounds.subject_bytes_max,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the subjects' totals, then writes checked values in one atomic
+    /// batch and flushes.
     fn write(
         &self,
         pending: Pending,
         covered: &BTreeSet<Attribute>,
         entities_skipped: usize,
+        bounds: &Bounds,
     ) -> Result<LoadReport, LoadError> {
         let mut batch = sled::Batch::default();
         let mut report = LoadReport {
@@ -574,9 +654,11 @@ impl Registry {
             entities_skipped,
         };
         // Held until the batch is applied, so an erasure cannot run between
-        // making a subject's data key and writing values under it.
+        // making a subject's data key and writing values under it, and so
+        // that the totals checked are those the batch extends.
         let writer = self.vault.writer();
-        for (subject, values) in pending {
+        self.check_subject_totals(&pending, covered, bounds)?;
+        for (subject, (_, values)) in pending {
             let hash = self.vault.hash(&subject);
             let data_key = self.vault.data_key_or_create(&writer, &hash)?;
             // The file is authoritative for the attributes it covers: remove
@@ -586,7 +668,9 @@ impl Registry {
             }
             batch.insert(key(&hash, None), Vec::new());
             for (attribute, bytes) in values {
-                debug_assert!(!bytes.is_empty() && bytes.len() <= VALUE_BYTES_MAX);
+                debug_assert!(
+                    !bytes.is_empty() && bytes.len() <= limits::ATTRIBUTE_VALUE_BYTES_MAX
+                );
                 let key = key(&hash, Some(&attribute));
                 let sealed = data_key.seal(&value_aad(&key), &zeroize::Zeroizing::new(bytes))?;
                 batch.insert(key, sealed);
@@ -627,7 +711,7 @@ impl Registry {
                 ))
             })?;
             // The pair of the checks made before writing: size, then valid JSON.
-            if bytes.len() > VALUE_BYTES_MAX {
+            if bytes.len() > limits::ATTRIBUTE_VALUE_BYTES_MAX {
                 return Err(SourceError::Malformed(format!(
                     "stored value of {attribute} is {} bytes",
                     bytes.len()
@@ -707,6 +791,8 @@ mod tests {
         value_bytes_max: 16,
         subjects_max: 2,
         entities_max: 3,
+        attributes_per_subject_max: 4,
+        subject_bytes_max: 64,
     };
 
     /// Loads `text` as registry JSON with `bounds`: the report, or an error whose message contains `expected_err`.
@@ -785,6 +871,132 @@ mod tests {
         );
     }
 
+    /// Bounds of one subject's data: two values at most, 16 bytes each, 24 in total.
+    const SUBJECT: Bounds = Bounds {
+        value_bytes_max: 16,
+        attributes_per_subject_max: 2,
+        subject_bytes_max: 24,
+        ..Bounds::DEFAULT
+    };
+
+    /// A JSON string value of exactly `bytes` bytes of JSON (quotes included).
+    fn text(bytes: usize) -> Value {
+        Value::from("x".repeat(bytes - 2))
+    }
+
+    /// A JSON registry file of subject `s` with these attributes.
+    fn file(attributes: &[(&str, Value)]) -> String {
+        let attributes: serde_json::Map<String, Value> = attributes
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), value.clone()))
+            .collect();
+        json!({"subjects": {"s": attributes}}).to_string()
+    }
+
+    /// Each limit on one subject's data accepts a load at the limit and
+    /// refuses one just over it with its own variant, writing nothing.
+    #[test]
+    fn subject_data_at_and_over_each_limit() {
+        let at = || Location::Subject("s".into());
+        let accepted = [
+            file(&[("a", text(16))]),
+            file(&[("a", text(12)), ("b", text(12))]),
+        ];
+        for text in accepted {
+            let registry = registry();
+            registry.load_json_bounded(&text, &SUBJECT).unwrap();
+        }
+        let refused = [
+            (file(&[("a", text(17))]), "value"),
+            (
+                file(&[("a", json!(1)), ("b", json!(2)), ("c", json!(3))]),
+                "attributes",
+            ),
+            (file(&[("a", text(12)), ("b", text(13))]), "total"),
+        ];
+        for (text, limit) in refused {
+            let registry = registry();
+            let err = registry.load_json_bounded(&text, &SUBJECT).unwrap_err();
+            match (limit, err) {
+                (
+                    "value",
+                    LoadError::ValueTooLarge {
+                        at: a, bytes, max, ..
+                    },
+                ) => {
+                    assert_eq!((a, bytes, max), (at(), 17, 16));
+                }
+                ("attributes", LoadError::TooManyAttributes { at: a, count, max }) => {
+                    assert_eq!((a, count, max), (at(), 3, 2));
+                }
+                ("total", LoadError::SubjectTooLarge { at: a, bytes, max }) => {
+                    assert_eq!((a, bytes, max), (at(), 25, 24));
+                }
+                (limit, err) => panic!("{limit}: {err}"),
+            }
+            assert!(registry.tree.is_empty(), "{limit}: a refused load wrote");
+        }
+    }
+
+    /// The per-subject limits hold for what the registry keeps from other
+    /// files too: a load that would push a subject over the attribute count
+    /// or the total bytes is refused and changes nothing, while replacing a
+    /// covered attribute does not count it twice.
+    #[test]
+    fn subject_limits_count_values_kept_from_other_files() {
+        let registry = registry();
+        let load = |text: String| registry.load_json_bounded(&text, &SUBJECT);
+        load(file(&[("a", text(12))])).unwrap();
+        load(file(&[("b", text(12))])).unwrap();
+        let before = read(&registry, "s", &["a", "b"]).unwrap();
+        assert_eq!(before.len(), 2);
+        match load(file(&[("c", json!(1))])).unwrap_err() {
+            LoadError::TooManyAttributes { count, max, .. } => assert_eq!((count, max), (3, 2)),
+            err => panic!("{err}"),
+        }
+        match load(file(&[("a", text(13))])).unwrap_err() {
+            LoadError::SubjectTooLarge { bytes, max, .. } => assert_eq!((bytes, max), (25, 24)),
+            err => panic!("{err}"),
+        }
+        assert_eq!(read(&registry, "s", &["a", "b", "c"]).unwrap(), before);
+        // `a` is replaced, not added: 1 + 12 bytes in two attributes.
+        load(file(&[("a", json!(1))])).unwrap();
+        assert_eq!(
+            read(&registry, "s", &["a", "b"]).unwrap(),
+            values(&[("a", json!(1)), ("b", text(12))])
+        );
+        // Another subject has its own budget.
+        let other = json!({"subjects": {"t": {"a": text(12), "b": text(12)}}}).to_string();
+        registry.load_json_bounded(&other, &SUBJECT).unwrap();
+        // An NGSI-LD load is held to the same totals, with the entity as location.
+        let mapping = Mapping::new("Person", SubjectKey::Attribute("identifier".into()))
+            .unwrap()
+            .with_attribute(attribute("person.family_name"), "familyName")
+            .unwrap();
+        let entity = json!({"id": "urn:p", "type": "Person", "identifier": "s",
+                            "familyName": text(12)})
+        .to_string();
+        match registry
+            .load_ngsi_ld_bounded(&entity, &mapping, &SUBJECT)
+            .unwrap_err()
+        {
+            LoadError::TooManyAttributes { at, count, max } => {
+                assert_eq!(
+                    (at, count, max),
+                    (
+                        Location::Entity {
+                            index: 0,
+                            id: Some("urn:p".into())
+                        },
+                        3,
+                        2
+                    )
+                );
+            }
+            err => panic!("{err}"),
+        }
+    }
+
     /// A read returns exactly the requested attributes the subject has; an unknown subject is `UnknownSubject`.
     #[test]
     fn read_requested_attributes() {
@@ -859,6 +1071,7 @@ mod tests {
         let plain = br#"[1,"x"]"#;
         // Nonce (24) and tag (16) around a ciphertext as long as the JSON.
         assert_eq!(entries[1].1.len(), 24 + plain.len() + 16);
+        assert_eq!(entries[1].1.len(), SEALED_OVERHEAD_BYTES + plain.len());
         assert!(!entries[1].1.windows(plain.len()).any(|w| w == plain));
         let data_key = registry.vault.data_key(&hash).unwrap().unwrap();
         assert_eq!(

@@ -40,4 +40,5 @@ mod hostile;
 mod limits;
 mod p2p;
 mod rotation;
+mod subject_limits;
 mod tls;

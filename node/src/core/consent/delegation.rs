@@ -3,17 +3,13 @@
 //! The home operator records delegations (`principal` lets `agent` act for
 //! them) and, when someone grants or withdraws for a grantor, looks up the
 //! chain of delegations that gives them that authority. Chains are limited to
-//! [`DEPTH_MAX`] links, so a mandate cannot be passed on indefinitely.
+//! [`DELEGATION_DEPTH_MAX`] links, so a mandate cannot be passed on indefinitely.
 
 use std::collections::{BTreeSet, HashMap};
 
 use crate::core::consent::{ConsentId, SubjectId};
 
-/// Longest delegation chain: a guardian (1) may mandate one person (2).
-pub const DEPTH_MAX: usize = 2;
-
-/// Most delegations one agent may hold; bounds the search.
-pub const PER_AGENT_MAX: usize = 64;
+use crate::limits::{DELEGATIONS_PER_AGENT_MAX, DELEGATION_DEPTH_MAX};
 
 /// The legal ground of a delegation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,7 +75,7 @@ pub enum DelegationError {
     #[error("the delegation's window is empty")]
     EmptyWindow,
     /// The agent holds too many.
-    #[error("{0} already holds the maximum of {PER_AGENT_MAX} delegations")]
+    #[error("{0} already holds the maximum of {DELEGATIONS_PER_AGENT_MAX} delegations")]
     TooMany(SubjectId),
 }
 
@@ -108,7 +104,7 @@ impl Delegations {
             *existing = delegation;
             return Ok(());
         }
-        if held.len() >= PER_AGENT_MAX {
+        if held.len() >= DELEGATIONS_PER_AGENT_MAX {
             return Err(DelegationError::TooMany(delegation.agent));
         }
         held.push(delegation);
@@ -122,7 +118,7 @@ impl Delegations {
 
     /// The shortest chain (principal's delegation first) by which `person`
     /// may act for `principal` at `at_ms`: empty if they are the same person,
-    /// `None` if there is no chain of at most [`DEPTH_MAX`] valid links.
+    /// `None` if there is no chain of at most [`DELEGATION_DEPTH_MAX`] valid links.
     pub fn authority(
         &self,
         principal: &SubjectId,
@@ -136,7 +132,7 @@ impl Delegations {
         // delegation held by the current agent to its principal.
         let mut frontier: Vec<(SubjectId, Vec<ConsentId>)> = vec![(person.clone(), Vec::new())];
         let mut seen: BTreeSet<SubjectId> = BTreeSet::from([person.clone()]);
-        for _ in 0..DEPTH_MAX {
+        for _ in 0..DELEGATION_DEPTH_MAX {
             let mut next = Vec::new();
             for (agent, chain) in &frontier {
                 for d in self.by_agent.get(agent).into_iter().flatten() {
@@ -225,5 +221,27 @@ mod tests {
             d.insert(delegation(3, "a", "b", 0)),
             Err(DelegationError::EmptyWindow)
         );
+    }
+
+    /// An agent holds up to [`DELEGATIONS_PER_AGENT_MAX`] delegations; the
+    /// next one is `TooMany`, while replacing a held one and another agent's
+    /// are still accepted.
+    #[test]
+    fn delegations_per_agent_are_bounded() {
+        let mut d = Delegations::new();
+        let at_limit = u8::try_from(DELEGATIONS_PER_AGENT_MAX).unwrap();
+        for n in 0..at_limit {
+            d.insert(delegation(n, &format!("child{n}"), "guardian", 100))
+                .unwrap();
+        }
+        assert_eq!(d.all().count(), DELEGATIONS_PER_AGENT_MAX);
+        assert_eq!(
+            d.insert(delegation(at_limit, "one.more", "guardian", 100)),
+            Err(DelegationError::TooMany(person("guardian")))
+        );
+        d.insert(delegation(0, "child0", "guardian", 200)).unwrap();
+        d.insert(delegation(at_limit, "one.more", "other", 100))
+            .unwrap();
+        assert_eq!(d.all().count(), DELEGATIONS_PER_AGENT_MAX + 1);
     }
 }

@@ -17,9 +17,10 @@ use std::sync::Arc;
 
 use crate::core::consent::{
     Action, Attribute, Audience, ConsentId, ConsentRecord, ConsentStatus, Purpose, Sector,
-    ServiceId, SubjectId, PURPOSES_MAX,
+    ServiceId, SubjectId,
 };
 use crate::core::ids::OperatorId;
+use crate::limits::CONSENT_PURPOSES_MAX;
 
 /// One question to the index.
 #[derive(Clone, Copy, Debug)]
@@ -403,18 +404,21 @@ struct Resolved {
 }
 
 /// A record's purposes as interned ids, inline (records carry at most
-/// [`PURPOSES_MAX`]).
+/// [`CONSENT_PURPOSES_MAX`]).
 #[derive(Clone, Debug)]
 enum Purposes {
-    Inline { ids: [u32; PURPOSES_MAX], len: u8 },
+    Inline {
+        ids: [u32; CONSENT_PURPOSES_MAX],
+        len: u8,
+    },
     Heap(Box<[u32]>),
 }
 
 impl Purposes {
     fn new(ids: &[u32]) -> Self {
         match u8::try_from(ids.len()) {
-            Ok(len) if ids.len() <= PURPOSES_MAX => {
-                let mut inline = [0u32; PURPOSES_MAX];
+            Ok(len) if ids.len() <= CONSENT_PURPOSES_MAX => {
+                let mut inline = [0u32; CONSENT_PURPOSES_MAX];
                 inline[..ids.len()].copy_from_slice(ids);
                 Purposes::Inline { ids: inline, len }
             }
@@ -698,6 +702,11 @@ impl Index {
                 occupied.remove();
             }
         }
+    }
+
+    /// How many records about `subject` the index holds.
+    pub fn count_of(&self, subject: &SubjectId) -> usize {
+        self.summaries.get(subject.as_str()).map_or(0, Vec::len)
     }
 
     /// Ids of the records about `subject`.

@@ -16,13 +16,16 @@ use crate::core::consent::index::{decide_naive, Decision, DenyReason, Index, Que
 use crate::core::consent::{
     Action, Actor, Attribute, Audience, ConsentEvent, ConsentId, ConsentLog, ConsentRecord,
     ConsentStatus, ConsentTerms, EventKind, LawfulBasis, Purpose, RecordKind, ScopeItem, Sector,
-    ServiceId, SignedEvent, SubjectId, TermsError, TransitionError, EVENTS_MAX, GRANTORS_MAX,
-    PURPOSES_MAX, SCOPE_MAX, TEXT_BYTES_MAX,
+    ServiceId, SignedEvent, SubjectId, TermsError, TransitionError,
 };
 use crate::core::ids::OperatorId;
 use crate::core::keys::{SecretKey, CONSENT_EVENT_DOMAIN, ENVELOPE_DOMAIN};
 use crate::core::trust::{MemberKey, VerifiedTrustList};
 use crate::core::wire;
+use crate::limits::{
+    CONSENT_EVENTS_MAX, CONSENT_GRANTORS_MAX, CONSENT_PURPOSES_MAX, CONSENT_SCOPE_MAX,
+    PURPOSE_TEXT_BYTES_MAX,
+};
 
 use super::util::{member_mut, secret, Fixture, DAY_MS, NOW};
 
@@ -732,7 +735,7 @@ fn widening_is_refused() {
             .events(),
         Err(TransitionError::Terms(TermsError::Count {
             field: "scope",
-            max: SCOPE_MAX,
+            max: CONSENT_SCOPE_MAX,
             got: 0,
         })),
     );
@@ -740,7 +743,7 @@ fn widening_is_refused() {
 
 /// Events out of order, recorded by another operator, for another record,
 /// a second `Requested`, a log not starting with `Requested`, and a log
-/// beyond [`EVENTS_MAX`] are refused with their own variants.
+/// beyond [`CONSENT_EVENTS_MAX`] are refused with their own variants.
 #[test]
 fn malformed_logs_are_refused() {
     let asked = Script::requested(terms(1));
@@ -817,7 +820,7 @@ fn malformed_logs_are_refused() {
             }),
             Err(TransitionError::Terms(TermsError::Count {
                 field: "purposes",
-                max: PURPOSES_MAX,
+                max: CONSENT_PURPOSES_MAX,
                 got: 0,
             })),
         ),
@@ -831,15 +834,15 @@ fn malformed_logs_are_refused() {
     );
 }
 
-/// A log holds at most [`EVENTS_MAX`] events: the last that fits is
+/// A log holds at most [`CONSENT_EVENTS_MAX`] events: the last that fits is
 /// accepted and the next is refused with `TooManyEvents`.
 #[test]
 fn too_many_events() {
     let mut full = Script::requested(terms(1));
-    for _ in 1..EVENTS_MAX {
+    for _ in 1..CONSENT_EVENTS_MAX {
         full = full.narrowed(terms(1));
     }
-    assert_eq!(full.events.len(), EVENTS_MAX);
+    assert_eq!(full.events.len(), CONSENT_EVENTS_MAX);
     check(full.events(), Ok(ConsentStatus::Requested));
     check(
         full.clone().granted(ALICE).events(),
@@ -913,7 +916,7 @@ fn terms_rules() {
     check_terms(guardians_terms(1), Ok(()));
     check_terms(
         ConsentTerms {
-            scope: attributes(SCOPE_MAX),
+            scope: attributes(CONSENT_SCOPE_MAX),
             ..terms(1)
         },
         Ok(()),
@@ -926,39 +929,39 @@ fn terms_rules() {
             scope: Vec::new(),
             ..terms(1)
         },
-        count("scope", SCOPE_MAX, 0),
+        count("scope", CONSENT_SCOPE_MAX, 0),
     );
     check_terms(
         ConsentTerms {
-            scope: attributes(SCOPE_MAX + 1),
+            scope: attributes(CONSENT_SCOPE_MAX + 1),
             ..terms(1)
         },
-        count("scope", SCOPE_MAX, SCOPE_MAX + 1),
+        count("scope", CONSENT_SCOPE_MAX, CONSENT_SCOPE_MAX + 1),
     );
     check_terms(
         ConsentTerms {
             grantors: Vec::new(),
             ..terms(1)
         },
-        count("grantors", GRANTORS_MAX, 0),
+        count("grantors", CONSENT_GRANTORS_MAX, 0),
     );
     check_terms(
         ConsentTerms {
-            grantors: (0..=GRANTORS_MAX)
+            grantors: (0..=CONSENT_GRANTORS_MAX)
                 .map(|i| subject(&format!("fi:guardian{i}")))
                 .collect(),
             ..terms(1)
         },
-        count("grantors", GRANTORS_MAX, GRANTORS_MAX + 1),
+        count("grantors", CONSENT_GRANTORS_MAX, CONSENT_GRANTORS_MAX + 1),
     );
     check_terms(
         ConsentTerms {
-            purposes: (0..=PURPOSES_MAX)
+            purposes: (0..=CONSENT_PURPOSES_MAX)
                 .map(|i| purpose(&format!("dpv:Purpose{i}")))
                 .collect(),
             ..terms(1)
         },
-        count("purposes", PURPOSES_MAX, PURPOSES_MAX + 1),
+        count("purposes", CONSENT_PURPOSES_MAX, CONSENT_PURPOSES_MAX + 1),
     );
     check_terms(
         ConsentTerms {
@@ -1008,17 +1011,17 @@ fn terms_rules() {
     );
     check_terms(
         ConsentTerms {
-            purpose_text: "x".repeat(TEXT_BYTES_MAX),
+            purpose_text: "x".repeat(PURPOSE_TEXT_BYTES_MAX),
             ..terms(1)
         },
         Ok(()),
     );
     check_terms(
         ConsentTerms {
-            purpose_text: "x".repeat(TEXT_BYTES_MAX + 1),
+            purpose_text: "x".repeat(PURPOSE_TEXT_BYTES_MAX + 1),
             ..terms(1)
         },
-        Err(TermsError::TextTooLong(TEXT_BYTES_MAX + 1)),
+        Err(TermsError::TextTooLong(PURPOSE_TEXT_BYTES_MAX + 1)),
     );
 }
 
@@ -1297,7 +1300,7 @@ fn member_key_outside_its_window_is_refused() {
 }
 
 /// A verified log must be legal, name the record it carries, fit in
-/// [`EVENTS_MAX`] events, and hold bodies that decode.
+/// [`CONSENT_EVENTS_MAX`] events, and hold bodies that decode.
 #[test]
 fn signed_log_rules() {
     let fx = Fixture::new();
@@ -1318,7 +1321,7 @@ fn signed_log_rules() {
     );
 
     let mut long = Script::requested(terms(1));
-    for _ in 0..EVENTS_MAX {
+    for _ in 0..CONSENT_EVENTS_MAX {
         long = long.narrowed(terms(1));
     }
     check_log(
