@@ -111,12 +111,15 @@ async fn clock_skew_inside_the_window_is_accepted_outside_refused_without_a_trac
     let mut net = TestNet::new(2);
     net.start(0).await;
     let mut client = net.peer_client(1, 0);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_c10c);
+    const SEED: u64 = 0x5eed_c10c;
+    let started = std::time::Instant::now();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(SEED);
     let sender_key = mim4_node::identity::read_secret_key(&net.configs[1].key_file).unwrap();
     let mut results = Vec::new();
     let mut applied_ids = Vec::new();
     for (label, offset_ms, expect) in cases() {
         let id = MessageId::from_bytes(rng.gen());
+        let case_started = std::time::Instant::now();
         let now = i64::try_from(now_ms()).unwrap();
         let created = u64::try_from(now + offset_ms).unwrap();
         let outcome = deliver(
@@ -159,6 +162,7 @@ async fn clock_skew_inside_the_window_is_accepted_outside_refused_without_a_trac
             "offset_ms": offset_ms,
             "outcome": match got { Expect::Applied => "applied".to_owned(), Expect::Refused(r) => format!("refused: {r}") },
             "same_id_in_sync_applied_after": resent,
+            "ms": case_started.elapsed().as_secs_f64() * 1e3,
         }));
     }
 
@@ -184,6 +188,8 @@ async fn clock_skew_inside_the_window_is_accepted_outside_refused_without_a_trac
         .count();
     let summary = json!({
         "suite": "clock-skew",
+        "seed": SEED,
+        "seconds": started.elapsed().as_secs_f64(),
         "clock_skew_ms_max": limits::CLOCK_SKEW_MS_DEFAULT,
         "lifetime_ms": LIFETIME_MS,
         "cases": results.len(),
