@@ -4,6 +4,9 @@
 //! a token from that client's rate bucket (`[limits] api_requests_per_second`;
 //! the excess gets `RESOURCE_EXHAUSTED`, reason `rate_limited`) and is
 //! authorised by the caller's role; refusals are logged with the caller.
+//! At most [`limits::CONCURRENT_REQUESTS_MAX`] calls are served at once; more
+//! get `RESOURCE_EXHAUSTED`, reason `busy`, at once
+//! ([`crate::transport::grpc::InFlight`], as on the peer port).
 //!
 //! | call | roles |
 //! |---|---|
@@ -38,7 +41,7 @@ use crate::node::{Error, RegistryLoadError, SendError, Shared};
 use crate::rate_limit::KeyedLimiter;
 use crate::sources::registry::LoadError;
 use crate::store::OutgoingState;
-use crate::transport::grpc::REASON_METADATA_KEY;
+use crate::transport::grpc::{InFlight, REASON_METADATA_KEY};
 
 pub(crate) struct ApiService {
     shared: Arc<Shared>,
@@ -454,14 +457,19 @@ pub(crate) async fn serve(
     cancel: CancellationToken,
 ) -> Result<(), Error> {
     let rate = KeyedLimiter::new(shared.config().limits.api_rate);
-    let service = OperatorApiServer::new(ApiService { shared, rate })
-        .max_decoding_message_size(limits::TRUST_LIST_BYTES_MAX + 64)
-        .max_encoding_message_size(
-            limits::LIST_MESSAGES_MAX as usize * (limits::MESSAGE_BYTES_MAX / 8),
-        );
+    let in_flight_max = shared.config().limits.concurrent_requests_max;
+    let service = OperatorApiServer::new(ApiService {
+        shared: shared.clone(),
+        rate,
+    })
+    .max_decoding_message_size(limits::TRUST_LIST_BYTES_MAX + 64)
+    .max_encoding_message_size(
+        limits::LIST_MESSAGES_MAX as usize * (limits::MESSAGE_BYTES_MAX / 8),
+    );
+    let service = InFlight::new(service, in_flight_max, shared);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<OperatorApiServer<ApiService>>()
+        .set_serving::<InFlight<OperatorApiServer<ApiService>>>()
         .await;
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(limits::STREAMS_PER_CONNECTION_MAX as usize)

@@ -68,7 +68,8 @@ pub struct Config {
     pub p2p_listen: Vec<libp2p::Multiaddr>,
     /// `[transport] prefer`: the transport tried first when a member offers both.
     pub prefer: crate::transport::Kind,
-    /// `[limits]` rates and the trust-list refresh interval.
+    /// `[limits]` rates and the trust-list refresh interval, and the caps on
+    /// requests in flight.
     pub limits: Limits,
 }
 
@@ -82,6 +83,14 @@ pub struct Limits {
     pub api_rate: Rate,
     /// Interval between trust-list refreshes from peers, in ms (plus jitter).
     pub trust_refresh_interval_ms: u64,
+    /// Requests in flight at once on each gRPC server (peer port, API port);
+    /// more are refused with `busy`. Not in `node.toml`: fixed at
+    /// [`limits::CONCURRENT_REQUESTS_MAX`] there, lowered only by tests.
+    pub concurrent_requests_max: usize,
+    /// Inbound libp2p envelope requests being served at once; more are
+    /// refused with `busy`. Not in `node.toml`: fixed at
+    /// [`limits::P2P_INBOUND_IN_FLIGHT_MAX`] there, lowered only by tests.
+    pub p2p_inbound_in_flight_max: usize,
 }
 
 impl Default for Limits {
@@ -96,6 +105,8 @@ impl Default for Limits {
                 burst: limits::API_REQUEST_BURST_DEFAULT,
             },
             trust_refresh_interval_ms: limits::TRUST_REFRESH_INTERVAL_MS_DEFAULT,
+            concurrent_requests_max: limits::CONCURRENT_REQUESTS_MAX,
+            p2p_inbound_in_flight_max: limits::P2P_INBOUND_IN_FLIGHT_MAX,
         }
     }
 }

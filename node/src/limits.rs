@@ -85,7 +85,18 @@ pub const TLS_HANDSHAKES_MAX: usize = 64;
 /// Concurrent gRPC streams per connection, on both the peer and API ports.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 128;
 
-/// Concurrent requests served by one gRPC server; more queue in the transport.
+/// Requests served at once by each gRPC server (the peer port and the API
+/// port, each its own count, across all connections); more are refused at
+/// once with `RESOURCE_EXHAUSTED` and reason `busy` (as on libp2p, see
+/// [`P2P_INBOUND_IN_FLIGHT_MAX`]), which an outbox retries with backoff.
+/// Enforced by `transport::grpc::InFlight` around `OperatorPeer` and
+/// `OperatorApi` (gRPC health is not counted). A request holds its slot from
+/// its headers to its answer, except a rate-limited peer request, which gives
+/// it back while it is held ([`RATE_LIMITED_HOLD_MS`]), so a flooding peer
+/// cannot take the others' slots with refusals. Memory: up to
+/// [`MESSAGE_BYTES_MAX`] per request, so 512 MiB per port at the cap;
+/// 512 is four connections' worth of [`STREAMS_PER_CONNECTION_MAX`] and far
+/// above what the benchmarks keep in flight (the flood benchmark's 64 loops).
 pub const CONCURRENT_REQUESTS_MAX: usize = 512;
 
 /// Most messages one `ListMessages` call returns.

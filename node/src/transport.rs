@@ -166,6 +166,25 @@ pub fn verdict(refusal: Refusal) -> Verdict {
     }
 }
 
+/// The stable reason of a request refused because the server already has
+/// its most requests in flight: the same on every transport and port.
+pub const BUSY_REASON: &str = "busy";
+
+/// What a request is told when `in_flight` requests, the server's most, are
+/// being served already: `RESOURCE_EXHAUSTED` with [`BUSY_REASON`], at once
+/// (it is not queued), on every transport. A sender's outbox retries it
+/// with backoff.
+pub fn busy(in_flight: usize) -> Verdict {
+    Verdict {
+        code: Code::ResourceExhausted,
+        reason: BUSY_REASON,
+        message: format!(
+            "{in_flight} requests in progress, the most this node serves; retry later"
+        ),
+        receipt: None,
+    }
+}
+
 /// The two operations that carry an envelope.
 #[derive(Clone, Copy, Debug)]
 enum Operation {

@@ -17,15 +17,27 @@
 //! authenticated operator, before the envelope is decoded); the excess is
 //! refused with `RESOURCE_EXHAUSTED` and reason `rate_limited`, which the
 //! sender's outbox retries with backoff.
+//!
+//! Both gRPC servers (this one and the API's) serve at most
+//! [`limits::CONCURRENT_REQUESTS_MAX`] requests at once each ([`InFlight`];
+//! [`crate::config::Limits::concurrent_requests_max`]): a request over the
+//! cap is refused at once with `RESOURCE_EXHAUSTED` and reason `busy`, as on
+//! libp2p.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use mim4_proto::v1 as pb;
 use pb::operator_peer_client::OperatorPeerClient;
 use pb::operator_peer_server::{OperatorPeer, OperatorPeerServer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic::server::NamedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 use tracing::{debug, warn};
@@ -79,17 +91,24 @@ impl PeerService {
     /// A refused request is answered only after [`limits::RATE_LIMITED_HOLD_MS`]:
     /// a sender that retries at once (a flood) is slowed to a refusal per
     /// hold per stream instead of costing the node one per round trip, and
-    /// its HTTP/2 streams stay taken meanwhile (backpressure).
+    /// its HTTP/2 streams stay taken meanwhile (backpressure). During the
+    /// hold the request is dropped and its [`InFlightSlot`] given back: a
+    /// held refusal costs a timer, and a flooding peer's held refusals
+    /// cannot take the slots of the other peers' requests.
     async fn admit<T>(
         &self,
-        request: &Request<T>,
+        request: Request<T>,
         peer: Option<&OperatorId>,
-    ) -> Result<(), Status> {
-        let refused = self.check_rate(request, peer);
-        if refused.is_err() {
-            tokio::time::sleep(super::rate_limited_hold()).await;
+    ) -> Result<Request<T>, Status> {
+        let Err(refused) = self.check_rate(&request, peer) else {
+            return Ok(request);
+        };
+        if let Some(slot) = request.extensions().get::<InFlightSlot>() {
+            slot.release();
         }
-        refused
+        drop(request);
+        tokio::time::sleep(super::rate_limited_hold()).await;
+        Err(refused)
     }
 
     fn check_rate<T>(&self, request: &Request<T>, peer: Option<&OperatorId>) -> Result<(), Status> {
@@ -127,7 +146,7 @@ impl OperatorPeer for PeerService {
         request: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverResponse>, Status> {
         let peer = self.peer(&request)?;
-        self.admit(&request, peer.as_ref()).await?;
+        let request = self.admit(request, peer.as_ref()).await?;
         let bytes = request.into_inner().envelope;
         match self.shared.receive(&bytes, peer.as_ref()).await {
             Ok(receipt) => Ok(Response::new(pb::DeliverResponse { receipt })),
@@ -140,7 +159,7 @@ impl OperatorPeer for PeerService {
         request: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallResponse>, Status> {
         let peer = self.peer(&request)?;
-        self.admit(&request, peer.as_ref()).await?;
+        let request = self.admit(request, peer.as_ref()).await?;
         let bytes = request.into_inner().envelope;
         match self.shared.answer_call(&bytes, peer.as_ref()).await {
             Ok(envelope) => Ok(Response::new(pb::CallResponse { envelope })),
@@ -153,7 +172,7 @@ impl OperatorPeer for PeerService {
         request: Request<pb::FetchTrustListRequest>,
     ) -> Result<Response<pb::FetchTrustListResponse>, Status> {
         let peer = self.peer(&request)?;
-        self.admit(&request, peer.as_ref()).await?;
+        self.admit(request, peer.as_ref()).await?;
         Ok(Response::new(pb::FetchTrustListResponse {
             trust_list: self.shared.trust().signed().encode(),
         }))
@@ -170,7 +189,11 @@ pub const REASON_METADATA_KEY: &str = "mim4-reason";
 /// receipt in the status details, so a retrying sender can finish; every
 /// refusal names its reason under [`REASON_METADATA_KEY`].
 fn refusal_status(refusal: Refusal) -> Status {
-    let verdict = super::verdict(refusal);
+    verdict_status(super::verdict(refusal))
+}
+
+/// A verdict as a gRPC status, its reason under [`REASON_METADATA_KEY`].
+fn verdict_status(verdict: super::Verdict) -> Status {
     let mut status = match verdict.receipt {
         Some(receipt) => Status::with_details(verdict.code, verdict.message, receipt.into()),
         None => Status::new(verdict.code, verdict.message),
@@ -182,6 +205,103 @@ fn refusal_status(refusal: Refusal) -> Status {
     status
 }
 
+/// Caps the requests a gRPC service serves at once, across all connections
+/// (tonic's per-connection limit only queues): a request that finds all
+/// slots taken is answered at once with [`super::busy`] (`RESOURCE_EXHAUSTED`,
+/// reason `busy`), before its body is read, so the excess costs neither
+/// memory nor a place in a queue.
+///
+/// A request holds its slot from its headers until its response is ready
+/// (the body of a unary answer is built by then); the slot is in the
+/// request's extensions ([`InFlightSlot`]), so the service may give it back
+/// earlier. Wraps one service, not the router: gRPC health stays answerable
+/// on a busy node.
+#[derive(Clone)]
+pub(crate) struct InFlight<S> {
+    inner: S,
+    slots: Arc<Semaphore>,
+    /// The number of slots, for the refusal's text.
+    max: usize,
+    /// Where refusals are counted (`busy`, shown in `GetStatus`).
+    shared: Arc<Shared>,
+}
+
+impl<S> InFlight<S> {
+    /// `inner`, serving at most `max` requests at once.
+    pub(crate) fn new(inner: S, max: usize, shared: Arc<Shared>) -> Self {
+        Self {
+            inner,
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            shared,
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for InFlight<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("max", &self.max)
+            .field("free", &self.slots.available_permits())
+            .finish()
+    }
+}
+
+impl<S: NamedService> NamedService for InFlight<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for InFlight<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<http::Response<Body>, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            // Per refusal only at debug: a flood must not become a log flood.
+            debug!(service = S::NAME, max = self.max, "request refused: busy");
+            self.shared.count(super::BUSY_REASON);
+            let response = verdict_status(super::busy(self.max)).into_http();
+            return Box::pin(std::future::ready(Ok(response)));
+        };
+        let slot = InFlightSlot(Arc::new(Mutex::new(Some(permit))));
+        request.extensions_mut().insert(slot.clone());
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(slot);
+            response
+        })
+    }
+}
+
+/// A request's slot among those [`InFlight`] admits, in the request's
+/// extensions; given back when the response is ready, or earlier by
+/// [`InFlightSlot::release`].
+#[derive(Clone, Debug)]
+pub(crate) struct InFlightSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl InFlightSlot {
+    /// Gives the slot back now, for a request that waits without holding
+    /// anything worth bounding (a held rate-limited refusal).
+    pub(crate) fn release(&self) {
+        let mut permit = match self.0.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        permit.take();
+    }
+}
+
 /// Serves `OperatorPeer` (and gRPC health) on `listener` until `cancel`
 /// fires: over TLS with `tls`, in plaintext without.
 pub(crate) async fn serve(
@@ -191,16 +311,18 @@ pub(crate) async fn serve(
     cancel: CancellationToken,
 ) -> Result<(), Error> {
     let message_max = shared.config().envelope_limits.message_bytes_max + FRAMING_BYTES;
+    let in_flight_max = shared.config().limits.concurrent_requests_max;
     // Requests are envelopes; responses are receipts or the trust list, which may be larger.
     let service = OperatorPeerServer::new(PeerService {
-        shared,
+        shared: shared.clone(),
         tls: tls.is_some(),
     })
     .max_decoding_message_size(message_max)
     .max_encoding_message_size(limits::TRUST_LIST_BYTES_MAX + FRAMING_BYTES);
+    let service = InFlight::new(service, in_flight_max, shared);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<OperatorPeerServer<PeerService>>()
+        .set_serving::<InFlight<OperatorPeerServer<PeerService>>>()
         .await;
     let router = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(limits::STREAMS_PER_CONNECTION_MAX as usize)
@@ -417,7 +539,7 @@ impl PeerClients {
             }
             Err(status) => {
                 let error = peer_error(&status);
-                // A rate-limited attempt is retried from the outbox like an unreachable peer.
+                // A rate-limited or busy attempt is retried from the outbox like an unreachable peer.
                 let expected = matches!(&error, PeerError::Unreachable(_))
                     || matches!(
                         &error,
@@ -426,7 +548,8 @@ impl PeerClients {
                             ..
                         }
                     )
-                    || matches!(&error, PeerError::Refused { reason, .. } if reason == "rate_limited");
+                    || matches!(&error, PeerError::Refused { reason, .. }
+                        if reason == "rate_limited" || reason == super::BUSY_REASON);
                 if !expected {
                     warn!(code = ?status.code(), message = status.message(), "peer refused delivery");
                 }

@@ -1032,7 +1032,7 @@ impl Driver {
             }
             Err(response)
                 if is_rate_limited(&response)
-                    && self.serving.len() < limits::P2P_INBOUND_IN_FLIGHT_MAX =>
+                    && self.serving.len() < shared.config().limits.p2p_inbound_in_flight_max =>
             {
                 // Held like on the gRPC port (limits::RATE_LIMITED_HOLD_MS).
                 self.serving.spawn(async move {
@@ -1112,14 +1112,11 @@ impl Driver {
                 ));
             }
         };
-        if self.serving.len() >= limits::P2P_INBOUND_IN_FLIGHT_MAX {
-            let message = format!("{} requests in progress; retry later", self.serving.len());
-            return Err(refusal(
-                tonic::Code::ResourceExhausted,
-                "busy",
-                message,
-                None,
-            ));
+        if self.serving.len() >= shared.config().limits.p2p_inbound_in_flight_max {
+            // Per refusal only at debug: a flood must not become a log flood.
+            debug!(%member, in_flight = self.serving.len(), "libp2p request refused: busy");
+            shared.count(super::BUSY_REASON);
+            return Err(from_verdict(super::busy(self.serving.len())));
         }
         Ok((member, request))
     }

@@ -1,6 +1,8 @@
-//! Rate limits per peer and per API client, and the trust-list lifecycle:
-//! expiry fails closed and recovers by refresh, and a revocation installed at
-//! one node reaches every node, including connections already open.
+//! Rate limits per peer and per API client; caps on requests in flight (gRPC
+//! peer and API ports, libp2p) and on connections (TLS per key, libp2p per
+//! peer); and the trust-list lifecycle: expiry fails closed and recovers by
+//! refresh, and a revocation installed at one node reaches every node,
+//! including connections already open.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,17 +12,20 @@ use mim4_node::core::delivery::SenderContext;
 use mim4_node::core::envelope::{Memo, Payload};
 use mim4_node::core::ids::MessageId;
 use mim4_node::core::keys::SecretKey;
+use mim4_node::limits;
 use mim4_node::node::now_ms;
 use mim4_node::rate_limit::Rate;
 use mim4_node::transport::grpc::REASON_METADATA_KEY;
 use mim4_proto::v1 as pb;
 use pb::operator_api_client::OperatorApiClient;
 use pb::operator_peer_client::OperatorPeerClient;
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::util::{eventually, TestNet, OPERATORS};
+use crate::util::{eventually, P2pSender, TestNet, Transports, OPERATORS};
 
 /// How long any wait in these tests may take before it fails.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -59,6 +64,52 @@ fn reason(status: &tonic::Status) -> &str {
         .get(REASON_METADATA_KEY)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
+}
+
+/// A request to `path` on `channel` whose body is held back until the
+/// returned sender is dropped: the server has its headers, so the request is
+/// in flight there, but it cannot be answered yet. The task ends with the
+/// server's answer (to a body without a message, once the sender is dropped).
+fn hold<Req, Resp>(
+    channel: &Channel,
+    path: &'static str,
+) -> (mpsc::Sender<Req>, JoinHandle<Result<Resp, tonic::Status>>)
+where
+    Req: prost::Message + Send + 'static,
+    Resp: prost::Message + Default + Send + 'static,
+{
+    let (body, messages) = mpsc::channel::<Req>(1);
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    let task = tokio::spawn(async move {
+        grpc.ready().await.unwrap();
+        grpc.client_streaming(
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(messages)),
+            PathAndQuery::from_static(path),
+            tonic_prost::ProstCodec::<Req, Resp>::default(),
+        )
+        .await
+        .map(tonic::Response::into_inner)
+    });
+    (body, task)
+}
+
+/// A TLS channel of its own (its own TCP connection) from member `from` to node `to`.
+fn peer_channel(net: &TestNet, from: usize, to: usize) -> Channel {
+    let tls = net.peer_tls(&net.id(from), &net.keys[from], to);
+    mim4_node::transport::grpc::channel(&net.peer_url(to), &net.id(to), Some(&tls)).unwrap()
+}
+
+async fn fetch_trust_list(client: &mut OperatorPeerClient<Channel>) -> Result<(), tonic::Status> {
+    client
+        .fetch_trust_list(pb::FetchTrustListRequest {})
+        .await
+        .map(|_| ())
+}
+
+/// The asserts on a request refused because the server is at its cap.
+fn assert_busy(status: &tonic::Status) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(status), "busy", "{status:?}");
 }
 
 async fn deliver(
@@ -356,5 +407,370 @@ async fn a_revocation_at_one_node_reaches_every_node_and_open_connections() {
         assert_eq!(reason(&status), "tls_peer_refused", "{status:?}");
         assert!(status.message().contains("revoked"), "{status:?}");
     }
+    net.shutdown().await;
+}
+
+/// With `concurrent_requests_max` requests in flight on the peer port (held
+/// open by bodies that have not arrived), the next request, from any member
+/// on any connection, is refused at once with RESOURCE_EXHAUSTED, reason
+/// `busy`; once the held requests end, the node serves again, and the
+/// refusals are counted in its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_port_refuses_requests_over_its_in_flight_cap_as_busy() {
+    const CAP: usize = 4;
+    let mut net = TestNet::new(3);
+    net.configs[0].limits.concurrent_requests_max = CAP;
+    net.start(0).await;
+    let (a, b) = (1, 2);
+    let a_channel = peer_channel(&net, a, 0);
+    let mut a_client = OperatorPeerClient::new(a_channel.clone());
+    fetch_trust_list(&mut a_client)
+        .await
+        .expect("served below the cap");
+
+    let held: Vec<_> = (0..CAP)
+        .map(|_| {
+            hold::<pb::DeliverRequest, pb::DeliverResponse>(
+                &a_channel,
+                "/mim4.v1.OperatorPeer/Deliver",
+            )
+        })
+        .collect();
+    // Once all are in flight, the next request on the same connection is refused...
+    let refused = eventually("the peer port at its cap", DEADLINE, || {
+        let mut client = a_client.clone();
+        async move { fetch_trust_list(&mut client).await.err() }
+    })
+    .await;
+    assert_busy(&refused);
+    // ...and so is another member's, on its own connection: the cap is per server.
+    let mut b_client = OperatorPeerClient::new(peer_channel(&net, b, 0));
+    let envelope = memo_envelope(&net, b, 0, &net.keys[b], version_at(&net, 0));
+    let refused = deliver(&mut b_client, envelope).await.unwrap_err();
+    assert_busy(&refused);
+
+    // The held requests were admitted: they end with the server's answer to
+    // an empty body, not with `busy`.
+    let (bodies, tasks): (Vec<_>, Vec<_>) = held.into_iter().unzip();
+    drop(bodies);
+    for task in tasks {
+        let status = task.await.unwrap().unwrap_err();
+        assert_ne!(reason(&status), "busy", "{status:?}");
+        assert_ne!(status.code(), Code::ResourceExhausted, "{status:?}");
+    }
+    // Their slots are free again: both members are served.
+    let envelope = memo_envelope(&net, b, 0, &net.keys[b], version_at(&net, 0));
+    deliver(&mut b_client, envelope).await.unwrap();
+    fetch_trust_list(&mut a_client).await.unwrap();
+    let status = net.admin(0).await.status().await.unwrap();
+    assert!(
+        status.refusals.get("busy").is_some_and(|&n| n >= 2),
+        "{:?}",
+        status.refusals
+    );
+    net.shutdown().await;
+}
+
+/// With `concurrent_requests_max` calls in flight on the API port, the next
+/// call is refused at once with RESOURCE_EXHAUSTED, reason `busy`, while gRPC
+/// health still answers; once the held calls end, calls are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_port_refuses_calls_over_its_in_flight_cap_as_busy() {
+    const CAP: usize = 3;
+    let mut net = TestNet::new(1);
+    net.configs[0].limits.concurrent_requests_max = CAP;
+    net.start_all().await;
+    let credential = clients::add(
+        &net.configs[0].clients_file,
+        "city-app",
+        ClientRole::Admin,
+        None,
+        rand::random(),
+        0,
+    )
+    .unwrap();
+    let channel = Channel::from_shared(net.api_url(0))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let api = OperatorApiClient::new(channel.clone());
+    let get_status = |api: &OperatorApiClient<Channel>| {
+        let mut api = api.clone();
+        let mut request = tonic::Request::new(pb::GetStatusRequest {});
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {credential}").parse().unwrap(),
+        );
+        async move {
+            api.get_status(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    get_status(&api).await.expect("served below the cap");
+
+    let held: Vec<_> = (0..CAP)
+        .map(|_| {
+            hold::<pb::GetStatusRequest, pb::GetStatusResponse>(
+                &channel,
+                "/mim4.v1.OperatorApi/GetStatus",
+            )
+        })
+        .collect();
+    let refused = eventually("the API port at its cap", DEADLINE, || {
+        let call = get_status(&api);
+        async move { call.await.err() }
+    })
+    .await;
+    assert_busy(&refused);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "mim4.v1.OperatorApi".into(),
+        })
+        .await
+        .expect("health is not counted")
+        .into_inner();
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    let (bodies, tasks): (Vec<_>, Vec<_>) = held.into_iter().unzip();
+    drop(bodies);
+    for task in tasks {
+        let status = task.await.unwrap().unwrap_err();
+        assert_ne!(reason(&status), "busy", "{status:?}");
+    }
+    let served = get_status(&api).await.unwrap();
+    assert!(
+        served.refusals.get("busy").is_some_and(|&n| n >= 1),
+        "{:?}",
+        served.refusals
+    );
+    net.shutdown().await;
+}
+
+/// A peer whose requests are held as rate limited does not take the slots
+/// of the in-flight cap meanwhile: with a cap of 4 and a flooding member's
+/// 64 requests being held, another member's delivery is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_rate_limited_requests_leave_the_in_flight_slots_to_others() {
+    let mut net = TestNet::new(3);
+    net.configs[0].limits.concurrent_requests_max = 4;
+    net.configs[0].limits.peer_rate = Rate {
+        per_second: 1,
+        burst: 1,
+    };
+    net.start(0).await;
+    let (a, b) = (1, 2);
+    let version = version_at(&net, 0);
+    let mut a_client = OperatorPeerClient::new(peer_channel(&net, a, 0));
+    // A spends its only token, then floods: every request is held (250 to 750 ms).
+    deliver(
+        &mut a_client,
+        memo_envelope(&net, a, 0, &net.keys[a], version),
+    )
+    .await
+    .unwrap();
+    let mut flood = JoinSet::new();
+    for _ in 0..64 {
+        let mut client = a_client.clone();
+        let envelope = memo_envelope(&net, a, 0, &net.keys[a], version);
+        flood.spawn(async move { deliver(&mut client, envelope).await });
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut b_client = OperatorPeerClient::new(peer_channel(&net, b, 0));
+    deliver(
+        &mut b_client,
+        memo_envelope(&net, b, 0, &net.keys[b], version),
+    )
+    .await
+    .expect("B is served while A's refusals are held");
+    let mut limited = 0;
+    while let Some(outcome) = flood.join_next().await {
+        if let Err(status) = outcome.unwrap() {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!(
+                matches!(reason(&status), "rate_limited" | "busy"),
+                "{status:?}"
+            );
+            limited += usize::from(reason(&status) == "rate_limited");
+        }
+    }
+    assert!(limited > 0, "the flood was not held as rate limited");
+    net.shutdown().await;
+}
+
+/// One member key may hold PEER_CONNECTIONS_PER_KEY_MAX TLS connections to
+/// the peer port: the next one is closed after its handshake (no answer, no
+/// reason: it is not served), while the others keep working and another
+/// member still connects; a closed connection gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_key_holds_at_most_its_tls_connections() {
+    let mut net = TestNet::new(3);
+    net.start(0).await;
+    let (a, b) = (1, 2);
+    let mut open: Vec<OperatorPeerClient<Channel>> = Vec::new();
+    for _ in 0..limits::PEER_CONNECTIONS_PER_KEY_MAX {
+        let mut client = OperatorPeerClient::new(peer_channel(&net, a, 0));
+        fetch_trust_list(&mut client)
+            .await
+            .expect("within the cap per key");
+        open.push(client);
+    }
+    let mut extra = OperatorPeerClient::new(peer_channel(&net, a, 0));
+    let refused = fetch_trust_list(&mut extra).await.unwrap_err();
+    // Which code a closed connection gets depends on when the client sees it close.
+    assert!(
+        matches!(
+            refused.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        std::error::Error::source(&refused).is_some(),
+        "a closed connection, not a status the server sent: {refused:?}"
+    );
+    assert_eq!(reason(&refused), "", "{refused:?}");
+    for client in &mut open {
+        fetch_trust_list(client)
+            .await
+            .expect("the connections within the cap are served");
+    }
+    let mut b_client = OperatorPeerClient::new(peer_channel(&net, b, 0));
+    fetch_trust_list(&mut b_client)
+        .await
+        .expect("the cap is per key");
+
+    // Closing one of A's connections frees a place for a new one.
+    drop(open.pop());
+    eventually("a new connection of A once one closed", DEADLINE, || {
+        let mut client = OperatorPeerClient::new(peer_channel(&net, a, 0));
+        async move { fetch_trust_list(&mut client).await.ok() }
+    })
+    .await;
+    net.shutdown().await;
+}
+
+/// One PeerId may hold P2P_CONNECTIONS_PER_PEER_MAX libp2p connections to a
+/// node: a member that dials two more keeps only that many open (the node
+/// closes the excess at once), and its requests are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_id_holds_at_most_its_libp2p_connections() {
+    use futures::StreamExt as _;
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    use libp2p::swarm::SwarmEvent;
+    let mut net = TestNet::over(2, Transports::Libp2p);
+    net.start(0).await;
+    let handle = net.nodes[0].as_ref().unwrap();
+    let (peer, addr) = (handle.peer_id, handle.p2p_addrs[0].clone());
+    let cap = limits::P2P_CONNECTIONS_PER_PEER_MAX as usize;
+    let dials = cap + 2;
+    let mut member =
+        crate::util::raw_client(mim4_node::transport::p2p::keypair(&net.keys[1]).unwrap());
+    for _ in 0..dials {
+        member
+            .dial(
+                DialOpts::peer_id(peer)
+                    .addresses(vec![addr.clone()])
+                    .condition(PeerCondition::Always)
+                    .build(),
+            )
+            .unwrap();
+    }
+    // Every dial ends (connected, or failed), then the node's closures arrive.
+    let (mut ended, mut open) = (0, 0usize);
+    let settle = async {
+        while ended < dials {
+            match member.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => {
+                    ended += 1;
+                    open += 1;
+                }
+                SwarmEvent::OutgoingConnectionError { .. } => ended += 1,
+                SwarmEvent::ConnectionClosed { .. } => open -= 1,
+                _ => {}
+            }
+        }
+        let quiet = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(quiet);
+        loop {
+            tokio::select! {
+                () = &mut quiet => break,
+                event = member.select_next_some() => match event {
+                    SwarmEvent::ConnectionEstablished { .. } => open += 1,
+                    SwarmEvent::ConnectionClosed { .. } => open -= 1,
+                    _ => {}
+                },
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, settle).await.unwrap();
+    assert_eq!(open, cap, "connections left open of {dials} dialled");
+    assert_eq!(
+        member
+            .network_info()
+            .connection_counters()
+            .num_established() as usize,
+        cap
+    );
+    let fetch = crate::util::frame(&pb::PeerRequest {
+        kind: Some(pb::peer_request::Kind::FetchTrustList(
+            pb::FetchTrustListRequest {},
+        )),
+    });
+    let answer = crate::util::raw_request(&mut member, peer, addr, fetch).await;
+    assert!(
+        matches!(
+            answer.kind,
+            Some(pb::peer_response::Kind::FetchTrustList(_))
+        ),
+        "{answer:?}"
+    );
+    net.shutdown().await;
+}
+
+/// Over libp2p, requests beyond `p2p_inbound_in_flight_max` being served are
+/// refused at once with RESOURCE_EXHAUSTED, reason `busy` (the same as on
+/// the gRPC ports), and the node serves again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libp2p_requests_over_the_in_flight_cap_are_refused_as_busy() {
+    let mut net = TestNet::over(2, Transports::Libp2p);
+    net.configs[0].limits.p2p_inbound_in_flight_max = 1;
+    net.start(0).await;
+    let version = version_at(&net, 0);
+    let handle = net.nodes[0].as_ref().unwrap();
+    let sender = P2pSender::spawn(&net.keys[1], handle.peer_id, handle.p2p_addrs[0].clone());
+    let mut burst = JoinSet::new();
+    for _ in 0..64 {
+        let sender = sender.clone();
+        let envelope = memo_envelope(&net, 1, 0, &net.keys[1], version);
+        burst.spawn(async move { sender.deliver(envelope).await });
+    }
+    let (mut accepted, mut busy) = (0, 0);
+    while let Some(response) = burst.join_next().await {
+        match response.unwrap().expect("an answer").kind {
+            Some(pb::peer_response::Kind::Deliver(_)) => accepted += 1,
+            Some(pb::peer_response::Kind::Refusal(refusal)) => {
+                assert_eq!(refusal.code, Code::ResourceExhausted as u32, "{refusal:?}");
+                assert_eq!(refusal.reason, "busy", "{refusal:?}");
+                busy += 1;
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(busy > 0, "none of 64 requests at once was refused as busy");
+    assert!(accepted > 0, "nothing was served");
+    let envelope = memo_envelope(&net, 1, 0, &net.keys[1], version);
+    let answer = sender.deliver(envelope).await.expect("an answer");
+    assert!(
+        matches!(answer.kind, Some(pb::peer_response::Kind::Deliver(_))),
+        "{answer:?}"
+    );
+    let status = net.admin(0).await.status().await.unwrap();
+    assert!(status.refusals.get("busy").is_some_and(|&n| n > 0));
     net.shutdown().await;
 }
