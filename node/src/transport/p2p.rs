@@ -408,10 +408,11 @@ pub(crate) struct Driver {
     /// Requests whose peer could not be dialled, waiting for a Kademlia lookup.
     lookups: HashMap<kad::QueryId, Vec<Pending>>,
     /// Inbound requests being answered, with the channel to answer on.
-    serving: JoinSet<(
-        request_response::ResponseChannel<pb::PeerResponse>,
-        pb::PeerResponse,
-    )>,
+    serving: JoinSet<Answered>,
+    /// Rate-limited requests whose refusal is held back
+    /// ([`limits::RATE_LIMITED_HOLD_MS`]); apart from `serving`, so that a
+    /// flooding member's held refusals take no room from the others.
+    holding: JoinSet<Answered>,
     /// The trust-list version the routing table and topic were set up for.
     trust_version: u64,
     /// A member joined the topic: announce the version at the next tick.
@@ -419,11 +420,18 @@ pub(crate) struct Driver {
     topic: gossipsub::IdentTopic,
 }
 
+/// An inbound request's response, with the channel to answer on.
+type Answered = (
+    request_response::ResponseChannel<pb::PeerResponse>,
+    pb::PeerResponse,
+);
+
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Driver")
             .field("pending", &self.pending.len())
             .field("serving", &self.serving.len())
+            .field("holding", &self.holding.len())
             .finish()
     }
 }
@@ -536,6 +544,7 @@ pub(crate) async fn start(
         pending: HashMap::new(),
         lookups: HashMap::new(),
         serving: JoinSet::new(),
+        holding: JoinSet::new(),
         trust_version: 0,
         announce_soon: false,
         topic: trust_topic(&federation),
@@ -619,14 +628,8 @@ impl Driver {
                 () = cancel.cancelled() => break,
                 Some(command) = self.commands.recv() => self.on_command(command),
                 event = self.swarm.select_next_some() => self.on_swarm_event(&shared, event),
-                Some(joined) = self.serving.join_next() => match joined {
-                    Ok((channel, response)) => {
-                        if self.swarm.behaviour_mut().envelope.send_response(channel, response).is_err() {
-                            debug!("the requester went away before the answer");
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "libp2p request task failed"),
-                },
+                Some(joined) = self.serving.join_next() => self.on_answered(joined),
+                Some(joined) = self.holding.join_next() => self.on_answered(joined),
                 _ = tick.tick() => {
                     if (self.trust)().version() != self.trust_version {
                         self.on_trust_change();
@@ -640,6 +643,7 @@ impl Driver {
             }
         }
         self.serving.shutdown().await;
+        self.holding.shutdown().await;
         for (_, pending) in self.pending.drain() {
             let _ = pending.reply.send(Err(PeerError::Unreachable(
                 "the node is shutting down".into(),
@@ -1017,6 +1021,23 @@ impl Driver {
             .report_message_validation_result(&id, &source, acceptance);
     }
 
+    fn on_answered(&mut self, joined: Result<Answered, tokio::task::JoinError>) {
+        match joined {
+            Ok((channel, response)) => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .envelope
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    debug!("the requester went away before the answer");
+                }
+            }
+            Err(e) => warn!(error = %e, "libp2p request task failed"),
+        }
+    }
+
     fn on_request(
         &mut self,
         shared: &Arc<Shared>,
@@ -1032,10 +1053,11 @@ impl Driver {
             }
             Err(response)
                 if is_rate_limited(&response)
-                    && self.serving.len() < shared.config().limits.p2p_inbound_in_flight_max =>
+                    && self.holding.len() < shared.config().limits.p2p_inbound_in_flight_max =>
             {
-                // Held like on the gRPC port (limits::RATE_LIMITED_HOLD_MS).
-                self.serving.spawn(async move {
+                // Held like on the gRPC port (limits::RATE_LIMITED_HOLD_MS),
+                // at most as many as may be served; beyond, refused at once.
+                self.holding.spawn(async move {
                     tokio::time::sleep(super::rate_limited_hold()).await;
                     (channel, response)
                 });

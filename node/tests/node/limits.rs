@@ -774,3 +774,57 @@ async fn libp2p_requests_over_the_in_flight_cap_are_refused_as_busy() {
     assert!(status.refusals.get("busy").is_some_and(|&n| n > 0));
     net.shutdown().await;
 }
+
+/// Over libp2p too, held rate-limited refusals take no room from the
+/// in-flight cap: with a cap of 4 and a flooding member's 64 requests being
+/// held, another member's delivery is accepted, not refused as `busy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libp2p_held_rate_limited_requests_leave_the_in_flight_slots_to_others() {
+    let mut net = TestNet::over(3, Transports::Libp2p);
+    net.configs[0].limits.p2p_inbound_in_flight_max = 4;
+    net.configs[0].limits.peer_rate = Rate {
+        per_second: 1,
+        burst: 1,
+    };
+    net.start(0).await;
+    let version = version_at(&net, 0);
+    let handle = net.nodes[0].as_ref().unwrap();
+    let (peer_id, addr) = (handle.peer_id, handle.p2p_addrs[0].clone());
+    let (a, b) = (1, 2);
+    let a_sender = P2pSender::spawn(&net.keys[a], peer_id, addr.clone());
+    let first = a_sender
+        .deliver(memo_envelope(&net, a, 0, &net.keys[a], version))
+        .await
+        .expect("an answer");
+    assert!(
+        matches!(first.kind, Some(pb::peer_response::Kind::Deliver(_))),
+        "{first:?}"
+    );
+    let mut flood = JoinSet::new();
+    for _ in 0..64 {
+        let sender = a_sender.clone();
+        let envelope = memo_envelope(&net, a, 0, &net.keys[a], version);
+        flood.spawn(async move { sender.deliver(envelope).await });
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let b_sender = P2pSender::spawn(&net.keys[b], peer_id, addr);
+    let answer = b_sender
+        .deliver(memo_envelope(&net, b, 0, &net.keys[b], version))
+        .await
+        .expect("an answer");
+    assert!(
+        matches!(answer.kind, Some(pb::peer_response::Kind::Deliver(_))),
+        "B is served while A's refusals are held: {answer:?}"
+    );
+    let mut limited = 0;
+    while let Some(response) = flood.join_next().await {
+        if let Some(pb::peer_response::Kind::Refusal(refusal)) =
+            response.unwrap().expect("an answer").kind
+        {
+            assert_eq!(refusal.code, Code::ResourceExhausted as u32, "{refusal:?}");
+            limited += usize::from(refusal.reason == "rate_limited");
+        }
+    }
+    assert!(limited > 0, "the flood was not held as rate limited");
+    net.shutdown().await;
+}
