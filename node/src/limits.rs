@@ -308,7 +308,10 @@ pub const P2P_IDLE_CONNECTION_MS: u64 = 60_000;
 
 /// Inbound `/mim4/envelope/1` requests being served at once; more are
 /// refused with `busy` (`RESOURCE_EXHAUSTED`) and retried by the sender.
-/// Same order as [`CONCURRENT_REQUESTS_MAX`] on the gRPC port.
+/// Same order as [`CONCURRENT_REQUESTS_MAX`] on the gRPC port. Rate-limited
+/// requests whose refusal is held ([`RATE_LIMITED_HOLD_MS`]) are not counted
+/// here: they wait in a set of their own, of the same bound, beyond which
+/// the refusal goes out at once.
 pub const P2P_INBOUND_IN_FLIGHT_MAX: usize = 512;
 
 /// Depth of the queue of requests from the node to its swarm task; a full
