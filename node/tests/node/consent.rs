@@ -485,6 +485,123 @@ async fn expiry_is_pushed_to_every_party(transports: Transports) {
     net.shutdown().await;
 }
 
+/// The consent messages a node keeps (offers and records in its inbox and
+/// outbox) are sealed under their citizen's key: erasing the citizen, with
+/// the nodes stopped, takes every one of them with it at every node, while
+/// a memo about no one stays; before, each node held some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_messages_go_with_their_citizens_erasure() {
+    use mim4_node::core::consent::SubjectId;
+    use mim4_node::core::wire;
+    use mim4_node::store::Store;
+
+    let mut net = TestNet::new(3);
+    net.start_all().await;
+    let subject = "fi:hetu:050505-5555";
+    let service = net
+        .client(CONSUMER, "social", ClientRole::Service, Some(SERVICE))
+        .await;
+    let citizen = net
+        .client(HOME, "citizen-app", ClientRole::CitizenApp, None)
+        .await;
+    let terms = Terms::consent(subject, "fi.helsinki", SERVICE, "fi.incomeregister")
+        .read(ATTRIBUTE)
+        .purpose(PURPOSE)
+        .valid(0, u64::MAX)
+        .build();
+    let id = service.request_consent(terms).await.unwrap();
+    until_decision(&net, HOME, query(subject, SERVICE), "awaiting-grantors").await;
+    citizen.grant(id, subject, None).await.unwrap();
+    for node in [SOURCE, CONSUMER] {
+        until_decision(&net, node, query(subject, SERVICE), "allow").await;
+    }
+    // A memo about no one, from every node to the next.
+    let memos = [(HOME, SOURCE), (SOURCE, CONSUMER), (CONSUMER, HOME)];
+    for (from, to) in memos {
+        let admin = net.admin(from).await;
+        let memo = admin
+            .send_message(net.id(to).as_str(), "about no one", "")
+            .await
+            .unwrap();
+        eventually("the memo delivered", DEADLINE, || {
+            let admin = admin.clone();
+            async move {
+                let outgoing = admin.outgoing(memo).await.ok()?;
+                (outgoing.state == mim4_sdk::Delivery::Delivered).then_some(())
+            }
+        })
+        .await;
+    }
+    let home = net.admin(HOME).await;
+    eventually("every push of the record delivered", DEADLINE, || {
+        let home = home.clone();
+        async move {
+            let view = home.consent(id).await.ok()?;
+            let done = view.deliveries.len() == 2
+                && view.deliveries.iter().all(|d| {
+                    d.events == view.events
+                        && d.state == mim4_sdk::proto::OutgoingState::Delivered as i32
+                });
+            done.then_some(())
+        }
+    })
+    .await;
+    for i in 0..3 {
+        net.stop(i).await;
+    }
+
+    let kinds = |store: &Store| -> Vec<&'static str> {
+        let sent = store
+            .all_outgoing()
+            .unwrap()
+            .into_iter()
+            .map(|(_, o)| o.envelope);
+        let received = store
+            .incoming(0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.envelope);
+        sent.chain(received)
+            .map(|bytes| {
+                let signed = wire::decode_signed_envelope(&bytes).unwrap();
+                wire::decode_envelope(&signed.body).unwrap().payload.kind()
+            })
+            .collect()
+    };
+    let person = SubjectId::new(subject.to_owned()).unwrap();
+    for (i, config) in net.configs.iter().enumerate() {
+        let storage_key = mim4_node::identity::read_storage_key(
+            &mim4_node::identity::storage_key_file(&config.key_file),
+        )
+        .unwrap();
+        let store = Store::open(&config.data_dir, &storage_key).unwrap();
+        let before = kinds(&store);
+        let consent_messages = before.iter().filter(|k| k.starts_with("consent")).count();
+        assert!(
+            consent_messages > 0,
+            "node {i} keeps no consent message: {before:?}"
+        );
+        assert_eq!(
+            before.iter().filter(|&&k| k == "memo").count(),
+            2,
+            "node {i}: {before:?}"
+        );
+        let erasure = store.erase_subject(&person).unwrap();
+        assert!(erasure.records >= consent_messages, "node {i}: {erasure:?}");
+        let after = kinds(&store);
+        assert_eq!(after, vec!["memo", "memo"], "node {i}: before {before:?}");
+        drop(store);
+        // And so after reopening (what the node would see at its next start).
+        let store = Store::open(&config.data_dir, &storage_key).unwrap();
+        assert_eq!(kinds(&store), vec!["memo", "memo"], "node {i}");
+        assert_eq!(
+            store.stats().received + store.stats().delivered,
+            2,
+            "node {i}"
+        );
+    }
+}
+
 over_transports!(
     grant_then_withdraw_reaches_every_party_even_one_that_was_down,
     withdrawal_stored_but_not_pushed_before_a_crash_reaches_every_party_after_restart,
