@@ -322,6 +322,7 @@ impl NodeHandle {
         if let Some(mut background) = background {
             background.shutdown().await;
         }
+        self.shared.store.idle().await;
         self.shared.store.flush_blocking()?;
         // The database (and its lock) is released when the last holder of
         // `Shared` is gone: wait for tasks still winding down, so that the

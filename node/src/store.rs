@@ -249,7 +249,9 @@ impl Sealing {
 struct GroupCommit {
     written: AtomicU64,
     flushed: AtomicU64,
-    lock: tokio::sync::Mutex<()>,
+    /// Held by the flush in progress, inside its blocking task (so also by
+    /// one whose caller stopped waiting), until that task let go of the database.
+    lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 const TRUST_KEY: &[u8] = b"current";
@@ -393,18 +395,30 @@ impl Store {
     /// stops waiting.
     pub async fn durable(&self) -> Result<()> {
         let mine = self.group.written.fetch_add(1, Ordering::AcqRel) + 1;
-        let _guard = self.group.lock.lock().await;
+        let guard = self.group.lock.clone().lock_owned().await;
         if self.group.flushed.load(Ordering::Acquire) >= mine {
             return Ok(());
         }
         // Everything written up to here is covered by this flush.
         let target = self.group.written.load(Ordering::Acquire);
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| Error::Flush(e.to_string()))??;
+        tokio::task::spawn_blocking(move || {
+            let flushed = db.flush();
+            drop(db);
+            drop(guard);
+            flushed
+        })
+        .await
+        .map_err(|e| Error::Flush(e.to_string()))??;
         self.group.flushed.store(target, Ordering::Release);
         Ok(())
+    }
+
+    /// Waits until no flush task is running: a flush started by a caller
+    /// that stopped waiting (a request cancelled at shutdown) still holds the
+    /// database, and with it sled's lock on the directory, until it ends.
+    pub async fn idle(&self) {
+        drop(self.group.lock.lock().await);
     }
 
     /// Flushes synchronously (for command-line tools and shutdown).

@@ -1023,18 +1023,19 @@ impl Driver {
 
     fn on_answered(&mut self, joined: Result<Answered, tokio::task::JoinError>) {
         match joined {
-            Ok((channel, response)) => {
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .envelope
-                    .send_response(channel, response)
-                    .is_err()
-                {
-                    debug!("the requester went away before the answer");
-                }
-            }
+            Ok((channel, response)) => self.respond(channel, response),
             Err(e) => warn!(error = %e, "libp2p request task failed"),
+        }
+    }
+
+    fn respond(
+        &mut self,
+        channel: request_response::ResponseChannel<pb::PeerResponse>,
+        response: pb::PeerResponse,
+    ) {
+        let envelope = &mut self.swarm.behaviour_mut().envelope;
+        if envelope.send_response(channel, response).is_err() {
+            debug!("the requester went away before the answer");
         }
     }
 
@@ -1062,17 +1063,7 @@ impl Driver {
                     (channel, response)
                 });
             }
-            Err(response) => {
-                if self
-                    .swarm
-                    .behaviour_mut()
-                    .envelope
-                    .send_response(channel, response)
-                    .is_err()
-                {
-                    debug!(%peer, "the requester went away before the refusal");
-                }
-            }
+            Err(response) => self.respond(channel, response),
         }
     }
 

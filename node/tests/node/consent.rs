@@ -46,6 +46,30 @@ async fn until_decision(net: &TestNet, i: usize, q: DecideQuery<'_>, code: &str)
     .await;
 }
 
+/// The consumer's service asks for a consent of `subject` (read the income,
+/// for service provision, no end), the citizen grants it at home, and the
+/// source and the consumer's operator allow.
+async fn granted(net: &TestNet, subject: &str) -> ConsentId {
+    let service = net
+        .client(CONSUMER, "social", ClientRole::Service, Some(SERVICE))
+        .await;
+    let citizen = net
+        .client(HOME, "citizen-app", ClientRole::CitizenApp, None)
+        .await;
+    let terms = Terms::consent(subject, "fi.helsinki", SERVICE, "fi.incomeregister")
+        .read(ATTRIBUTE)
+        .purpose(PURPOSE)
+        .valid(0, u64::MAX)
+        .build();
+    let id = service.request_consent(terms).await.unwrap();
+    until_decision(net, HOME, query(subject, SERVICE), "awaiting-grantors").await;
+    citizen.grant(id, subject, None).await.unwrap();
+    for node in [SOURCE, CONSUMER] {
+        until_decision(net, node, query(subject, SERVICE), "allow").await;
+    }
+    id
+}
+
 /// A consumer asks (the offer travels to the home), the citizen grants at
 /// home, and the source and the consumer's operator both allow; a withdrawal
 /// reaches every party, each acknowledges it with a signed receipt, and every
@@ -135,37 +159,14 @@ async fn withdrawal_stored_but_not_pushed_before_a_crash_reaches_every_party_aft
     transports: Transports,
 ) {
     use mim4_node::core::consent::{self as core, Actor, ConsentEvent, EventKind, SubjectId};
-    use mim4_node::store::Store;
 
     let mut net = TestNet::over(3, transports);
     net.start_all().await;
     let subject = "fi:hetu:020280-4321";
-    let service = net
-        .client(CONSUMER, "social", ClientRole::Service, Some(SERVICE))
-        .await;
-    let citizen = net
-        .client(HOME, "citizen-app", ClientRole::CitizenApp, None)
-        .await;
-    let terms = Terms::consent(subject, "fi.helsinki", SERVICE, "fi.incomeregister")
-        .read(ATTRIBUTE)
-        .purpose(PURPOSE)
-        .valid(0, u64::MAX)
-        .build();
-    let id = service.request_consent(terms).await.unwrap();
-    until_decision(&net, HOME, query(subject, SERVICE), "awaiting-grantors").await;
-    citizen.grant(id, subject, None).await.unwrap();
-    for node in [SOURCE, CONSUMER] {
-        until_decision(&net, node, query(subject, SERVICE), "allow").await;
-    }
+    let id = granted(&net, subject).await;
 
     net.stop(HOME).await;
-    let config = &net.configs[HOME];
-    let storage_key = mim4_node::identity::open_storage_key(
-        &mim4_node::identity::storage_key_file(&config.key_file),
-        &config.data_dir,
-    )
-    .unwrap();
-    let store = Store::open(&config.data_dir, &storage_key).unwrap();
+    let store = net.open_store(HOME).await;
     let consent_id = core::ConsentId::from_bytes(id.0);
     let mut log = store
         .consent_log(&consent_id)
@@ -498,23 +499,7 @@ async fn consent_messages_go_with_their_citizens_erasure() {
     let mut net = TestNet::new(3);
     net.start_all().await;
     let subject = "fi:hetu:050505-5555";
-    let service = net
-        .client(CONSUMER, "social", ClientRole::Service, Some(SERVICE))
-        .await;
-    let citizen = net
-        .client(HOME, "citizen-app", ClientRole::CitizenApp, None)
-        .await;
-    let terms = Terms::consent(subject, "fi.helsinki", SERVICE, "fi.incomeregister")
-        .read(ATTRIBUTE)
-        .purpose(PURPOSE)
-        .valid(0, u64::MAX)
-        .build();
-    let id = service.request_consent(terms).await.unwrap();
-    until_decision(&net, HOME, query(subject, SERVICE), "awaiting-grantors").await;
-    citizen.grant(id, subject, None).await.unwrap();
-    for node in [SOURCE, CONSUMER] {
-        until_decision(&net, node, query(subject, SERVICE), "allow").await;
-    }
+    let id = granted(&net, subject).await;
     // A memo about no one, from every node to the next.
     let memos = [(HOME, SOURCE), (SOURCE, CONSUMER), (CONSUMER, HOME)];
     for (from, to) in memos {
@@ -569,12 +554,8 @@ async fn consent_messages_go_with_their_citizens_erasure() {
             .collect()
     };
     let person = SubjectId::new(subject.to_owned()).unwrap();
-    for (i, config) in net.configs.iter().enumerate() {
-        let storage_key = mim4_node::identity::read_storage_key(
-            &mim4_node::identity::storage_key_file(&config.key_file),
-        )
-        .unwrap();
-        let store = Store::open(&config.data_dir, &storage_key).unwrap();
+    for i in 0..net.configs.len() {
+        let store = net.open_store(i).await;
         let before = kinds(&store);
         let consent_messages = before.iter().filter(|k| k.starts_with("consent")).count();
         assert!(
@@ -592,7 +573,7 @@ async fn consent_messages_go_with_their_citizens_erasure() {
         assert_eq!(after, vec!["memo", "memo"], "node {i}: before {before:?}");
         drop(store);
         // And so after reopening (what the node would see at its next start).
-        let store = Store::open(&config.data_dir, &storage_key).unwrap();
+        let store = net.open_store(i).await;
         assert_eq!(kinds(&store), vec!["memo", "memo"], "node {i}");
         assert_eq!(
             store.stats().received + store.stats().delivered,

@@ -312,10 +312,32 @@ impl TestNet {
                     eprintln!("node {i}: libp2p listener busy ({e}); retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
+                Err(e) if is_db_lock(&e.to_string()) && std::time::Instant::now() < deadline => {
+                    eprintln!("node {i}: database still locked by its last run ({e}); retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
                 Err(e) => panic!("node {i} did not start: {e}"),
             }
         };
         self.nodes[i] = Some(handle);
+    }
+
+    /// Opens stopped node `i`'s store offline, once sled has let go of it.
+    pub(crate) async fn open_store(&self, i: usize) -> mim4_node::store::Store {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        let config = &self.configs[i];
+        let key =
+            identity::read_storage_key(&identity::storage_key_file(&config.key_file)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match mim4_node::store::Store::open(&config.data_dir, &key) {
+                Ok(store) => return store,
+                Err(e) if is_db_lock(&e.to_string()) && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("node {i}'s store does not open: {e}"),
+            }
+        }
     }
 
     /// Starts every node.
@@ -475,6 +497,12 @@ pub(crate) fn sealed_memo(
 }
 
 /// Polls `probe` until it returns `Some`, failing after `deadline`.
+/// sled's directory lock, still held for a moment after a stopped node's
+/// last handle went: sled's own IO threads end after the database is dropped.
+fn is_db_lock(error: &str) -> bool {
+    error.contains("could not acquire lock")
+}
+
 pub(crate) async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
