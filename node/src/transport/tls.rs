@@ -612,21 +612,33 @@ impl ConnectionSlot {
     /// Counts a new connection of `key_id`, or says which bound it would exceed
     /// ([`limits::PEER_CONNECTIONS_MAX`], [`limits::PEER_CONNECTIONS_PER_KEY_MAX`]).
     fn take(open: &Arc<std::sync::Mutex<OpenConnections>>, key_id: KeyId) -> Result<Self, String> {
+        Self::take_within(
+            open,
+            key_id,
+            limits::PEER_CONNECTIONS_MAX,
+            limits::PEER_CONNECTIONS_PER_KEY_MAX,
+        )
+    }
+
+    fn take_within(
+        open: &Arc<std::sync::Mutex<OpenConnections>>,
+        key_id: KeyId,
+        total_max: usize,
+        per_key_max: usize,
+    ) -> Result<Self, String> {
         let mut counts = match open.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if counts.total >= limits::PEER_CONNECTIONS_MAX {
+        if counts.total >= total_max {
             return Err(format!(
-                "{} peer connections are open, the most this node keeps",
-                limits::PEER_CONNECTIONS_MAX
+                "{total_max} peer connections are open, the most this node keeps"
             ));
         }
         let of_key = counts.per_key.entry(key_id.clone()).or_insert(0);
-        if *of_key >= limits::PEER_CONNECTIONS_PER_KEY_MAX {
+        if *of_key >= per_key_max {
             return Err(format!(
-                "key {key_id} already holds {} connections, the most one peer may",
-                limits::PEER_CONNECTIONS_PER_KEY_MAX
+                "key {key_id} already holds {per_key_max} connections, the most one peer may"
             ));
         }
         *of_key += 1;
@@ -853,6 +865,35 @@ impl tonic::codegen::Service<Uri> for Connector {
 mod tests {
     use super::*;
     use crate::core::trust::{MemberKey, Role, TrustList};
+
+    /// The bound on all peer connections holds across keys, each key's bound
+    /// within it, and a dropped connection gives its place back to any key.
+    /// (The node test `limits::a_member_key_holds_at_most_its_tls_connections`
+    /// shows the per-key bound on real connections; 1,024 real ones would
+    /// only be slower.)
+    #[test]
+    fn connection_slots_hold_the_total_and_per_key_bounds() {
+        let open = Arc::new(std::sync::Mutex::new(OpenConnections::default()));
+        let key = |n: u8| KeyId::from_wire(&format!("{n:016x}"));
+        let take = |k: u8| ConnectionSlot::take_within(&open, key(k), 5, 2);
+        let a = [take(1).unwrap(), take(1).unwrap()];
+        assert!(take(1).unwrap_err().contains("already holds 2"));
+        let b = [take(2).unwrap(), take(2).unwrap()];
+        let c = take(3).unwrap();
+        let full = take(4).unwrap_err();
+        assert!(full.contains("5 peer connections are open"), "{full}");
+        assert!(take(1).is_err() && take(3).is_err());
+        drop(c);
+        let d = take(4).unwrap();
+        assert!(take(5).is_err());
+        drop(a);
+        let _e = [take(1).unwrap(), take(6).unwrap()];
+        assert!(take(7).is_err());
+        assert_eq!(open.lock().unwrap().total, 5);
+        drop((b, d, _e));
+        assert_eq!(open.lock().unwrap().total, 0);
+        assert!(open.lock().unwrap().per_key.is_empty());
+    }
 
     fn member(
         id: &str,
