@@ -104,6 +104,17 @@ fn profile_dir() -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((exe, dir))
 }
 
+/// Prefixes of the variables Cargo sets for the crate it builds or runs,
+/// which a nested `cargo build` must not inherit (see [`build_into`]).
+const CRATE_ENV_PREFIXES: &[&str] = &[
+    "CARGO_PKG_",
+    "CARGO_MANIFEST_",
+    "CARGO_CRATE_",
+    "CARGO_BIN_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_RUSTC_CURRENT_DIR",
+];
+
 fn build(target_profile_dir: &Path) -> anyhow::Result<()> {
     build_into(target_profile_dir, None)
 }
@@ -132,6 +143,17 @@ fn build_into(target_profile_dir: &Path, features: Option<(&str, &Path)>) -> any
     command
         .current_dir(workspace)
         .args(["build", "-p", "mim4-node", "--bin", "mim4-node"]);
+    // Under `cargo test` or `cargo run` this process has the variables Cargo
+    // sets for a crate (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, OUT_DIR, ...).
+    // Build scripts such as ring's track some of them (`rerun-if-env-changed`),
+    // so passing them on would rebuild ring and everything above it here, and
+    // again in the next ordinary `cargo test` (about 45 s each time).
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if CRATE_ENV_PREFIXES.iter().any(|p| name.starts_with(p)) || name == "OUT_DIR" {
+            command.env_remove(name);
+        }
+    }
     if release {
         command.arg("--release");
     }

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use mim4_testnet::chaos::{self, Options};
-use mim4_testnet::{checker, Federation};
+use mim4_testnet::{checker, netns, Federation};
 
 /// The tests of this file run one at a time: a lab made by one deletes the
 /// namespaces of killed tools, which the other test leaves for `down` to find.
@@ -59,7 +59,7 @@ async fn twenty_seconds_of_kills_break_no_invariant() {
         "no scenario run ended: {runs:?}"
     );
     // Partitions happen wherever namespaces can be made (root, iproute2).
-    match mim4_testnet::netns::Lab::available() {
+    match netns::Lab::available() {
         Ok(()) => {
             let p = &report.partitions;
             assert!(p.injected, "{p:?}");
@@ -76,6 +76,11 @@ async fn twenty_seconds_of_kills_break_no_invariant() {
             assert_eq!(left, Vec::<String>::new(), "namespaces left behind");
         }
         Err(why) => {
+            assert!(
+                !netns::required(),
+                "{}=1 but network namespaces are unavailable: {why}",
+                netns::REQUIRE_ENV
+            );
             eprintln!("partitions not tested: {why}");
             assert!(!report.partitions.injected);
         }
@@ -124,6 +129,11 @@ fn namespace_pids(ns: &str) -> Vec<u32> {
 fn down_after_a_killed_chaos_run_removes_its_nodes_and_namespaces() {
     let _one = ONE_AT_A_TIME.blocking_lock();
     if let Err(why) = mim4_testnet::netns::Lab::available() {
+        assert!(
+            !netns::required(),
+            "{}=1 but network namespaces are unavailable: {why}",
+            netns::REQUIRE_ENV
+        );
         eprintln!("skipped: network namespaces unavailable here: {why}");
         return;
     }

