@@ -6,7 +6,7 @@ use std::time::Duration;
 use mim4_node::api::clients::ClientRole;
 use mim4_sdk::{CallError, ConsentId, DecideQuery, Decision, Terms};
 
-use crate::util::{eventually, TestNet, Transports};
+use crate::util::{eventually, until_delivered, TestNet, Transports};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const HOME: usize = 0; // fi.helsinki
@@ -508,14 +508,7 @@ async fn consent_messages_go_with_their_citizens_erasure() {
             .send_message(net.id(to).as_str(), "about no one", "")
             .await
             .unwrap();
-        eventually("the memo delivered", DEADLINE, || {
-            let admin = admin.clone();
-            async move {
-                let outgoing = admin.outgoing(memo).await.ok()?;
-                (outgoing.state == mim4_sdk::Delivery::Delivered).then_some(())
-            }
-        })
-        .await;
+        until_delivered(&admin, memo, DEADLINE).await;
     }
     let home = net.admin(HOME).await;
     eventually("every push of the record delivered", DEADLINE, || {

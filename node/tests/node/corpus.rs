@@ -36,7 +36,7 @@ use sha2::{Digest as _, Sha256};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::util::{eventually, P2pSender, TestNet, Transports};
+use crate::util::{until_delivered, P2pSender, TestNet, Transports};
 
 /// Cases in the corpus.
 const CASES: usize = 10_000;
@@ -1140,14 +1140,7 @@ async fn assert_healthy(
         .send_message(net.id(0).as_str(), "after the corpus", "still there?")
         .await
         .unwrap();
-    eventually("a memo from node 1 delivered to node 0", DEADLINE, || {
-        let peer = peer.clone();
-        async move {
-            let outgoing = peer.outgoing(id).await.ok()?;
-            (outgoing.state == mim4_sdk::Delivery::Delivered).then_some(())
-        }
-    })
-    .await;
+    until_delivered(&peer, id, DEADLINE).await;
     let admin = net.admin(0).await;
     let mut listed = Vec::new();
     loop {

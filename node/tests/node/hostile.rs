@@ -15,7 +15,7 @@ use mim4_node::node::now_ms;
 use mim4_proto::v1 as pb;
 use tonic::Code;
 
-use crate::util::{eventually, TestNet};
+use crate::util::{until_delivered, TestNet};
 
 /// How long any wait in these tests may take before it fails.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -108,14 +108,7 @@ async fn assert_still_serving(net: &TestNet) {
         .send_message(net.id(0).as_str(), "still there?", "a normal memo")
         .await
         .unwrap();
-    eventually("a normal memo delivered to node 0", DEADLINE, || {
-        let sender = sender.clone();
-        async move {
-            let outgoing = sender.outgoing(id).await.ok()?;
-            (outgoing.state == mim4_sdk::Delivery::Delivered).then_some(())
-        }
-    })
-    .await;
+    until_delivered(&sender, id, DEADLINE).await;
     let listed = net.admin(0).await.messages(0, 1000).await.unwrap();
     assert!(
         listed.iter().any(|m| m.message_id == id.0),

@@ -25,7 +25,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::util::{eventually, P2pSender, TestNet, Transports, OPERATORS};
+use crate::util::{eventually, until_delivered, P2pSender, TestNet, Transports, OPERATORS};
 
 /// How long any wait in these tests may take before it fails.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -91,6 +91,42 @@ where
         .map(tonic::Response::into_inner)
     });
     (body, task)
+}
+
+/// Requests held by [`hold`], each with the sender of its body.
+type Held<Req, Resp> = Vec<(mpsc::Sender<Req>, JoinHandle<Result<Resp, tonic::Status>>)>;
+
+/// Holds `cap` requests to `path` on `channel` until `probe` is refused
+/// (`what`: the server at its cap), and returns them with the refusal. A
+/// probe may take a slot before the last held request arrives and have that
+/// one refused `busy`: such a request is held again, until all are in flight.
+async fn hold_until_full<Req, Resp, Fut>(
+    channel: &Channel,
+    path: &'static str,
+    cap: usize,
+    what: &str,
+    mut probe: impl FnMut() -> Fut,
+) -> (Held<Req, Resp>, tonic::Status)
+where
+    Req: prost::Message + Send + 'static,
+    Resp: prost::Message + Default + Send + std::fmt::Debug + 'static,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let mut held: Held<Req, Resp> = (0..cap).map(|_| hold(channel, path)).collect();
+    let start = tokio::time::Instant::now();
+    loop {
+        for slot in &mut held {
+            if slot.1.is_finished() {
+                let (_, task) = std::mem::replace(slot, hold(channel, path));
+                assert_busy(&task.await.unwrap().unwrap_err());
+            }
+        }
+        if let Err(refused) = probe().await {
+            return (held, refused);
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// A TLS channel of its own (its own TCP connection) from member `from` to node `to`.
@@ -194,15 +230,7 @@ async fn a_flooding_peer_is_throttled_while_others_are_served() {
         );
     }
     for id in &ids {
-        eventually(&format!("memo {id} delivered"), DEADLINE, || {
-            let sender = sender.clone();
-            let id = *id;
-            async move {
-                let outgoing = sender.outgoing(id).await.ok()?;
-                (outgoing.state == mim4_sdk::Delivery::Delivered).then_some(())
-            }
-        })
-        .await;
+        until_delivered(&sender, *id, DEADLINE).await;
     }
     let received = net.admin(0).await.messages(0, 1000).await.unwrap();
     let mut times: HashMap<Vec<u8>, usize> = HashMap::new();
@@ -345,14 +373,7 @@ async fn an_expired_trust_list_fails_closed_then_recovers_by_refresh() {
         .send_message(OPERATORS[0], "after the refresh", "")
         .await
         .unwrap();
-    eventually("memo delivered after recovery", DEADLINE, || {
-        let admin1 = admin1.clone();
-        async move {
-            let outgoing = admin1.outgoing(id).await.ok()?;
-            (outgoing.state == mim4_sdk::Delivery::Delivered).then_some(())
-        }
-    })
-    .await;
+    until_delivered(&admin1, id, DEADLINE).await;
     let mut client = net.peer_client(0, 1);
     deliver(&mut client, memo_envelope(&net, 0, 1, &net.keys[0], 3))
         .await
@@ -428,19 +449,17 @@ async fn the_peer_port_refuses_requests_over_its_in_flight_cap_as_busy() {
         .await
         .expect("served below the cap");
 
-    let held: Vec<_> = (0..CAP)
-        .map(|_| {
-            hold::<pb::DeliverRequest, pb::DeliverResponse>(
-                &a_channel,
-                "/mim4.v1.OperatorPeer/Deliver",
-            )
-        })
-        .collect();
     // Once all are in flight, the next request on the same connection is refused...
-    let refused = eventually("the peer port at its cap", DEADLINE, || {
-        let mut client = a_client.clone();
-        async move { fetch_trust_list(&mut client).await.err() }
-    })
+    let (held, refused) = hold_until_full::<pb::DeliverRequest, pb::DeliverResponse, _>(
+        &a_channel,
+        "/mim4.v1.OperatorPeer/Deliver",
+        CAP,
+        "the peer port at its cap",
+        || {
+            let mut client = a_client.clone();
+            async move { fetch_trust_list(&mut client).await }
+        },
+    )
     .await;
     assert_busy(&refused);
     // ...and so is another member's, on its own connection: the cap is per server.
@@ -510,18 +529,16 @@ async fn the_api_port_refuses_calls_over_its_in_flight_cap_as_busy() {
     };
     get_status(&api).await.expect("served below the cap");
 
-    let held: Vec<_> = (0..CAP)
-        .map(|_| {
-            hold::<pb::GetStatusRequest, pb::GetStatusResponse>(
-                &channel,
-                "/mim4.v1.OperatorApi/GetStatus",
-            )
-        })
-        .collect();
-    let refused = eventually("the API port at its cap", DEADLINE, || {
-        let call = get_status(&api);
-        async move { call.await.err() }
-    })
+    let (held, refused) = hold_until_full::<pb::GetStatusRequest, pb::GetStatusResponse, _>(
+        &channel,
+        "/mim4.v1.OperatorApi/GetStatus",
+        CAP,
+        "the API port at its cap",
+        || {
+            let call = get_status(&api);
+            async move { call.await.map(|_| ()) }
+        },
+    )
     .await;
     assert_busy(&refused);
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());

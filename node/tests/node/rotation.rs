@@ -15,7 +15,7 @@ use mim4_node::trust_draft::DraftKey;
 use mim4_proto::v1 as pb;
 use tonic::Code;
 
-use crate::util::{eventually, TestNet, OPERATORS};
+use crate::util::{eventually, until_delivered, TestNet, OPERATORS};
 
 /// How long any wait in this test may take before it fails.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -52,14 +52,7 @@ async fn memo_through_the_api(net: &TestNet, subject: &str) -> String {
         .send_message(net.id(1).as_str(), subject, "")
         .await
         .unwrap();
-    let outgoing = eventually(&format!("memo {subject:?} delivered"), DEADLINE, || {
-        let client = client.clone();
-        async move {
-            let outgoing = client.outgoing(id).await.ok()?;
-            (outgoing.state == mim4_sdk::Delivery::Delivered).then_some(outgoing)
-        }
-    })
-    .await;
+    let outgoing = until_delivered(&client, id, DEADLINE).await;
     assert!(!outgoing.receipt.is_empty());
     let listed = net.admin(1).await.messages(0, 1000).await.unwrap();
     assert!(
@@ -251,19 +244,7 @@ async fn sending_continuously_across_a_rotation_fails_nothing() {
     // Overlap ends only once nothing signed with the old key is pending.
     let node0 = net.admin(0).await;
     for id in &from_node0 {
-        eventually(
-            &format!("memo {id} from node 0 delivered"),
-            DEADLINE,
-            || {
-                let node0 = node0.clone();
-                let id = *id;
-                async move {
-                    let outgoing = node0.outgoing(id).await.ok()?;
-                    (outgoing.state == mim4_sdk::Delivery::Delivered).then_some(())
-                }
-            },
-        )
-        .await;
+        until_delivered(&node0, *id, DEADLINE).await;
     }
     let v3 = net.sign_next(|draft| {
         let member = draft.member_mut(OPERATORS[0]).unwrap();
@@ -284,15 +265,7 @@ async fn sending_continuously_across_a_rotation_fails_nothing() {
 
     for (client, ids, receiver) in [(&sender, &to_node0, 0), (&node0, &from_node0, 1)] {
         for id in ids {
-            eventually(&format!("memo {id} delivered"), DEADLINE, || {
-                let client = client.clone();
-                let id = *id;
-                async move {
-                    let outgoing = client.outgoing(id).await.ok()?;
-                    (outgoing.state == mim4_sdk::Delivery::Delivered).then_some(())
-                }
-            })
-            .await;
+            until_delivered(client, *id, DEADLINE).await;
         }
         // All pages (bounded: at most a few thousand memos were sent).
         let admin = net.admin(receiver).await;

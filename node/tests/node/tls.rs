@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::util::{eventually, TestNet};
+use crate::util::{until_delivered, TestNet};
 
 /// How long any wait in these tests may take before it fails.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -281,14 +281,7 @@ async fn plaintext_nodes_work_when_configured_and_warn() {
         .send_message(net.id(1).as_str(), "over plaintext", "")
         .await
         .unwrap();
-    eventually("a memo delivered in plaintext", DEADLINE, || {
-        let sender = sender.clone();
-        async move {
-            let outgoing = sender.outgoing(id).await.ok()?;
-            (outgoing.state == mim4_sdk::Delivery::Delivered).then_some(())
-        }
-    })
-    .await;
+    until_delivered(&sender, id, DEADLINE).await;
     // A plaintext peer needs no certificate.
     deliver(&mut net.peer_client(1, 0), memo(&net, 1, 0))
         .await

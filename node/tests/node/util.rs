@@ -509,6 +509,24 @@ pub(crate) fn sealed_memo(
 }
 
 /// Polls `probe` until it returns `Some`, failing after `deadline`.
+/// Waits until `client`'s outgoing message `id` is delivered (a verified
+/// receipt came back), failing after `deadline`; returns it.
+pub(crate) async fn until_delivered(
+    client: &mim4_sdk::Client,
+    id: mim4_sdk::MessageId,
+    deadline: Duration,
+) -> mim4_sdk::Outgoing {
+    eventually(
+        &format!("message {id} delivered"),
+        deadline,
+        || async move {
+            let outgoing = client.outgoing(id).await.ok()?;
+            (outgoing.state == mim4_sdk::Delivery::Delivered).then_some(outgoing)
+        },
+    )
+    .await
+}
+
 /// sled's directory lock, still held for a moment after a stopped node's
 /// last handle went: sled's own IO threads end after the database is dropped.
 fn is_db_lock(error: &str) -> bool {
