@@ -449,7 +449,16 @@ impl Federation {
                 )
                 .replace("registry_files = []\n", registry_line)
                 .replace("prefer = \"grpc\"", &format!("prefer = \"{transport}\""))
-                    + &controller,
+                // In network namespaces the API is on the test's own veth
+                // network (reached from this host only), not on loopback.
+                .replace(
+                    "api_remote = false",
+                    if api_addr.ip().is_loopback() {
+                        "api_remote = false"
+                    } else {
+                        "api_remote = true"
+                    },
+                ) + &controller,
             )?;
             let clients_file = op_dir.join("clients.toml");
             let add_client = |name: &str, role: ClientRole, service: Option<String>| {
