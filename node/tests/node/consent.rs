@@ -46,6 +46,21 @@ async fn until_decision(net: &TestNet, i: usize, q: DecideQuery<'_>, code: &str)
     .await;
 }
 
+/// Waits until both parties acknowledged the home's latest version of
+/// record `id` (`what` names the wait in the failure).
+async fn until_every_party_has(home: &mim4_sdk::Client, id: ConsentId, what: &str) {
+    eventually(what, DEADLINE, || async move {
+        let view = home.consent(id).await.ok()?;
+        let all = view.deliveries.len() == 2
+            && view.deliveries.iter().all(|d| {
+                d.events == view.events
+                    && d.state == mim4_sdk::proto::OutgoingState::Delivered as i32
+            });
+        all.then_some(())
+    })
+    .await;
+}
+
 /// The consumer's service asks for a consent of `subject` (read the income,
 /// for service provision, no end), the citizen grants it at home, and the
 /// source and the consumer's operator allow.
@@ -134,19 +149,7 @@ async fn grant_then_withdraw_reaches_every_party_even_one_that_was_down(transpor
 
     net.start(CONSUMER).await;
     until_decision(&net, CONSUMER, query(subject, SERVICE), "withdrawn").await;
-    eventually("every party's receipt for the withdrawal", DEADLINE, || {
-        let home = home.clone();
-        async move {
-            let view = home.consent(id).await.ok()?;
-            let all = view.deliveries.len() == 2
-                && view.deliveries.iter().all(|d| {
-                    d.events == view.events
-                        && d.state == mim4_sdk::proto::OutgoingState::Delivered as i32
-                });
-            all.then_some(())
-        }
-    })
-    .await;
+    until_every_party_has(&home, id, "every party's receipt for the withdrawal").await;
     net.shutdown().await;
 }
 
@@ -511,19 +514,7 @@ async fn consent_messages_go_with_their_citizens_erasure() {
         until_delivered(&admin, memo, DEADLINE).await;
     }
     let home = net.admin(HOME).await;
-    eventually("every push of the record delivered", DEADLINE, || {
-        let home = home.clone();
-        async move {
-            let view = home.consent(id).await.ok()?;
-            let done = view.deliveries.len() == 2
-                && view.deliveries.iter().all(|d| {
-                    d.events == view.events
-                        && d.state == mim4_sdk::proto::OutgoingState::Delivered as i32
-                });
-            done.then_some(())
-        }
-    })
-    .await;
+    until_every_party_has(&home, id, "every push of the record delivered").await;
     for i in 0..3 {
         net.stop(i).await;
     }
