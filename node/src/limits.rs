@@ -161,7 +161,7 @@ pub const ENTITIES_PER_SUBJECT_MAX: usize = 1_000;
 /// Most consent records (consents and arrangements, in any state, ended ones
 /// included) one node holds about one subject; a new record beyond it is
 /// refused with `ConsentError::SubjectFull` (`RESOURCE_EXHAUSTED`, reason
-/// `subject_limit`), also when a peer offers it.
+/// `too_many_consents`), on the API and when a peer offers or pushes it.
 ///
 /// A person gives a few consents a year; 1,024 covers a lifetime of them.
 /// It bounds the index entries of a subject, and a `ListConsents` answer

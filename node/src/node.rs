@@ -23,7 +23,7 @@ use tracing::{debug, info, info_span, warn, Instrument as _};
 use crate::api::clients::Clients;
 use crate::config::Config;
 use crate::core::delivery::{self, Expected, SenderContext};
-use crate::core::envelope::{Payload, RejectReason, Rejection, Verifier};
+use crate::core::envelope::{Envelope, Payload, RejectReason, Rejection, Verifier};
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::keys::SecretKey;
 use crate::core::outbox::{Backoff, Scheduler};
@@ -110,6 +110,19 @@ pub enum Refusal {
         sender: OperatorId,
         /// Why.
         reason: String,
+    },
+    /// The payload is valid but would take this node over one of
+    /// [`limits`]' bounds (`RESOURCE_EXHAUSTED`, with the limit's reason).
+    #[error("message {message_id} from {sender} is over a limit: {message}")]
+    OverLimit {
+        /// Message id.
+        message_id: MessageId,
+        /// Sender.
+        sender: OperatorId,
+        /// The limit's stable reason, e.g. `too_many_consents`.
+        reason: &'static str,
+        /// Text for people.
+        message: String,
     },
     /// The node cannot answer now (its data source is down); retry later.
     #[error("unavailable: {0}")]
@@ -767,16 +780,12 @@ impl Shared {
                 // Idempotent effects (a repeated offer or an older log change
                 // nothing), written before the replay entry and made durable
                 // by the same flush.
-                if let Err(reason) = self
+                if let Err(error) = self
                     .apply_consent_payload(&envelope.sender, &envelope.payload)
                     .await
                 {
-                    warn!(%reason, "consent notice refused");
-                    return Err(Refusal::Unusable {
-                        message_id: envelope.message_id,
-                        sender: envelope.sender.clone(),
-                        reason,
-                    });
+                    warn!(%error, "consent notice refused");
+                    return Err(notice_refusal(envelope, error));
                 }
             }
             Payload::ConsentStatusQuery(_)
@@ -1229,6 +1238,28 @@ fn trust_expired_message(trust: &VerifiedTrustList) -> String {
         trust.version(),
         trust.list().valid_until_ms
     )
+}
+
+/// Why a consent notice was not applied, as the peer is told: over a limit
+/// with the limit's reason, a storage failure as one (the sender retries),
+/// anything else as unusable.
+fn notice_refusal(envelope: &Envelope, error: consent::ConsentError) -> Refusal {
+    if let Some(reason) = error.limit_reason() {
+        return Refusal::OverLimit {
+            message_id: envelope.message_id,
+            sender: envelope.sender.clone(),
+            reason,
+            message: error.to_string(),
+        };
+    }
+    match error {
+        consent::ConsentError::Store(e) => Refusal::Store(e),
+        other => Refusal::Unusable {
+            message_id: envelope.message_id,
+            sender: envelope.sender.clone(),
+            reason: other.to_string(),
+        },
+    }
 }
 
 /// Refuses a verified envelope whose sender is not `peer`, the member the TLS

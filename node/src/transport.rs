@@ -128,6 +128,7 @@ pub fn verdict(refusal: Refusal) -> Verdict {
     let reason = match &refusal {
         Refusal::Rejected { rejection, .. } => rejection.reason.code(),
         Refusal::Unusable { .. } => "unusable",
+        Refusal::OverLimit { reason, .. } => reason,
         Refusal::NotFound(_) => "not_found",
         Refusal::Unavailable(_) => "unavailable",
         Refusal::Store(_) => "store_failure",
@@ -154,6 +155,7 @@ pub fn verdict(refusal: Refusal) -> Verdict {
             (code, receipt)
         }
         Refusal::Unusable { .. } => (Code::InvalidArgument, None),
+        Refusal::OverLimit { .. } => (Code::ResourceExhausted, None),
         Refusal::NotFound(_) => (Code::NotFound, None),
         Refusal::Unavailable(_) | Refusal::Store(_) => (Code::Unavailable, None),
         Refusal::NotFromPeer { .. } => (Code::PermissionDenied, None),

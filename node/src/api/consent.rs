@@ -6,15 +6,15 @@ use tonic::{Request, Response, Status};
 
 use crate::api::clients::{Caller, ClientRole};
 use crate::api::ApiService;
-use crate::core::consent::delegation::{DelegationError, DelegationKind};
+use crate::core::consent::delegation::DelegationKind;
 use crate::core::consent::index::{Decision, Query};
 use crate::core::consent::{
     Action, Attribute, Audience, ConsentId, ConsentRecord, ConsentTerms, Purpose, ServiceId,
-    SubjectId, TermsError, TransitionError,
+    SubjectId, TermsError,
 };
 use crate::core::ids::OperatorId;
 use crate::core::wire;
-use crate::node::consent::{ConsentError, GrantorAction};
+use crate::node::consent::{terms_over_limit, ConsentError, GrantorAction, REASON_TERMS_TOO_LARGE};
 use crate::node::now_ms;
 use crate::store::OutgoingState;
 
@@ -28,26 +28,6 @@ pub(crate) const READERS: &[ClientRole] = &[
     ClientRole::CitizenApp,
     ClientRole::Admin,
 ];
-
-/// Reason of a refusal for going over a limit of consent terms
-/// (`limits::CONSENT_GRANTORS_MAX`, `CONSENT_SCOPE_MAX`, `CONSENT_PURPOSES_MAX`,
-/// `PURPOSE_TEXT_BYTES_MAX`).
-pub(crate) const REASON_TERMS_TOO_LARGE: &str = "terms_too_large";
-/// Reason of a refusal for a subject with `limits::CONSENTS_PER_SUBJECT_MAX` records.
-pub(crate) const REASON_TOO_MANY_CONSENTS: &str = "too_many_consents";
-/// Reason of a refusal for a log with `limits::CONSENT_EVENTS_MAX` events.
-pub(crate) const REASON_TOO_MANY_EVENTS: &str = "too_many_events";
-/// Reason of a refusal for an agent with `limits::DELEGATIONS_PER_AGENT_MAX` delegations.
-pub(crate) const REASON_TOO_MANY_DELEGATIONS: &str = "too_many_delegations";
-
-/// Whether terms are refused for a list or the text over its limit.
-fn terms_over_limit(error: &TermsError) -> bool {
-    match error {
-        TermsError::Count { max, got, .. } => got > max,
-        TermsError::TextTooLong(_) => true,
-        _ => false,
-    }
-}
 
 /// Invalid terms: `RESOURCE_EXHAUSTED` with reason [`REASON_TERMS_TOO_LARGE`]
 /// when over a limit, else `INVALID_ARGUMENT`.
@@ -64,28 +44,19 @@ fn terms_status(error: &TermsError, message: String) -> Status {
 /// envelope is on the peer port.
 pub(crate) fn status(error: ConsentError) -> Status {
     let message = error.to_string();
+    if let Some(reason) = error.limit_reason() {
+        return super::with_reason(Status::resource_exhausted(message), reason);
+    }
     match error {
         ConsentError::NotFound(_) => Status::not_found(message),
-        ConsentError::Transition(TransitionError::TooManyEvents) => {
-            super::with_reason(Status::resource_exhausted(message), REASON_TOO_MANY_EVENTS)
-        }
-        ConsentError::Transition(TransitionError::Terms(ref e)) | ConsentError::Terms(ref e)
-            if terms_over_limit(e) =>
-        {
-            terms_status(e, message)
-        }
-        ConsentError::SubjectFull { .. } => super::with_reason(
-            Status::resource_exhausted(message),
-            REASON_TOO_MANY_CONSENTS,
-        ),
-        ConsentError::Delegation(DelegationError::TooMany(_)) => super::with_reason(
-            Status::resource_exhausted(message),
-            REASON_TOO_MANY_DELEGATIONS,
-        ),
+        // Has its limit reason, above.
+        ConsentError::SubjectFull { .. } => Status::resource_exhausted(message),
         ConsentError::NotHome(_) | ConsentError::Transition(_) | ConsentError::Exists(_) => {
             Status::failed_precondition(message)
         }
-        ConsentError::Terms(_) | ConsentError::Delegation(_) => Status::invalid_argument(message),
+        ConsentError::Terms(_) | ConsentError::Delegation(_) | ConsentError::Notice(_) => {
+            Status::invalid_argument(message)
+        }
         ConsentError::Format(_) => Status::failed_precondition(message),
         ConsentError::NoAuthority { .. } => Status::permission_denied(message),
         ConsentError::UnknownOperator(_) => Status::not_found(message),

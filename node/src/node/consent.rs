@@ -106,9 +106,56 @@ pub enum ConsentError {
     /// An export was asked in an unknown format, or cannot be made here.
     #[error("export: {0}")]
     Format(String),
+    /// A consent notice from a peer that this node cannot apply (not its
+    /// home, not a party, a log that contradicts the stored one, ...).
+    #[error("{0}")]
+    Notice(String),
     /// Storage failed.
     #[error("storage failure: {0}")]
     Store(#[from] store::Error),
+}
+
+/// Reason of a refusal for going over a limit of consent terms
+/// (`limits::CONSENT_GRANTORS_MAX`, `CONSENT_SCOPE_MAX`, `CONSENT_PURPOSES_MAX`,
+/// `PURPOSE_TEXT_BYTES_MAX`).
+pub const REASON_TERMS_TOO_LARGE: &str = "terms_too_large";
+/// Reason of a refusal for a subject with `limits::CONSENTS_PER_SUBJECT_MAX` records.
+pub const REASON_TOO_MANY_CONSENTS: &str = "too_many_consents";
+/// Reason of a refusal for a log with `limits::CONSENT_EVENTS_MAX` events.
+pub const REASON_TOO_MANY_EVENTS: &str = "too_many_events";
+/// Reason of a refusal for an agent with `limits::DELEGATIONS_PER_AGENT_MAX` delegations.
+pub const REASON_TOO_MANY_DELEGATIONS: &str = "too_many_delegations";
+
+/// Whether terms are refused for a list or the text over its limit.
+pub(crate) fn terms_over_limit(error: &TermsError) -> bool {
+    match error {
+        TermsError::Count { max, got, .. } => got > max,
+        TermsError::TextTooLong(_) => true,
+        _ => false,
+    }
+}
+
+impl ConsentError {
+    /// The stable reason (`mim4-reason`) when the error is going over one
+    /// of [`limits`]' bounds, refused with `RESOURCE_EXHAUSTED` on the
+    /// API and the peer port alike; `None` for any other error.
+    pub fn limit_reason(&self) -> Option<&'static str> {
+        match self {
+            ConsentError::Transition(TransitionError::TooManyEvents) => {
+                Some(REASON_TOO_MANY_EVENTS)
+            }
+            ConsentError::Transition(TransitionError::Terms(e)) | ConsentError::Terms(e)
+                if terms_over_limit(e) =>
+            {
+                Some(REASON_TERMS_TOO_LARGE)
+            }
+            ConsentError::SubjectFull { .. } => Some(REASON_TOO_MANY_CONSENTS),
+            ConsentError::Delegation(DelegationError::TooMany(_)) => {
+                Some(REASON_TOO_MANY_DELEGATIONS)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Builds the in-memory state from the store at start. Logs are verified
@@ -593,39 +640,39 @@ impl Shared {
         self: &Arc<Self>,
         sender: &OperatorId,
         payload: &Payload,
-    ) -> Result<(), String> {
+    ) -> Result<(), ConsentError> {
         match payload {
             Payload::ConsentOffer(terms) => {
                 if &terms.home != self.operator_id() {
-                    return Err(format!(
+                    return Err(ConsentError::Notice(format!(
                         "the offer names {} as home, not this node",
                         terms.home
-                    ));
+                    )));
                 }
                 let Audience::Service(service) = &terms.audience else {
-                    return Err("an offer asks consent for one service".into());
+                    return Err(ConsentError::Notice(
+                        "an offer asks consent for one service".into(),
+                    ));
                 };
                 if service.operator() != sender {
-                    return Err(format!(
+                    return Err(ConsentError::Notice(format!(
                         "{sender} may only ask consent for its own services, not {service}"
-                    ));
+                    )));
                 }
-                if self
-                    .store
-                    .consent_log(&terms.consent_id)
-                    .map_err(|e| e.to_string())?
-                    .is_some()
-                {
+                if self.store.consent_log(&terms.consent_id)?.is_some() {
                     return Ok(());
                 }
-                self.check_members(terms).map_err(|e| e.to_string())?;
+                self.check_members(terms)?;
                 match self.record_requested(terms.clone(), None).await {
                     Ok(_) | Err(ConsentError::Exists(_)) => Ok(()),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e),
                 }
             }
             Payload::ConsentRecord(log) => self.merge_log(sender, log).await,
-            _ => Err(format!("{} is not a consent notice", payload.kind())),
+            _ => Err(ConsentError::Notice(format!(
+                "{} is not a consent notice",
+                payload.kind()
+            ))),
         }
     }
 
@@ -634,14 +681,14 @@ impl Shared {
         self: &Arc<Self>,
         sender: &OperatorId,
         log: &ConsentLog,
-    ) -> Result<(), String> {
-        let record = log.verify(&self.trust()).map_err(|e| e.to_string())?;
+    ) -> Result<(), ConsentError> {
+        let record = log.verify(&self.trust())?;
         let terms = record.terms();
         if &terms.home != sender {
-            return Err(format!(
+            return Err(ConsentError::Notice(format!(
                 "only the home operator {} pushes this record, not {sender}",
                 terms.home
-            ));
+            )));
         }
         let me = self.operator_id();
         let sectors = self.sectors_of(me);
@@ -652,14 +699,12 @@ impl Shared {
                 Audience::Sector(label) => sectors.contains(label),
             };
         if !is_party {
-            return Err("this node is neither the source nor in the audience of the record".into());
+            return Err(ConsentError::Notice(
+                "this node is neither the source nor in the audience of the record".into(),
+            ));
         }
         let _writer = self.consent_writer.lock().await;
-        if let Some(stored) = self
-            .store
-            .consent_log(&log.consent_id)
-            .map_err(|e| e.to_string())?
-        {
+        if let Some(stored) = self.store.consent_log(&log.consent_id)? {
             let common = stored.events.len().min(log.events.len());
             let consistent = stored.events[..common]
                 .iter()
@@ -667,7 +712,9 @@ impl Shared {
                 .all(|(a, b)| a.body == b.body);
             if !consistent {
                 warn!(consent = %log.consent_id, home = %sender, "home pushed a log that contradicts the stored one (equivocation); refused");
-                return Err("the log contradicts the stored history of this record".into());
+                return Err(ConsentError::Notice(
+                    "the log contradicts the stored history of this record".into(),
+                ));
             }
             if stored.events.len() >= log.events.len() {
                 return Ok(());
@@ -675,12 +722,9 @@ impl Shared {
         } else {
             // A home that keeps to the limit never sends more; a record
             // beyond it is refused, not indexed.
-            self.check_room_for(&terms.subject)
-                .map_err(|e| e.to_string())?;
+            self.check_room_for(&terms.subject)?;
         }
-        self.store
-            .put_consent_log(log, &record.terms().subject)
-            .map_err(|e| e.to_string())?;
+        self.store.put_consent_log(log, &record.terms().subject)?;
         let me = self.operator_id().clone();
         self.write_consents(|state| state.upsert(&record, &me));
         info!(consent = %log.consent_id, status = record.status_at(now_ms()).as_str(), events = log.events.len(), "consent record updated from home");
@@ -742,9 +786,10 @@ impl Shared {
         }
         let record = log.verify(&self.trust())?;
         let home = record.terms().home.clone();
-        self.merge_log(&home, &log)
-            .await
-            .map_err(ConsentError::Peer)?;
+        self.merge_log(&home, &log).await.map_err(|e| match e {
+            ConsentError::Notice(reason) => ConsentError::Peer(reason),
+            other => other,
+        })?;
         self.store.durable().await?;
         Ok(record)
     }

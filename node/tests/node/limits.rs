@@ -1,8 +1,8 @@
 //! Rate limits per peer and per API client; caps on requests in flight (gRPC
-//! peer and API ports, libp2p) and on connections (TLS per key, libp2p per
-//! peer); and the trust-list lifecycle: expiry fails closed and recovers by
-//! refresh, and a revocation installed at one node reaches every node,
-//! including connections already open.
+//! peer and API ports, libp2p) and on connections (TLS handshakes and per
+//! key, libp2p per peer); and the trust-list lifecycle: expiry fails closed and
+//! recovers by refresh, and a revocation installed at one node reaches every
+//! node, including connections already open.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -669,6 +669,40 @@ async fn a_member_key_holds_at_most_its_tls_connections() {
         async move { fetch_trust_list(&mut client).await.ok() }
     })
     .await;
+    net.shutdown().await;
+}
+
+/// At most TLS_HANDSHAKES_MAX handshakes run at once on the peer port:
+/// while that many connections sit silent before their ClientHello (a
+/// slowloris), a member's new connection waits in the kernel's accept queue
+/// and its request is not served; once they close (else within
+/// TLS_HANDSHAKE_TIMEOUT_MS), it is. Without the bound the request would be
+/// answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_hold_at_most_the_handshake_slots() {
+    let mut net = TestNet::new(2);
+    net.start(0).await;
+    let addr = net.configs[0].peer_listen;
+    let mut silent = Vec::new();
+    for _ in 0..limits::TLS_HANDSHAKES_MAX {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Connected after all of them, so behind them in the accept queue.
+    let mut client = OperatorPeerClient::new(peer_channel(&net, 1, 0));
+    let request = tokio::spawn(async move { fetch_trust_list(&mut client).await });
+    // Well within both sides' handshake timeouts (10 s), which would end it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !request.is_finished(),
+        "a request was served while every handshake slot was held: {:?}",
+        request.await
+    );
+    drop(silent);
+    tokio::time::timeout(DEADLINE, request)
+        .await
+        .expect("served once the silent connections closed")
+        .unwrap()
+        .expect("served once the silent connections closed");
     net.shutdown().await;
 }
 

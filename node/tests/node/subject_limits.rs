@@ -1,8 +1,9 @@
 //! Limits on the size of one subject's data, through a real node's API:
 //! each accepts a call at the limit and refuses the next one with
 //! `RESOURCE_EXHAUSTED` and the limit's own reason (`mim4-reason`), and the
-//! node keeps serving. One node that is home, source and service operator of
-//! its consents, so that no record is pushed anywhere.
+//! node keeps serving. Mostly one node that is home, source and service
+//! operator of its consents, so that no record is pushed anywhere; the
+//! record limit is also checked against a peer's offers.
 
 use mim4_node::api::clients::{self, ClientRole};
 use mim4_node::limits;
@@ -230,5 +231,76 @@ async fn consent_limits_over_the_api_are_refused_with_their_reason() {
         admin.delegate("fi:hetu:one-more", "fi:hetu:guardian").await,
         "too_many_delegations",
     );
+    net.shutdown().await;
+}
+
+/// The record limit holds on the peer port too: a consent offer from a
+/// member's service for a subject whose home holds
+/// [`limits::CONSENTS_PER_SUBJECT_MAX`] records is refused with
+/// `RESOURCE_EXHAUSTED` and `too_many_consents` (not as an unusable
+/// message), after the offer that reached the limit was acknowledged; the
+/// home keeps the records it had and still takes offers about others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_offer_over_the_subjects_record_limit_is_refused_on_the_peer_port() {
+    use mim4_node::core::consent::SubjectId;
+    use mim4_node::core::delivery::SenderContext;
+    use mim4_node::core::envelope::Payload;
+    use mim4_node::core::ids::MessageId;
+    use mim4_node::core::wire;
+    use mim4_sdk::ConsentId;
+
+    // Node 0 is home; node 2 (se.stockholm) runs the service that asks.
+    let (home, asker) = (0, 2);
+    let mut net = TestNet::new(3);
+    net.start(home).await;
+    net.start(asker).await;
+    let admin = Admin::connect(&net).await;
+    let subject = "fi:hetu:offers";
+    for _ in 1..limits::CONSENTS_PER_SUBJECT_MAX {
+        admin.request_consent(terms(subject).build()).await.unwrap();
+    }
+    let offer = |subject: &str| {
+        let terms = Terms::consent(subject, HOME, "se.stockholm/social-services", HOME)
+            .id(ConsentId(rand::random()))
+            .read("income.gross_monthly")
+            .purpose(PURPOSE)
+            .valid(0, u64::MAX)
+            .build();
+        let payload = Payload::ConsentOffer(wire::terms_from_pb(terms).unwrap());
+        SenderContext {
+            me: &net.id(asker),
+            rulebook_version: "mim4-rulebook-1.0",
+            trust_list_version: 1,
+            lifetime_ms: 60 * 60 * 1000,
+        }
+        .envelope(
+            MessageId::from_bytes(rand::random()),
+            net.id(home),
+            mim4_node::node::now_ms(),
+            None,
+            payload,
+        )
+        .seal(&net.keys[asker])
+        .bytes
+    };
+    let peer = net.peer_client(asker, home);
+    let deliver = |envelope: Vec<u8>| {
+        let request = pb::DeliverRequest { envelope };
+        let mut peer = peer.clone();
+        async move { peer.deliver(request).await.map(drop) }
+    };
+
+    deliver(offer(subject))
+        .await
+        .expect("the offer at the limit");
+    let shared = net.nodes[home].as_ref().unwrap().shared.clone();
+    let held = || shared.consents_of(&SubjectId::new(subject).unwrap()).len();
+    assert_eq!(held(), limits::CONSENTS_PER_SUBJECT_MAX);
+    assert_refused(deliver(offer(subject)).await, "too_many_consents");
+    assert_eq!(held(), limits::CONSENTS_PER_SUBJECT_MAX);
+    deliver(offer("fi:hetu:someone-else"))
+        .await
+        .expect("an offer about another subject");
+    drop(shared);
     net.shutdown().await;
 }
