@@ -7,7 +7,7 @@
 #
 #   scripts/crash-loop.sh [RUNS] [--release] [--broken] [--seed S] [--kills K] [--keep]
 #
-# --broken builds the node with the test-only `broken-ack-before-flush` feature
+# --broken runs mim4-node-broken, the node with the test-only `broken-ack-before-flush` feature
 # (acknowledges before flushing; default 5 runs) and succeeds only if the loop
 # finds acknowledged messages lost. The JSON summary goes to
 # ${CARGO_TARGET_DIR:-target}/reliability/crash-loop.json (crash-loop-broken.json);

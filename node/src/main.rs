@@ -273,7 +273,7 @@ enum TrustCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+pub(crate) fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Init(args) => init(args),

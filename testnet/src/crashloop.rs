@@ -27,8 +27,7 @@ use crate::checker::{self, Ledger};
 use crate::guard::{temporary_dir, NodeGuard};
 use crate::{node_binary, Federation, DEFAULT_OPERATORS};
 
-/// The test-only node feature that acknowledges before flushing (see `node/Cargo.toml`).
-pub const BROKEN_FEATURE: &str = "broken-ack-before-flush";
+pub use crate::node_binary::BROKEN_FEATURE;
 /// Operators per run: two senders and the receiver between them.
 const OPERATORS: usize = 3;
 /// Bounds of the options, so that a typo cannot start an endless loop.
@@ -97,8 +96,9 @@ pub struct Options {
     pub dir: Option<PathBuf>,
     /// The `mim4-node` binary (see [`node_binary::find`]).
     pub node_bin: Option<PathBuf>,
-    /// Extra Cargo features of the node (see [`node_binary::find_with_features`]).
-    pub node_features: Option<String>,
+    /// Run `mim4-node-broken`, which acknowledges before flushing (see
+    /// [`node_binary::find_broken`]), instead of the node.
+    pub broken_node: bool,
     /// Keep every run's folder.
     pub keep: bool,
 }
@@ -194,8 +194,8 @@ pub struct Summary {
     pub kills_per_run: usize,
     /// The node binary.
     pub node_bin: PathBuf,
-    /// Its extra features, if any.
-    pub node_features: Option<String>,
+    /// Whether it was the broken node, which acknowledges before flushing.
+    pub broken_node: bool,
     /// Sums.
     pub totals: Totals,
     /// Whole loop, in seconds.
@@ -231,7 +231,7 @@ pub async fn command(
         kills: args.kills,
         dir,
         node_bin,
-        node_features: args.broken.then(|| BROKEN_FEATURE.to_owned()),
+        broken_node: args.broken,
         keep: args.keep,
     };
     let summary = tokio::select! {
@@ -334,10 +334,10 @@ pub async fn run(options: &Options, mut on_run: impl FnMut(&RunReport)) -> anyho
     if !(1..=KILLS_MAX).contains(&options.kills) {
         bail!("--kills must be between 1 and {KILLS_MAX}");
     }
-    let node_bin = match (&options.node_features, &options.node_bin) {
-        (Some(_), Some(_)) => bail!("a node binary and node features exclude each other"),
-        (Some(features), None) => node_binary::find_with_features(features)?,
-        (None, explicit) => node_binary::find(explicit.as_deref())?,
+    let node_bin = match (options.broken_node, &options.node_bin) {
+        (true, Some(_)) => bail!("a node binary and the broken node exclude each other"),
+        (true, None) => node_binary::find_broken()?,
+        (false, explicit) => node_binary::find(explicit.as_deref())?,
     };
     let (dir, temporary) = match &options.dir {
         Some(dir) => (dir.clone(), false),
@@ -368,7 +368,7 @@ pub async fn run(options: &Options, mut on_run: impl FnMut(&RunReport)) -> anyho
         runs: options.runs,
         kills_per_run: options.kills,
         node_bin,
-        node_features: options.node_features.clone(),
+        broken_node: options.broken_node,
         totals,
         elapsed_s: started.elapsed().as_secs_f64(),
         run_s_mean: run_s.iter().sum::<f64>() / run_s.len().max(1) as f64,

@@ -1,11 +1,10 @@
 //! Finds the `mim4-node` binary, building it when the testnet runs from the
 //! source tree and the binary is not there yet.
 //!
-//! A node with extra Cargo features (`$MIM4_NODE_FEATURES`, e.g. the test-only
-//! `broken-ack-before-flush` of the crash loop) is built into its own target
-//! folder, `<target>/node-features/<features>/`, so it never replaces the
-//! ordinary binary that other tests run; its first build compiles the
-//! dependencies once more.
+//! The test-only node of the crash loop (feature `broken-ack-before-flush`)
+//! is its own binary, `mim4-node-broken`, in the same target folder: it
+//! shares every compiled dependency and never replaces the real binary that
+//! other tests run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,12 +32,6 @@ pub fn find(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         }
         bail!("MIM4_NODE_BIN={}: no such file", path.display());
     }
-    if let Some(features) = std::env::var_os(FEATURES_ENV).filter(|f| !f.is_empty()) {
-        let features = features
-            .into_string()
-            .map_err(|_| anyhow::anyhow!("{FEATURES_ENV} is not UTF-8"))?;
-        return find_with_features(&features);
-    }
     let (exe, dir) = profile_dir()?;
     let sibling = dir.join("mim4-node");
     let from_cargo = std::env::var_os("CARGO").is_some();
@@ -54,44 +47,25 @@ pub fn find(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// The environment variable naming extra Cargo features of `mim4-node`
-/// (comma-separated) for [`find`].
-pub const FEATURES_ENV: &str = "MIM4_NODE_FEATURES";
+/// The test-only feature of [`find_broken`]'s node (see `node/Cargo.toml`).
+pub const BROKEN_FEATURE: &str = "broken-ack-before-flush";
 
-/// The node binary built with `features` (comma-separated Cargo features of
-/// `mim4-node`) in `<target>/node-features/<features>/<profile>/`, built (or
-/// brought up to date) now. Needs the source tree.
-pub fn find_with_features(features: &str) -> anyhow::Result<PathBuf> {
-    let mut names: Vec<&str> = features
-        .split(',')
-        .map(str::trim)
-        .filter(|f| !f.is_empty())
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    if names.is_empty() {
-        bail!("no features named in {features:?}");
-    }
-    if let Some(bad) = names.iter().find(|f| {
-        !f.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    }) {
-        bail!("{bad:?} is not a Cargo feature name");
-    }
+/// `mim4-node-broken`, the node built with [`BROKEN_FEATURE`] (it
+/// acknowledges before flushing), beside this executable; built (or brought
+/// up to date) now, so it needs the source tree. Compiles only the node
+/// itself once more: the dependencies are those of `mim4-node`.
+pub fn find_broken() -> anyhow::Result<PathBuf> {
     let (_, dir) = profile_dir()?;
-    let profile = dir.file_name().context("target profile folder")?.to_owned();
-    let target = dir
-        .parent()
-        .context("target folder")?
-        .join("node-features")
-        .join(names.join("+"));
-    build_into(&dir, Some((&names.join(","), &target)))?;
-    let binary = target.join(profile).join("mim4-node");
+    build_into(&dir, true)?;
+    let binary = dir.join(BROKEN_BIN);
     if binary.is_file() {
         return Ok(binary);
     }
     bail!("cargo built no {}", binary.display())
 }
+
+/// The binary target of [`find_broken`] (`required-features` in `node/Cargo.toml`).
+const BROKEN_BIN: &str = "mim4-node-broken";
 
 /// The running executable and the target profile folder it lives in
 /// (test binaries live in `target/<profile>/deps`, binaries one level up).
@@ -116,12 +90,12 @@ const CRATE_ENV_PREFIXES: &[&str] = &[
 ];
 
 fn build(target_profile_dir: &Path) -> anyhow::Result<()> {
-    build_into(target_profile_dir, None)
+    build_into(target_profile_dir, false)
 }
 
-/// `cargo build -p mim4-node` with the profile of `target_profile_dir`; with
-/// `features`, those features into that other target folder.
-fn build_into(target_profile_dir: &Path, features: Option<(&str, &Path)>) -> anyhow::Result<()> {
+/// `cargo build -p mim4-node` of the `mim4-node` binary with the profile of
+/// `target_profile_dir`; with `broken`, that feature's binary instead.
+fn build_into(target_profile_dir: &Path, broken: bool) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -140,9 +114,10 @@ fn build_into(target_profile_dir: &Path, features: Option<(&str, &Path)>) -> any
     spinner.set_message("building mim4-node ...");
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let mut command = Command::new(cargo);
+    let bin = if broken { BROKEN_BIN } else { "mim4-node" };
     command
         .current_dir(workspace)
-        .args(["build", "-p", "mim4-node", "--bin", "mim4-node"]);
+        .args(["build", "-p", "mim4-node", "--bin", bin]);
     // Under `cargo test` or `cargo run` this process has the variables Cargo
     // sets for a crate (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, OUT_DIR, ...).
     // Build scripts such as ring's track some of them (`rerun-if-env-changed`),
@@ -157,17 +132,9 @@ fn build_into(target_profile_dir: &Path, features: Option<(&str, &Path)>) -> any
     if release {
         command.arg("--release");
     }
-    if let Some((features, target)) = features {
-        command
-            .arg("--features")
-            .arg(features)
-            .arg("--target-dir")
-            .arg(target)
-            // A test-only node needs no debug info: its separate build is
-            // about half the time and disk without it.
-            .env("CARGO_PROFILE_DEV_DEBUG", "0")
-            .env("CARGO_PROFILE_RELEASE_DEBUG", "0");
-        spinner.set_message(format!("building mim4-node with {features} ..."));
+    if broken {
+        command.args(["--features", BROKEN_FEATURE]);
+        spinner.set_message(format!("building {bin} ..."));
     }
     let output = command.output().context("running cargo build")?;
     spinner.finish_and_clear();
