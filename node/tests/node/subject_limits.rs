@@ -243,9 +243,7 @@ async fn consent_limits_over_the_api_are_refused_with_their_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consent_offer_over_the_subjects_record_limit_is_refused_on_the_peer_port() {
     use mim4_node::core::consent::SubjectId;
-    use mim4_node::core::delivery::SenderContext;
     use mim4_node::core::envelope::Payload;
-    use mim4_node::core::ids::MessageId;
     use mim4_node::core::wire;
     use mim4_sdk::ConsentId;
 
@@ -267,21 +265,7 @@ async fn a_consent_offer_over_the_subjects_record_limit_is_refused_on_the_peer_p
             .valid(0, u64::MAX)
             .build();
         let payload = Payload::ConsentOffer(wire::terms_from_pb(terms).unwrap());
-        SenderContext {
-            me: &net.id(asker),
-            rulebook_version: "mim4-rulebook-1.0",
-            trust_list_version: 1,
-            lifetime_ms: 60 * 60 * 1000,
-        }
-        .envelope(
-            MessageId::from_bytes(rand::random()),
-            net.id(home),
-            mim4_node::node::now_ms(),
-            None,
-            payload,
-        )
-        .seal(&net.keys[asker])
-        .bytes
+        net.sealed(asker, home, payload)
     };
     let peer = net.peer_client(asker, home);
     let deliver = |envelope: Vec<u8>| {

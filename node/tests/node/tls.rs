@@ -7,11 +7,9 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mim4_node::core::delivery::SenderContext;
 use mim4_node::core::envelope::{Memo, Payload};
-use mim4_node::core::ids::{MessageId, OperatorId};
+use mim4_node::core::ids::OperatorId;
 use mim4_node::core::keys::SecretKey;
-use mim4_node::node::now_ms;
 use mim4_node::transport::grpc;
 use mim4_proto::v1 as pb;
 use pb::operator_peer_client::OperatorPeerClient;
@@ -26,24 +24,11 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A valid memo from node `from` to node `to`, signed with `from`'s key.
 fn memo(net: &TestNet, from: usize, to: usize) -> Vec<u8> {
-    SenderContext {
-        me: &net.id(from),
-        rulebook_version: "mim4-rulebook-1.0",
-        trust_list_version: 1,
-        lifetime_ms: 60 * 60 * 1000,
-    }
-    .envelope(
-        MessageId::from_bytes(rand::random()),
-        net.id(to),
-        now_ms(),
-        None,
-        Payload::Memo(Memo {
-            subject: "by hand".into(),
-            text: String::new(),
-        }),
-    )
-    .seal(&net.keys[from])
-    .bytes
+    let memo = Memo {
+        subject: "by hand".into(),
+        text: String::new(),
+    };
+    net.sealed(from, to, Payload::Memo(memo))
 }
 
 async fn deliver(

@@ -456,6 +456,31 @@ impl TestNet {
         self.configs[i].operator_id.clone()
     }
 
+    /// A valid envelope of `payload` from node `from` to node `to`, signed
+    /// with `from`'s key under trust-list version 1, living an hour.
+    pub(crate) fn sealed(
+        &self,
+        from: usize,
+        to: usize,
+        payload: mim4_node::core::envelope::Payload,
+    ) -> Vec<u8> {
+        mim4_node::core::delivery::SenderContext {
+            me: &self.id(from),
+            rulebook_version: "mim4-rulebook-1.0",
+            trust_list_version: 1,
+            lifetime_ms: 60 * 60 * 1000,
+        }
+        .envelope(
+            mim4_node::core::ids::MessageId::from_bytes(rand::random()),
+            self.id(to),
+            now_ms(),
+            None,
+            payload,
+        )
+        .seal(&self.keys[from])
+        .bytes
+    }
+
     pub(crate) async fn shutdown(mut self) {
         for i in 0..self.nodes.len() {
             self.stop(i).await;
