@@ -36,7 +36,7 @@ pub fn find(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     let sibling = dir.join("mim4-node");
     let from_cargo = std::env::var_os("CARGO").is_some();
     if from_cargo || !sibling.is_file() {
-        build(&dir)?;
+        build(&dir, false)?;
     }
     if sibling.is_file() {
         return Ok(sibling);
@@ -56,7 +56,7 @@ pub const BROKEN_FEATURE: &str = "broken-ack-before-flush";
 /// itself once more: the dependencies are those of `mim4-node`.
 pub fn find_broken() -> anyhow::Result<PathBuf> {
     let (_, dir) = profile_dir()?;
-    build_into(&dir, true)?;
+    build(&dir, true)?;
     let binary = dir.join(BROKEN_BIN);
     if binary.is_file() {
         return Ok(binary);
@@ -79,7 +79,7 @@ fn profile_dir() -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 /// Prefixes of the variables Cargo sets for the crate it builds or runs,
-/// which a nested `cargo build` must not inherit (see [`build_into`]).
+/// which a nested `cargo build` must not inherit (see [`build`]).
 const CRATE_ENV_PREFIXES: &[&str] = &[
     "CARGO_PKG_",
     "CARGO_MANIFEST_",
@@ -89,13 +89,9 @@ const CRATE_ENV_PREFIXES: &[&str] = &[
     "CARGO_RUSTC_CURRENT_DIR",
 ];
 
-fn build(target_profile_dir: &Path) -> anyhow::Result<()> {
-    build_into(target_profile_dir, false)
-}
-
 /// `cargo build -p mim4-node` of the `mim4-node` binary with the profile of
 /// `target_profile_dir`; with `broken`, that feature's binary instead.
-fn build_into(target_profile_dir: &Path, broken: bool) -> anyhow::Result<()> {
+fn build(target_profile_dir: &Path, broken: bool) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
