@@ -1331,6 +1331,26 @@ fn check_digest(tree: &'static str, bytes: &[u8], expected: &[u8; 32]) -> Result
 mod tests {
     use super::*;
 
+    /// `open`, again while sled's directory lock of a database just dropped
+    /// in this process is still held (sled's IO threads end a moment after
+    /// its last handle), for up to 10 s.
+    fn when_unlocked<T, E: std::fmt::Display>(
+        mut open: impl FnMut() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let start = std::time::Instant::now();
+        loop {
+            match open() {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && start.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// A snapshot that sled was still writing when the process was killed (an
     /// empty `snap.*.generating` file) no longer keeps the database from
     /// opening, and what was flushed before is still there.
@@ -1604,9 +1624,9 @@ mod tests {
         for marker in [None, Some(&b"sealed-consents-messages-1"[..])] {
             let dir = tempfile::tempdir().unwrap();
             drop(Store::open(dir.path(), &key).unwrap());
-            drop(Store::open(dir.path(), &key).unwrap());
+            drop(when_unlocked(|| Store::open(dir.path(), &key)).unwrap());
             {
-                let db = sled::open(dir.path()).unwrap();
+                let db = when_unlocked(|| sled::open(dir.path())).unwrap();
                 match marker {
                     None => db.remove(b"format").unwrap(),
                     Some(marker) => db.insert(b"format", marker).unwrap(),
@@ -1617,7 +1637,7 @@ mod tests {
                     .unwrap();
                 db.flush().unwrap();
             }
-            let Err(err) = Store::open(dir.path(), &key) else {
+            let Err(err) = when_unlocked(|| Store::open(dir.path(), &key)) else {
                 panic!("opened a database of format {marker:?}");
             };
             let Error::OldFormat { found, .. } = &err else {
