@@ -32,28 +32,31 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
-use crate::api::clients::{AuthError, Caller, ClientRole};
+use crate::api::clients::{AuthError, Caller, ClientRole, Clients};
 use crate::core::envelope::{Payload, SignedEnvelope};
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::wire;
 use crate::limits;
-use crate::node::{Error, RegistryLoadError, SendError, Shared};
+use crate::core::reason::Reason;
+use crate::node::{Error, Node, RegistryLoadError, SendError};
 use crate::rate_limit::KeyedLimiter;
 use crate::sources::registry::LoadError;
 use crate::store::OutgoingState;
 use crate::transport::grpc::{InFlight, REASON_METADATA_KEY};
 
 pub(crate) struct ApiService {
-    shared: Arc<Shared>,
+    shared: Arc<Node>,
+    /// The credential table (`clients.toml`), re-read when it changes.
+    clients: Clients,
     /// Call rate per client id.
     rate: KeyedLimiter<String>,
 }
 
 /// A status carrying `reason` under [`REASON_METADATA_KEY`].
-fn with_reason(mut status: Status, reason: &'static str) -> Status {
+fn with_reason(mut status: Status, reason: Reason) -> Status {
     status.metadata_mut().insert(
         REASON_METADATA_KEY,
-        tonic::metadata::MetadataValue::from_static(reason),
+        tonic::metadata::MetadataValue::from_static(reason.as_str()),
     );
     status
 }
@@ -78,8 +81,7 @@ impl ApiService {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
         let caller = self
-            .shared
-            .clients()
+            .clients
             .authenticate(credential)
             .map_err(|e| {
                 warn!(call, error = %e, "API call refused: authentication");
@@ -91,10 +93,10 @@ impl ApiService {
         if let Err(limited) = self.rate.check(&caller.id, Instant::now()) {
             // Per refusal only at debug: a flood must not become a log flood.
             debug!(call, client = %caller.id, "API call refused: rate limited");
-            self.shared.count("rate_limited");
+            self.shared.counter_table().count(Reason::RateLimited);
             return Err(with_reason(
                 Status::resource_exhausted(format!("rate limited: API client {limited}")),
-                "rate_limited",
+                Reason::RateLimited,
             ));
         }
         if !allowed.contains(&caller.role) {
@@ -123,13 +125,6 @@ fn store_status(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("storage failure: {e}"))
 }
 
-/// Reason of a refusal for a value over `limits::ATTRIBUTE_VALUE_BYTES_MAX`.
-pub(crate) const REASON_VALUE_TOO_LARGE: &str = "value_too_large";
-/// Reason of a refusal for a subject over `limits::ATTRIBUTES_PER_SUBJECT_MAX`.
-pub(crate) const REASON_TOO_MANY_ATTRIBUTES: &str = "too_many_attributes";
-/// Reason of a refusal for a subject over `limits::SUBJECT_DATA_BYTES_MAX`.
-pub(crate) const REASON_SUBJECT_TOO_LARGE: &str = "subject_too_large";
-
 /// A refused registry load: going over a limit on one subject's data is
 /// `RESOURCE_EXHAUSTED` with the limit's reason; other bad files are
 /// `INVALID_ARGUMENT`.
@@ -138,15 +133,15 @@ fn registry_status(error: RegistryLoadError) -> Status {
     match error {
         RegistryLoadError::NoRegistry => Status::failed_precondition(message),
         RegistryLoadError::Invalid(LoadError::ValueTooLarge { .. }) => {
-            with_reason(Status::resource_exhausted(message), REASON_VALUE_TOO_LARGE)
+            with_reason(Status::resource_exhausted(message), Reason::ValueTooLarge)
         }
         RegistryLoadError::Invalid(LoadError::TooManyAttributes { .. }) => with_reason(
             Status::resource_exhausted(message),
-            REASON_TOO_MANY_ATTRIBUTES,
+            Reason::TooManyAttributes,
         ),
         RegistryLoadError::Invalid(LoadError::SubjectTooLarge { .. }) => with_reason(
             Status::resource_exhausted(message),
-            REASON_SUBJECT_TOO_LARGE,
+            Reason::SubjectTooLarge,
         ),
         RegistryLoadError::Invalid(_) => Status::invalid_argument(message),
         RegistryLoadError::Node(_) => Status::unavailable(message),
@@ -175,7 +170,7 @@ impl OperatorApi for ApiService {
             operator_id: me.to_string(),
             trust_list_version: trust.version(),
             trust_list_valid_until_ms: trust.list().valid_until_ms,
-            trust_list_expired: !trust.is_current(crate::node::now_ms()),
+            trust_list_expired: !trust.is_current(crate::clock::now_ms()),
             federation_id: trust.list().federation_id.clone(),
             peers: u32::try_from(peers).unwrap_or(u32::MAX),
             messages_received: stats.received,
@@ -228,7 +223,7 @@ impl OperatorApi for ApiService {
                     .map(|r| wire::role_to_pb(*r) as i32)
                     .collect(),
                 p2p_addrs: m.p2p_addrs.clone(),
-                peer_ids: crate::transport::p2p::candidate_peers(m, crate::node::now_ms())
+                peer_ids: crate::transport::p2p::candidate_peers(m, crate::clock::now_ms())
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
@@ -261,7 +256,7 @@ impl OperatorApi for ApiService {
                 SendError::ShuttingDown => Status::unavailable(e.to_string()),
                 SendError::TrustListExpired { .. } => with_reason(
                     Status::failed_precondition(e.to_string()),
-                    "trust_list_expired",
+                    Reason::TrustListExpired,
                 ),
                 _ => store_status(e),
             })?;
@@ -452,7 +447,8 @@ impl OperatorApi for ApiService {
 
 /// Serves `OperatorApi` (and gRPC health) on `listener` until `cancel` fires.
 pub(crate) async fn serve(
-    shared: Arc<Shared>,
+    shared: Arc<Node>,
+    clients: Clients,
     listener: tokio::net::TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), Error> {
@@ -460,13 +456,14 @@ pub(crate) async fn serve(
     let in_flight_max = shared.config().limits.concurrent_requests_max;
     let service = OperatorApiServer::new(ApiService {
         shared: shared.clone(),
+        clients,
         rate,
     })
     .max_decoding_message_size(limits::TRUST_LIST_BYTES_MAX + 64)
     .max_encoding_message_size(
         limits::LIST_MESSAGES_MAX as usize * (limits::MESSAGE_BYTES_MAX / 8),
     );
-    let service = InFlight::new(service, in_flight_max, shared);
+    let service = InFlight::new(service, in_flight_max, shared.counter_table().clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<InFlight<OperatorApiServer<ApiService>>>()

@@ -1,6 +1,7 @@
 //! The node's configuration file (`node.toml`): parsing, validation with the
 //! line of each error, and the commented template that `init` writes.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,7 @@ use crate::core::envelope::EnvelopeLimits;
 use crate::core::ids::OperatorId;
 use crate::core::keys::PublicKey;
 use crate::limits;
+use crate::core::trust::Member;
 use crate::rate_limit::Rate;
 
 /// Said at every start (and by `config check`) when the API listens on a
@@ -18,6 +20,46 @@ use crate::rate_limit::Rate;
 pub const API_REMOTE_WARNING: &str = "[listen] api_remote = true: the API listens on a \
      non-loopback address in PLAINTEXT: API credentials and personal data cross the network in \
      clear unless a TLS-terminating proxy on this host is the only way in";
+
+/// A transport between operators (`[transport] prefer`; the trust list says
+/// which ones each member offers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// gRPC over TLS (`grpc_endpoint` in the trust list).
+    Grpc,
+    /// libp2p (`p2p_addrs` in the trust list).
+    Libp2p,
+}
+
+impl TransportKind {
+    /// The name used in `node.toml` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Libp2p => "libp2p",
+        }
+    }
+
+    /// The transports `member` offers in the trust list, `first` first if it offers it.
+    pub fn offered_by(member: &Member, first: TransportKind) -> Vec<TransportKind> {
+        let offers = |kind| match kind {
+            TransportKind::Grpc => !member.grpc_endpoint.is_empty(),
+            TransportKind::Libp2p => !member.p2p_addrs.is_empty(),
+        };
+        let second = match first {
+            TransportKind::Grpc => TransportKind::Libp2p,
+            TransportKind::Libp2p => TransportKind::Grpc,
+        };
+        [first, second].into_iter().filter(|k| offers(*k)).collect()
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A validated configuration. Relative paths are resolved against the
 /// folder of the configuration file.
@@ -67,7 +109,7 @@ pub struct Config {
     /// empty: the node dials over libp2p but accepts no libp2p connection.
     pub p2p_listen: Vec<libp2p::Multiaddr>,
     /// `[transport] prefer`: the transport tried first when a member offers both.
-    pub prefer: crate::transport::Kind,
+    pub prefer: TransportKind,
     /// `[limits]` rates and the trust-list refresh interval, and the caps on
     /// requests in flight.
     pub limits: Limits,
@@ -482,10 +524,10 @@ impl Config {
             p2p_listen.push(addr);
         }
         let prefer = match &raw.transport.prefer {
-            None => crate::transport::Kind::Grpc,
+            None => TransportKind::Grpc,
             Some(v) => match v.get_ref().as_str() {
-                "grpc" => crate::transport::Kind::Grpc,
-                "libp2p" => crate::transport::Kind::Libp2p,
+                "grpc" => TransportKind::Grpc,
+                "libp2p" => TransportKind::Libp2p,
                 other => {
                     return Err(error(
                         Some(v.span()),
@@ -768,7 +810,7 @@ mod tests {
         let config = Config::parse(&text, Path::new("node.toml")).unwrap();
         assert_eq!(config.governance_keys, vec![key]);
         assert_eq!(config.p2p_listen[0].to_string(), "/ip4/127.0.0.1/tcp/7403");
-        assert_eq!(config.prefer, crate::transport::Kind::Grpc);
+        assert_eq!(config.prefer, TransportKind::Grpc);
         assert!(!config.insecure_plaintext, "TLS is the default");
         assert_eq!(config.limits, Limits::default());
     }

@@ -14,6 +14,8 @@
 //! - [`exchange`]: data requests, predicates and the holder's per-attribute plan.
 //! - [`delivery`]: exactly-once application, receipts and their checks.
 //! - [`outbox`]: retry scheduling with backoff and bounded concurrency.
+//! - [`receive`]: the receive decision (verify, replay, apply, record, flush, answer) as a state machine.
+//! - [`reason`]: every machine-readable refusal reason, one enum.
 //! - [`consent`]: consent records, arrangements, delegation and the decision index.
 //! - [`wire`]: the one place that converts to and from the protobuf wire types.
 
@@ -24,6 +26,8 @@ pub mod exchange;
 pub mod ids;
 pub mod keys;
 pub mod outbox;
+pub mod reason;
+pub mod receive;
 pub mod trust;
 pub mod wire;
 

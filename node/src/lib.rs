@@ -8,9 +8,12 @@
 //! # Layout
 //! - [`core`]: the sans-IO protocol (envelopes, trust list, delivery rules, outbox scheduling).
 //! - [`store`]: sled persistence with group-committed flushes.
-//! - [`transport`]: node-to-node transports (gRPC).
+//! - [`transport`]: node-to-node transports (gRPC, libp2p) and their shared admission step.
 //! - [`api`]: the local `OperatorApi` and its credentials.
-//! - [`node`]: the driver that runs servers and the delivery loop.
+//! - [`boot`]: starting a node: opening its parts, binding ports, spawning servers and loops.
+//! - [`node`]: the driver: the node's state by job, and the I/O the core asks for.
+//! - [`clock`]: the wall clock and random ids (the core reads neither).
+//! - [`counters`]: refusals and withholdings by reason.
 //! - [`sources`]: the registries a node answers data requests from.
 //! - [`config`]: the `node.toml` file.
 //! - [`identity`]: key files.
@@ -20,8 +23,11 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod boot;
+pub mod clock;
 pub mod config;
 pub mod core;
+pub mod counters;
 pub mod identity;
 pub mod limits;
 pub mod node;
@@ -32,4 +38,4 @@ pub mod transport;
 pub mod trust_draft;
 
 pub use config::Config;
-pub use node::{start, NodeHandle};
+pub use boot::{start, NodeHandle};

@@ -12,7 +12,7 @@ use mim4_node::core::ids::OperatorId;
 use mim4_node::core::keys::{PublicKey, SecretKey};
 use mim4_node::core::trust::{SignedTrustList, VerifiedTrustList};
 use mim4_node::identity;
-use mim4_node::node::now_ms;
+use mim4_node::clock::now_ms;
 use mim4_node::trust_draft::{Draft, DraftKey, DraftMember};
 use rand::RngCore as _;
 use tokio_util::sync::CancellationToken;

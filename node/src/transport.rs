@@ -13,49 +13,111 @@ pub mod p2p;
 pub mod tls;
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
 
+use tonic::codegen::BoxFuture;
 use tonic::Code;
+use tracing::debug;
 
+pub use crate::config::TransportKind as Kind;
 use crate::core::envelope::RejectReason;
-use crate::core::trust::Member;
-use crate::node::Refusal;
+use crate::core::ids::OperatorId;
+pub use crate::core::reason::Reason;
+pub use crate::core::receive::Refusal;
+use crate::core::trust::{Member, VerifiedTrustList};
+use crate::counters::Counters;
+use crate::rate_limit::KeyedLimiter;
 
-/// A transport between operators.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// gRPC over TLS (`grpc_endpoint` in the trust list).
-    Grpc,
-    /// libp2p (`p2p_addrs` in the trust list).
-    Libp2p,
+/// What a transport hands authenticated inbound requests to: the driver
+/// implements it, so a transport knows nothing of the driver's types (imports
+/// point down only: the driver imports the transports, never the reverse).
+///
+/// `peer` is the member the connection authenticated (TLS or noise), `None`
+/// only on a plaintext gRPC port; the driver refuses an envelope signed by
+/// anyone else.
+pub trait Inbound: Send + Sync + 'static {
+    /// A notice: verified, applied once, recorded and flushed; the encoded
+    /// signed receipt, or why not.
+    fn deliver(
+        self: Arc<Self>,
+        envelope: Vec<u8>,
+        peer: Option<OperatorId>,
+    ) -> BoxFuture<Vec<u8>, Refusal>;
+
+    /// A call: verified and answered; the encoded signed answer, or why not.
+    fn call(self: Arc<Self>, envelope: Vec<u8>, peer: Option<OperatorId>)
+        -> BoxFuture<Vec<u8>, Refusal>;
+
+    /// The trust list in force.
+    fn trust(&self) -> Arc<VerifiedTrustList>;
+
+    /// A member said (by gossip) that it holds trust-list `version`.
+    fn heard_trust_version(self: Arc<Self>, member: &OperatorId, version: u64);
 }
 
-impl Kind {
-    /// The name used in `node.toml` and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Grpc => "grpc",
-            Self::Libp2p => "libp2p",
+/// The admission step both transports run before a request reaches the
+/// driver, cheapest first: the connection's member (checked by each transport
+/// against its own credential: the TLS key or the noise PeerId), a token from
+/// the member's bucket (one bucket per member for both transports), room to
+/// serve it. Every refusal here is counted under its [`Reason`] and becomes a
+/// [`Verdict`], the same on both transports.
+#[derive(Debug)]
+pub struct Admission {
+    /// Request buckets of peer operators, shared by both transports.
+    rate: KeyedLimiter<RateKey>,
+    /// Where refusals are counted (shown in `GetStatus`).
+    counters: Arc<Counters>,
+}
+
+impl Admission {
+    /// An admission step with `rate` per peer, counting into `counters`.
+    pub fn new(rate: crate::rate_limit::Rate, counters: Arc<Counters>) -> Self {
+        Self {
+            rate: KeyedLimiter::new(rate),
+            counters,
         }
     }
 
-    /// The transports `member` offers in the trust list, `first` first if it offers it.
-    pub fn offered_by(member: &Member, first: Kind) -> Vec<Kind> {
-        let offers = |kind| match kind {
-            Kind::Grpc => !member.grpc_endpoint.is_empty(),
-            Kind::Libp2p => !member.p2p_addrs.is_empty(),
-        };
-        let second = match first {
-            Kind::Grpc => Kind::Libp2p,
-            Kind::Libp2p => Kind::Grpc,
-        };
-        [first, second].into_iter().filter(|k| offers(*k)).collect()
+    /// Takes a token from `key`'s bucket, before anything of the request is
+    /// decoded: a flood costs a map lookup per request. The refusal is
+    /// `RESOURCE_EXHAUSTED` / [`Reason::RateLimited`], sent after
+    /// [`rate_limited_hold`].
+    pub fn take_token(&self, key: &RateKey) -> Result<(), Verdict> {
+        self.rate.check(key, Instant::now()).map_err(|limited| {
+            // Per refusal only at debug: a flood must not become a log flood.
+            debug!(%key, "peer request refused: rate limited");
+            self.refuse(
+                Code::ResourceExhausted,
+                Reason::RateLimited,
+                format!("rate limited: {limited}"),
+            )
+        })
     }
-}
 
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    /// The verdict for a request that found `in_flight` requests, the most,
+    /// being served: [`busy`], counted.
+    pub fn busy(&self, in_flight: usize) -> Verdict {
+        // Per refusal only at debug: a flood must not become a log flood.
+        debug!(in_flight, "request refused: busy");
+        self.counters.count(Reason::Busy);
+        busy(in_flight)
+    }
+
+    /// A refusal of the admission step, counted under `reason`.
+    pub fn refuse(&self, code: Code, reason: Reason, message: String) -> Verdict {
+        self.counters.count(reason);
+        Verdict {
+            code,
+            reason,
+            message,
+            receipt: None,
+        }
+    }
+
+    /// The counters refusals are counted in.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
     }
 }
 
@@ -64,7 +126,7 @@ impl fmt::Display for Kind {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RateKey {
     /// The member a TLS connection or a noise handshake authenticated.
-    Member(crate::core::ids::OperatorId),
+    Member(OperatorId),
     /// In plaintext gRPC mode, where no one is authenticated: the remote address.
     Address(Option<std::net::IpAddr>),
 }
@@ -82,7 +144,7 @@ impl fmt::Display for RateKey {
 /// How long to hold a rate-limited request before refusing it:
 /// [`crate::limits::RATE_LIMITED_HOLD_MS`], spread by ±50 % so that the
 /// requests of a flood held together do not all come back at once.
-pub(crate) fn rate_limited_hold() -> std::time::Duration {
+pub fn rate_limited_hold() -> std::time::Duration {
     use rand::Rng as _;
     let hold = crate::limits::RATE_LIMITED_HOLD_MS;
     std::time::Duration::from_millis(rand::thread_rng().gen_range(hold / 2..=hold + hold / 2))
@@ -114,8 +176,8 @@ pub enum PeerError {
 pub struct Verdict {
     /// The gRPC status code.
     pub code: Code,
-    /// Stable snake_case reason ([`RejectReason::code`], or the kind of refusal).
-    pub reason: &'static str,
+    /// The stable reason ([`Refusal::reason`], or the admission step's).
+    pub reason: Reason,
     /// Text for people.
     pub message: String,
     /// For a replay: the receipt stored when the message was first applied.
@@ -125,15 +187,7 @@ pub struct Verdict {
 /// The one conversion from a refusal to what a peer is told, on every transport.
 pub fn verdict(refusal: Refusal) -> Verdict {
     let message = refusal.to_string();
-    let reason = match &refusal {
-        Refusal::Rejected { rejection, .. } => rejection.reason.code(),
-        Refusal::Unusable { .. } => "unusable",
-        Refusal::OverLimit { reason, .. } => reason,
-        Refusal::NotFound(_) => "not_found",
-        Refusal::Unavailable(_) => "unavailable",
-        Refusal::Store(_) => "store_failure",
-        Refusal::NotFromPeer { .. } => "not_from_peer",
-    };
+    let reason = refusal.reason();
     let (code, receipt) = match refusal {
         Refusal::Rejected { rejection, receipt } => {
             let code = match rejection.reason {
@@ -168,18 +222,14 @@ pub fn verdict(refusal: Refusal) -> Verdict {
     }
 }
 
-/// The stable reason of a request refused because the server already has
-/// its most requests in flight: the same on every transport and port.
-pub const BUSY_REASON: &str = "busy";
-
 /// What a request is told when `in_flight` requests, the server's most, are
-/// being served already: `RESOURCE_EXHAUSTED` with [`BUSY_REASON`], at once
+/// being served already: `RESOURCE_EXHAUSTED` with [`Reason::Busy`], at once
 /// (it is not queued), on every transport. A sender's outbox retries it
 /// with backoff.
 pub fn busy(in_flight: usize) -> Verdict {
     Verdict {
         code: Code::ResourceExhausted,
-        reason: BUSY_REASON,
+        reason: Reason::Busy,
         message: format!(
             "{in_flight} requests in progress, the most this node serves; retry later"
         ),

@@ -16,7 +16,7 @@ use mim4_node::core::ids::OperatorId;
 use mim4_node::core::keys::SecretKey;
 use mim4_node::core::trust::{SignedTrustList, VerifiedTrustList};
 use mim4_node::identity;
-use mim4_node::node::now_ms;
+use mim4_node::clock::now_ms;
 use mim4_node::transport::p2p;
 use mim4_node::trust_draft::{Draft, DraftAttribute, DraftKey, DraftMember, DraftService};
 use nix::sys::signal::{self, Signal};

@@ -14,8 +14,9 @@ use crate::core::consent::{
 };
 use crate::core::ids::OperatorId;
 use crate::core::wire;
-use crate::node::consent::{terms_over_limit, ConsentError, GrantorAction, REASON_TERMS_TOO_LARGE};
-use crate::node::now_ms;
+use crate::core::reason::Reason;
+use crate::node::consent::{terms_over_limit, ConsentError, GrantorAction};
+use crate::clock::now_ms;
 use crate::store::OutgoingState;
 
 /// Roles that may ask for consent.
@@ -29,11 +30,11 @@ pub(crate) const READERS: &[ClientRole] = &[
     ClientRole::Admin,
 ];
 
-/// Invalid terms: `RESOURCE_EXHAUSTED` with reason [`REASON_TERMS_TOO_LARGE`]
+/// Invalid terms: `RESOURCE_EXHAUSTED` with reason [`Reason::TermsTooLarge`]
 /// when over a limit, else `INVALID_ARGUMENT`.
 fn terms_status(error: &TermsError, message: String) -> Status {
     if terms_over_limit(error) {
-        super::with_reason(Status::resource_exhausted(message), REASON_TERMS_TOO_LARGE)
+        super::with_reason(Status::resource_exhausted(message), Reason::TermsTooLarge)
     } else {
         Status::invalid_argument(message)
     }
@@ -61,7 +62,7 @@ pub(crate) fn status(error: ConsentError) -> Status {
         ConsentError::NoAuthority { .. } => Status::permission_denied(message),
         ConsentError::UnknownOperator(_) => Status::not_found(message),
         ConsentError::Send(crate::node::SendError::TrustListExpired { .. }) => {
-            super::with_reason(Status::failed_precondition(message), "trust_list_expired")
+            super::with_reason(Status::failed_precondition(message), Reason::TrustListExpired)
         }
         ConsentError::Send(_) | ConsentError::Peer(_) | ConsentError::Store(_) => {
             Status::unavailable(message)
@@ -429,7 +430,7 @@ impl ApiService {
             predicates: r.predicates,
         };
         let data_request: DataRequest = wire::data_request_from_pb(raw).map_err(|e| {
-            self.shared.count("data-request-invalid");
+            self.shared.counter_table().count(Reason::DataRequestInvalid);
             Status::invalid_argument(e)
         })?;
         let outcomes = self

@@ -20,6 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::core::consent::{ConsentId, ConsentLog, ConsentTerms, SubjectId};
 use crate::core::exchange::{DataRequest, DataResponse};
+use crate::core::reason::Reason;
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::keys::{KeyId, SecretKey, ENVELOPE_DOMAIN};
 use crate::core::trust::{MemberStatus, SignedTrustList, VerifiedTrustList};
@@ -455,26 +456,31 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    /// The variant's stable snake_case name, for programs: the gRPC edge
-    /// sends it beside the readable message, so a peer or a test can tell
-    /// refusals apart without parsing text. Never renamed once released.
-    pub fn code(&self) -> &'static str {
+    /// The variant's stable reason, for programs: the transports send it
+    /// beside the readable message, so a peer or a test can tell refusals
+    /// apart without parsing text.
+    pub fn reason(&self) -> Reason {
         match self {
-            RejectReason::Oversized { .. } => "oversized",
-            RejectReason::Malformed(_) => "malformed",
-            RejectReason::UnsupportedProtocol(_) => "unsupported_protocol",
-            RejectReason::TrustListExpired { .. } => "trust_list_expired",
-            RejectReason::UnknownSender => "unknown_sender",
-            RejectReason::SenderNotActive(_) => "sender_not_active",
-            RejectReason::UnknownKey(_) => "unknown_key",
-            RejectReason::KeyNotValidNow { .. } => "key_not_valid_now",
-            RejectReason::BadSignature => "bad_signature",
-            RejectReason::WrongRecipient(_) => "wrong_recipient",
-            RejectReason::BadLifetime { .. } => "bad_lifetime",
-            RejectReason::Expired { .. } => "expired",
-            RejectReason::ClockSkew { .. } => "clock_skew",
-            RejectReason::Replayed { .. } => "replayed",
-            RejectReason::IdReused => "id_reused",
+            RejectReason::Oversized { .. } => Reason::Oversized,
+            RejectReason::Malformed(_) => Reason::Malformed,
+            RejectReason::UnsupportedProtocol(_) => Reason::UnsupportedProtocol,
+            RejectReason::TrustListExpired { .. } => Reason::TrustListExpired,
+            RejectReason::UnknownSender => Reason::UnknownSender,
+            RejectReason::SenderNotActive(_) => Reason::SenderNotActive,
+            RejectReason::UnknownKey(_) => Reason::UnknownKey,
+            RejectReason::KeyNotValidNow { .. } => Reason::KeyNotValidNow,
+            RejectReason::BadSignature => Reason::BadSignature,
+            RejectReason::WrongRecipient(_) => Reason::WrongRecipient,
+            RejectReason::BadLifetime { .. } => Reason::BadLifetime,
+            RejectReason::Expired { .. } => Reason::Expired,
+            RejectReason::ClockSkew { .. } => Reason::ClockSkew,
+            RejectReason::Replayed { .. } => Reason::Replayed,
+            RejectReason::IdReused => Reason::IdReused,
         }
+    }
+
+    /// [`RejectReason::reason`]'s snake_case name. Never renamed once released.
+    pub fn code(&self) -> &'static str {
+        self.reason().as_str()
     }
 }

@@ -3,11 +3,14 @@
 //! consent payloads of received envelopes and calls.
 //!
 //! Writes to consent records are serialised by one async mutex per node
-//! (`consent_writer`), so a record's log grows one event at a time; reads
+//! (`Consents::writer`), so a record's log grows one event at a time; reads
 //! (`decide`) only take the index's read lock for a few microseconds.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use tonic::Code;
 use tracing::{info, warn};
@@ -23,7 +26,9 @@ use crate::core::envelope::Payload;
 use crate::core::ids::OperatorId;
 use crate::core::trust::VerifiedTrustList;
 use crate::limits;
-use crate::node::{now_ms, random_id_bytes, SendError, Shared};
+use crate::clock::{now_ms, random_id_bytes};
+use crate::core::reason::Reason;
+use crate::node::{Error, Node, SendError};
 use crate::store::{self, ConsentDelivery, Store};
 
 /// The decision index and the delegation registry, kept in memory.
@@ -53,6 +58,27 @@ impl ConsentState {
             self.expiring.insert(key);
         } else {
             self.expiring.remove(&key);
+        }
+    }
+}
+
+/// What the consent side owns: the in-memory state and the lock that
+/// serialises changes to records.
+#[derive(Debug)]
+pub(super) struct Consents {
+    /// The decision index and the delegation registry, behind a read lock
+    /// that `decide` holds for microseconds.
+    state: std::sync::RwLock<ConsentState>,
+    /// Serialises changes to consent records (one event at a time per node).
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl Consents {
+    /// The consent side over the state [`load`] built.
+    pub(super) fn new(state: ConsentState) -> Self {
+        Self {
+            state: std::sync::RwLock::new(state),
+            writer: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -115,17 +141,6 @@ pub enum ConsentError {
     Store(#[from] store::Error),
 }
 
-/// Reason of a refusal for going over a limit of consent terms
-/// (`limits::CONSENT_GRANTORS_MAX`, `CONSENT_SCOPE_MAX`, `CONSENT_PURPOSES_MAX`,
-/// `PURPOSE_TEXT_BYTES_MAX`).
-pub const REASON_TERMS_TOO_LARGE: &str = "terms_too_large";
-/// Reason of a refusal for a subject with `limits::CONSENTS_PER_SUBJECT_MAX` records.
-pub const REASON_TOO_MANY_CONSENTS: &str = "too_many_consents";
-/// Reason of a refusal for a log with `limits::CONSENT_EVENTS_MAX` events.
-pub const REASON_TOO_MANY_EVENTS: &str = "too_many_events";
-/// Reason of a refusal for an agent with `limits::DELEGATIONS_PER_AGENT_MAX` delegations.
-pub const REASON_TOO_MANY_DELEGATIONS: &str = "too_many_delegations";
-
 /// Whether terms are refused for a list or the text over its limit.
 pub(crate) fn terms_over_limit(error: &TermsError) -> bool {
     match error {
@@ -139,19 +154,19 @@ impl ConsentError {
     /// The stable reason (`mim4-reason`) when the error is going over one
     /// of [`limits`]' bounds, refused with `RESOURCE_EXHAUSTED` on the
     /// API and the peer port alike; `None` for any other error.
-    pub fn limit_reason(&self) -> Option<&'static str> {
+    pub fn limit_reason(&self) -> Option<Reason> {
         match self {
             ConsentError::Transition(TransitionError::TooManyEvents) => {
-                Some(REASON_TOO_MANY_EVENTS)
+                Some(Reason::TooManyEvents)
             }
             ConsentError::Transition(TransitionError::Terms(e)) | ConsentError::Terms(e)
                 if terms_over_limit(e) =>
             {
-                Some(REASON_TERMS_TOO_LARGE)
+                Some(Reason::TermsTooLarge)
             }
-            ConsentError::SubjectFull { .. } => Some(REASON_TOO_MANY_CONSENTS),
+            ConsentError::SubjectFull { .. } => Some(Reason::TooManyConsents),
             ConsentError::Delegation(DelegationError::TooMany(_)) => {
-                Some(REASON_TOO_MANY_DELEGATIONS)
+                Some(Reason::TooManyDelegations)
             }
             _ => None,
         }
@@ -204,16 +219,16 @@ fn random_id() -> ConsentId {
     ConsentId::from_bytes(random_id_bytes())
 }
 
-impl Shared {
+impl Node {
     fn read_consents<T>(&self, f: impl FnOnce(&ConsentState) -> T) -> T {
-        match self.consents.read() {
+        match self.consents.state.read() {
             Ok(guard) => f(&guard),
             Err(poisoned) => f(&poisoned.into_inner()),
         }
     }
 
     fn write_consents<T>(&self, f: impl FnOnce(&mut ConsentState) -> T) -> T {
-        match self.consents.write() {
+        match self.consents.state.write() {
             Ok(mut guard) => f(&mut guard),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }
@@ -241,7 +256,7 @@ impl Shared {
 
     /// Refuses a new record about `subject` when this node holds
     /// [`limits::CONSENTS_PER_SUBJECT_MAX`] already. Callers hold
-    /// `consent_writer`, so no other record is added in between.
+    /// `Consents::writer`, so no other record is added in between.
     fn check_room_for(&self, subject: &SubjectId) -> Result<(), ConsentError> {
         let held = self.read_consents(|state| state.index.count_of(subject));
         if held >= limits::CONSENTS_PER_SUBJECT_MAX {
@@ -320,7 +335,7 @@ impl Shared {
         terms: ConsentTerms,
         grant: Option<Actor>,
     ) -> Result<ConsentRecord, ConsentError> {
-        let _writer = self.consent_writer.lock().await;
+        let _writer = self.consents.writer.lock().await;
         let id = terms.consent_id;
         if self.store.consent_log(&id)?.is_some() {
             return Err(ConsentError::Exists(id));
@@ -360,7 +375,7 @@ impl Shared {
         id: ConsentId,
         kind: impl FnOnce(&ConsentRecord, u64) -> Result<EventKind, ConsentError>,
     ) -> Result<ConsentRecord, ConsentError> {
-        let _writer = self.consent_writer.lock().await;
+        let _writer = self.consents.writer.lock().await;
         let (mut record, mut log) = self.consent(&id)?;
         if &record.terms().home != self.operator_id() {
             return Err(ConsentError::NotHome(record.terms().home.clone()));
@@ -395,7 +410,7 @@ impl Shared {
     }
 
     /// Queues `log` to each of `parties` and records each push, durably.
-    /// Callers hold `consent_writer`.
+    /// Callers hold `Consents::writer`.
     async fn push_log(
         self: &Arc<Self>,
         log: &ConsentLog,
@@ -472,7 +487,7 @@ impl Shared {
         Ok(queued)
     }
 
-    /// [`Shared::repush_lagging`] for one stored record.
+    /// [`Node::repush_lagging`] for one stored record.
     async fn repush_one(self: &Arc<Self>, stored: ConsentLog) -> Result<usize, ConsentError> {
         let trust = self.trust();
         let me = self.operator_id().clone();
@@ -485,7 +500,7 @@ impl Shared {
             }
         }
         // Re-read under the writer lock: the log may have grown meanwhile.
-        let _writer = self.consent_writer.lock().await;
+        let _writer = self.consents.writer.lock().await;
         let Some(log) = self.store.consent_log(&stored.consent_id)? else {
             return Ok(0);
         };
@@ -703,7 +718,7 @@ impl Shared {
                 "this node is neither the source nor in the audience of the record".into(),
             ));
         }
-        let _writer = self.consent_writer.lock().await;
+        let _writer = self.consents.writer.lock().await;
         if let Some(stored) = self.store.consent_log(&log.consent_id)? {
             let common = stored.events.len().min(log.events.len());
             let consistent = stored.events[..common]
@@ -804,7 +819,7 @@ impl Shared {
     }
 }
 
-/// What a grantor does in [`Shared::act_on_consent`].
+/// What a grantor does in [`Node::act_on_consent`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GrantorAction {
     /// Grant.
@@ -815,7 +830,7 @@ pub enum GrantorAction {
     Withdraw,
 }
 
-impl Shared {
+impl Node {
     /// Exports a record: `kantara` (a Kantara Consent Receipt v1.1 signed as a
     /// compact JWS by this operator) or `iso27560` (ISO/IEC TS 27560 JSON-LD
     /// with DPV terms). Returns the content and its media type.
@@ -866,5 +881,46 @@ impl Shared {
             language: c.language.clone(),
             public_key: self.key.public(),
         })
+    }
+}
+
+/// Once a second, records the expiry of consents this node is home of whose
+/// validity ended, so every party is told. Decisions never wait for this:
+/// every copy denies from `not_after` on by itself.
+pub(crate) async fn expiry_loop(shared: Arc<Node>, cancel: CancellationToken) -> Result<(), Error> {
+    const BATCH: usize = 256;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let recorded = shared.expire_due(now_ms(), BATCH).await;
+        if recorded > 0 {
+            info!(
+                recorded,
+                "consent expiries recorded and pushed to every party"
+            );
+        }
+    }
+}
+
+/// Pushes consent records again to parties that lack their latest version:
+/// once at start (a crash may have come between storing a log and queuing its
+/// pushes), then every `REPUSH_EVERY` (pushes that expired while a party was away).
+pub(crate) async fn repush_loop(shared: Arc<Node>, cancel: CancellationToken) -> Result<(), Error> {
+    const REPUSH_EVERY: Duration = Duration::from_secs(300);
+    loop {
+        match shared.repush_lagging().await {
+            Ok(0) => {}
+            Ok(queued) => info!(
+                queued,
+                "consent records pushed again to parties that lacked them"
+            ),
+            Err(e) => warn!(error = %e, "could not scan consent records for lagging parties"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(REPUSH_EVERY) => {}
+        }
     }
 }

@@ -17,7 +17,11 @@ use crate::core::envelope::Payload;
 use crate::core::exchange::{self, DataRequest, DataResponse, RequestError};
 use crate::core::ids::{MessageId, OperatorId};
 use crate::limits;
-use crate::node::{now_ms, Shared};
+use crate::clock::now_ms;
+use crate::core::reason::Reason;
+use crate::node::{Error, Node};
+use crate::sources::registry::{LoadError, LoadReport, Registry};
+use crate::sources::DataSource;
 use crate::sources::SourceError;
 use crate::store::{self, RequestState};
 
@@ -52,6 +56,31 @@ pub enum SourceOutcome {
     },
 }
 
+/// Why an admin's registry load was refused; nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryLoadError {
+    /// The node answers from an NGSI-LD broker.
+    #[error(
+        "this node answers from an NGSI-LD context broker; it has no built-in registry to load"
+    )]
+    NoRegistry,
+    /// The document is not valid registry JSON.
+    #[error(transparent)]
+    Invalid(#[from] LoadError),
+    /// The store failed.
+    #[error(transparent)]
+    Node(#[from] Error),
+}
+
+/// What the data-exchange side owns: the source this node answers from.
+#[derive(Debug)]
+pub(super) struct Exchange {
+    /// The source this node answers data requests from.
+    pub(super) source: Arc<dyn DataSource>,
+    /// The built-in registry behind `source`, unless the node answers from NGSI-LD.
+    pub(super) registry: Option<Registry>,
+}
+
 /// A request id for one source, derived from the caller's idempotency key so
 /// that a retried request reaches each source with the same id.
 fn per_source_id(request_id: MessageId, source: &OperatorId) -> MessageId {
@@ -65,7 +94,7 @@ fn per_source_id(request_id: MessageId, source: &OperatorId) -> MessageId {
     MessageId::from_bytes(id)
 }
 
-impl Shared {
+impl Node {
     /// Answers a data request from `sender` as the holder. A request id
     /// already answered for this sender is answered from the stored response,
     /// so nothing is read or decided twice.
@@ -81,7 +110,7 @@ impl Shared {
         let trust = self.trust();
         let me = self.operator_id().clone();
         if let Err(e) = exchange::validate(&request, &trust, sender, Some(&me)) {
-            self.count("data-request-invalid");
+            self.counters.count(Reason::DataRequestInvalid);
             warn!(request_id = %request.request_id, %sender, error = %e, "data request refused");
             return Err(e.into());
         }
@@ -109,11 +138,11 @@ impl Shared {
         let (values, subject_known) = if to_read.is_empty() {
             (BTreeMap::new(), true)
         } else {
-            match self.source.read(&request.subject, &to_read).await {
+            match self.exchange.source.read(&request.subject, &to_read).await {
                 Ok(values) => (values, true),
                 Err(SourceError::UnknownSubject) => (BTreeMap::new(), false),
                 Err(e) => {
-                    self.count("data-source-failed");
+                    self.counters.count(Reason::DataSourceFailed);
                     self.store.set_request_state(
                         "holder",
                         &request_id,
@@ -126,7 +155,7 @@ impl Shared {
         };
         let response = exchange::answer(&request, plan, &me, &values, subject_known, now);
         for withheld in &response.withheld {
-            self.count(&format!("withheld-{}", withheld.code));
+            self.counters.count_withheld(&withheld.code);
         }
         let outcome = if response.values.is_empty() && response.answers.is_empty() {
             RequestState::Denied
@@ -157,7 +186,7 @@ impl Shared {
         let trust = self.trust();
         let me = self.operator_id().clone();
         exchange::validate(&request, &trust, &me, None)
-            .inspect_err(|_| self.count("data-request-invalid"))?;
+            .inspect_err(|_| self.counters.count(Reason::DataRequestInvalid))?;
         if let Some(stored) = self.store.received(&request.request_id)? {
             return Ok(stored.into_iter().map(SourceOutcome::Answered).collect());
         }
@@ -289,16 +318,15 @@ impl Shared {
         }
     }
 
-    /// Increments a refusal or withholding counter (shown in the node status).
-    pub(crate) fn count(&self, what: &str) {
-        if let Ok(mut counters) = self.counters.lock() {
-            *counters.entry(what.to_owned()).or_insert(0) += 1;
-        }
-    }
-
-    /// The counters of refusals and withholdings.
-    pub fn counters(&self) -> BTreeMap<String, u64> {
-        self.counters.lock().map(|c| c.clone()).unwrap_or_default()
+    /// Loads registry JSON (admin API): parsed and checked whole, written in
+    /// one batch, and flushed before this returns.
+    pub async fn load_registry(&self, json: String) -> Result<LoadReport, RegistryLoadError> {
+        let registry = self.exchange.registry.clone().ok_or(RegistryLoadError::NoRegistry)?;
+        let report = tokio::task::spawn_blocking(move || registry.load_json(&json))
+            .await
+            .map_err(|e| Error::Source(format!("registry load task: {e}")))??;
+        self.store.durable().await.map_err(Error::from)?;
+        Ok(report)
     }
 }
 

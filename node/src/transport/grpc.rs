@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mim4_proto::v1 as pb;
 use pb::operator_peer_client::OperatorPeerClient;
@@ -43,17 +43,19 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{debug, warn};
 
 use super::tls::{self, PeerIdentity, PeerTls};
-use super::PeerError;
-use super::RateKey;
+use super::{Admission, Inbound, PeerError, RateKey, Reason, Refusal};
+use crate::clock::now_ms;
 use crate::core::ids::OperatorId;
+use crate::counters::Counters;
 use crate::limits;
-use crate::node::{now_ms, Error, Refusal, Shared};
 
 /// Room for protobuf framing around the envelope bytes.
 const FRAMING_BYTES: usize = 64;
 
 struct PeerService {
-    shared: Arc<Shared>,
+    /// The driver, which verifies and applies what arrives.
+    inbound: Arc<dyn Inbound>,
+    admission: Arc<Admission>,
     /// Whether connections are TLS: then every request must carry a [`PeerIdentity`].
     tls: bool,
 }
@@ -69,16 +71,15 @@ impl PeerService {
         let identity = request.extensions().get::<PeerIdentity>().ok_or_else(|| {
             Status::unauthenticated("no authenticated TLS peer on this connection")
         })?;
-        tls::active_member_with_key(&self.shared.trust(), &identity.key, now_ms())
+        tls::active_member_with_key(&self.inbound.trust(), &identity.key, now_ms())
             .map(Some)
             .map_err(|e| {
                 warn!(remote_addr = %identity.remote_addr, reason = %e, "request from a TLS peer no longer allowed");
-                let mut status = Status::permission_denied(format!("TLS peer refused: {e}"));
-                status.metadata_mut().insert(
-                    REASON_METADATA_KEY,
-                    tonic::metadata::MetadataValue::from_static("tls_peer_refused"),
-                );
-                status
+                verdict_status(self.admission.refuse(
+                    Code::PermissionDenied,
+                    Reason::TlsPeerRefused,
+                    format!("TLS peer refused: {e}"),
+                ))
             })
     }
 }
@@ -116,20 +117,7 @@ impl PeerService {
             Some(peer) => RateKey::Member(peer.clone()),
             None => RateKey::Address(request.remote_addr().map(|a| a.ip())),
         };
-        self.shared
-            .peer_rate()
-            .check(&key, Instant::now())
-            .map_err(|limited| {
-                // Per refusal only at debug: a flood must not become a log flood.
-                debug!(%key, "peer request refused: rate limited");
-                self.shared.count("rate_limited");
-                let mut status = Status::resource_exhausted(format!("rate limited: {limited}"));
-                status.metadata_mut().insert(
-                    REASON_METADATA_KEY,
-                    tonic::metadata::MetadataValue::from_static("rate_limited"),
-                );
-                status
-            })
+        self.admission.take_token(&key).map_err(verdict_status)
     }
 }
 
@@ -148,7 +136,7 @@ impl OperatorPeer for PeerService {
         let peer = self.peer(&request)?;
         let request = self.admit(request, peer.as_ref()).await?;
         let bytes = request.into_inner().envelope;
-        match self.shared.receive(&bytes, peer.as_ref()).await {
+        match self.inbound.clone().deliver(bytes, peer).await {
             Ok(receipt) => Ok(Response::new(pb::DeliverResponse { receipt })),
             Err(refusal) => Err(refusal_status(refusal)),
         }
@@ -161,7 +149,7 @@ impl OperatorPeer for PeerService {
         let peer = self.peer(&request)?;
         let request = self.admit(request, peer.as_ref()).await?;
         let bytes = request.into_inner().envelope;
-        match self.shared.answer_call(&bytes, peer.as_ref()).await {
+        match self.inbound.clone().call(bytes, peer).await {
             Ok(envelope) => Ok(Response::new(pb::CallResponse { envelope })),
             Err(refusal) => Err(refusal_status(refusal)),
         }
@@ -174,13 +162,13 @@ impl OperatorPeer for PeerService {
         let peer = self.peer(&request)?;
         self.admit(request, peer.as_ref()).await?;
         Ok(Response::new(pb::FetchTrustListResponse {
-            trust_list: self.shared.trust().signed().encode(),
+            trust_list: self.inbound.trust().signed().encode(),
         }))
     }
 }
 
 /// Metadata key of the machine-readable refusal reason: a stable snake_case
-/// name ([`crate::core::envelope::RejectReason::code`], or the kind of refusal), so a peer or a test
+/// name ([`Reason::as_str`]), so a peer or a test
 /// tells refusals apart without parsing the message meant for people.
 pub const REASON_METADATA_KEY: &str = "mim4-reason";
 
@@ -193,14 +181,14 @@ fn refusal_status(refusal: Refusal) -> Status {
 }
 
 /// A verdict as a gRPC status, its reason under [`REASON_METADATA_KEY`].
-fn verdict_status(verdict: super::Verdict) -> Status {
+pub(crate) fn verdict_status(verdict: super::Verdict) -> Status {
     let mut status = match verdict.receipt {
         Some(receipt) => Status::with_details(verdict.code, verdict.message, receipt.into()),
         None => Status::new(verdict.code, verdict.message),
     };
     status.metadata_mut().insert(
         REASON_METADATA_KEY,
-        tonic::metadata::MetadataValue::from_static(verdict.reason),
+        tonic::metadata::MetadataValue::from_static(verdict.reason.as_str()),
     );
     status
 }
@@ -223,17 +211,17 @@ pub(crate) struct InFlight<S> {
     /// The number of slots, for the refusal's text.
     max: usize,
     /// Where refusals are counted (`busy`, shown in `GetStatus`).
-    shared: Arc<Shared>,
+    counters: Arc<Counters>,
 }
 
 impl<S> InFlight<S> {
     /// `inner`, serving at most `max` requests at once.
-    pub(crate) fn new(inner: S, max: usize, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(inner: S, max: usize, counters: Arc<Counters>) -> Self {
         Self {
             inner,
             slots: Arc::new(Semaphore::new(max)),
             max,
-            shared,
+            counters,
         }
     }
 }
@@ -269,7 +257,7 @@ where
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             // Per refusal only at debug: a flood must not become a log flood.
             debug!(service = S::NAME, max = self.max, "request refused: busy");
-            self.shared.count(super::BUSY_REASON);
+            self.counters.count(Reason::Busy);
             let response = verdict_status(super::busy(self.max)).into_http();
             return Box::pin(std::future::ready(Ok(response)));
         };
@@ -302,24 +290,37 @@ impl InFlightSlot {
     }
 }
 
+/// How the peer server is bounded (from `[limits]`).
+#[derive(Clone, Copy, Debug)]
+pub struct ServeLimits {
+    /// The largest envelope, in bytes.
+    pub message_bytes_max: usize,
+    /// Requests served at once; the excess is refused `busy`.
+    pub in_flight_max: usize,
+}
+
 /// Serves `OperatorPeer` (and gRPC health) on `listener` until `cancel`
-/// fires: over TLS with `tls`, in plaintext without.
-pub(crate) async fn serve(
-    shared: Arc<Shared>,
+/// fires: over TLS with `tls`, in plaintext without. Every admitted request
+/// goes to `inbound`.
+pub async fn serve(
+    inbound: Arc<dyn Inbound>,
+    admission: Arc<Admission>,
+    bounds: ServeLimits,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<PeerTls>>,
     cancel: CancellationToken,
-) -> Result<(), Error> {
-    let message_max = shared.config().envelope_limits.message_bytes_max + FRAMING_BYTES;
-    let in_flight_max = shared.config().limits.concurrent_requests_max;
+) -> Result<(), tonic::transport::Error> {
+    let message_max = bounds.message_bytes_max + FRAMING_BYTES;
+    let counters = admission.counters().clone();
     // Requests are envelopes; responses are receipts or the trust list, which may be larger.
     let service = OperatorPeerServer::new(PeerService {
-        shared: shared.clone(),
+        inbound,
+        admission,
         tls: tls.is_some(),
     })
     .max_decoding_message_size(message_max)
     .max_encoding_message_size(limits::TRUST_LIST_BYTES_MAX + FRAMING_BYTES);
-    let service = InFlight::new(service, in_flight_max, shared);
+    let service = InFlight::new(service, bounds.in_flight_max, counters);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<InFlight<OperatorPeerServer<PeerService>>>()
@@ -348,7 +349,7 @@ pub(crate) async fn serve(
             served
         }
     };
-    served.map_err(|e| Error::Server(format!("peer server: {e}")))
+    served
 }
 
 /// A member's peer endpoint as the trust list gives it.
@@ -549,7 +550,7 @@ impl PeerClients {
                         }
                     )
                     || matches!(&error, PeerError::Refused { reason, .. }
-                        if reason == "rate_limited" || reason == super::BUSY_REASON);
+                        if reason == Reason::RateLimited.as_str() || reason == Reason::Busy.as_str());
                 if !expected {
                     warn!(code = ?status.code(), message = status.message(), "peer refused delivery");
                 }

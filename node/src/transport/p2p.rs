@@ -53,7 +53,8 @@ use crate::core::ids::OperatorId;
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::trust::{Member, MemberStatus, VerifiedTrustList};
 use crate::limits;
-use crate::node::{now_ms, Shared};
+use super::Reason;
+use crate::clock::now_ms;
 
 /// The identify protocol version nodes of this project announce.
 pub const IDENTIFY_PROTOCOL_VERSION: &str = "/mim4/1.0.0";
@@ -399,7 +400,7 @@ fn behaviour(
 }
 
 /// The swarm task: owns the swarm, carries out [`Command`]s and serves requests.
-pub(crate) struct Driver {
+pub struct Driver {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     trust: TrustSource,
@@ -451,7 +452,7 @@ struct Pending {
 
 /// Builds the swarm from the operator key and binds every listen address;
 /// returns once each listener has an address (so the ports are known).
-pub(crate) async fn start(
+pub async fn start(
     key: &SecretKey,
     listen: &[Multiaddr],
     message_bytes_max: usize,
@@ -554,20 +555,20 @@ pub(crate) async fn start(
 
 /// Whether `response` refuses a request for its rate.
 fn is_rate_limited(response: &pb::PeerResponse) -> bool {
-    matches!(&response.kind, Some(pb::peer_response::Kind::Refusal(r)) if r.reason == "rate_limited")
+    matches!(&response.kind, Some(pb::peer_response::Kind::Refusal(r)) if r.reason == Reason::RateLimited.as_str())
 }
 
 /// A refusal response.
 fn refusal(
     code: tonic::Code,
-    reason: &str,
+    reason: Reason,
     message: String,
     receipt: Option<Vec<u8>>,
 ) -> pb::PeerResponse {
     pb::PeerResponse {
         kind: Some(pb::peer_response::Kind::Refusal(pb::PeerRefusal {
             code: code as u32,
-            reason: reason.to_owned(),
+            reason: reason.as_str().to_owned(),
             message,
             receipt: receipt.unwrap_or_default(),
         })),
@@ -580,28 +581,28 @@ fn from_verdict(v: Verdict) -> pb::PeerResponse {
 
 /// Answers one request from an authenticated member through the driver.
 async fn answer(
-    shared: Arc<Shared>,
+    inbound: Arc<dyn super::Inbound>,
     member: OperatorId,
     request: pb::PeerRequest,
 ) -> pb::PeerResponse {
     use pb::peer_request::Kind as Req;
     use pb::peer_response::Kind as Resp;
     let kind = match request.kind {
-        Some(Req::Deliver(d)) => match shared.receive(&d.envelope, Some(&member)).await {
+        Some(Req::Deliver(d)) => match inbound.clone().deliver(d.envelope, Some(member)).await {
             Ok(receipt) => Resp::Deliver(pb::DeliverResponse { receipt }),
             Err(refused) => return from_verdict(verdict(refused)),
         },
-        Some(Req::Call(c)) => match shared.answer_call(&c.envelope, Some(&member)).await {
+        Some(Req::Call(c)) => match inbound.clone().call(c.envelope, Some(member)).await {
             Ok(envelope) => Resp::Call(pb::CallResponse { envelope }),
             Err(refused) => return from_verdict(verdict(refused)),
         },
         Some(Req::FetchTrustList(_)) => Resp::FetchTrustList(pb::FetchTrustListResponse {
-            trust_list: shared.trust().signed().encode(),
+            trust_list: inbound.trust().signed().encode(),
         }),
         None => {
             return refusal(
                 tonic::Code::InvalidArgument,
-                "malformed",
+                Reason::Malformed,
                 "empty request".into(),
                 None,
             )
@@ -610,16 +611,32 @@ async fn answer(
     pb::PeerResponse { kind: Some(kind) }
 }
 
+/// What the swarm task hands admitted requests to, and how it bounds them.
+pub struct Upward {
+    /// The driver, which verifies and applies what arrives.
+    pub inbound: Arc<dyn super::Inbound>,
+    /// The admission step shared with the gRPC port.
+    pub admission: Arc<super::Admission>,
+    /// Inbound requests served at once (and held rate-limited ones).
+    pub in_flight_max: usize,
+    /// How often the trust-list version is announced by gossip.
+    pub announce_every: Duration,
+}
+
+impl std::fmt::Debug for Upward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upward")
+            .field("in_flight_max", &self.in_flight_max)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Driver {
     /// Runs the swarm until `cancel` fires.
-    pub(crate) async fn run(
-        mut self,
-        shared: Arc<Shared>,
-        cancel: CancellationToken,
-    ) -> Result<(), crate::node::Error> {
+    pub async fn run(mut self, upward: Upward, cancel: CancellationToken) {
+        let shared = &upward;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let announce_every =
-            Duration::from_millis(shared.config().limits.trust_refresh_interval_ms);
+        let announce_every = upward.announce_every;
         let mut announced = Instant::now();
         self.on_trust_change();
         self.connect_to_members();
@@ -627,7 +644,7 @@ impl Driver {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 Some(command) = self.commands.recv() => self.on_command(command),
-                event = self.swarm.select_next_some() => self.on_swarm_event(&shared, event),
+                event = self.swarm.select_next_some() => self.on_swarm_event(shared, event),
                 Some(joined) = self.serving.join_next() => self.on_answered(joined),
                 Some(joined) = self.holding.join_next() => self.on_answered(joined),
                 _ = tick.tick() => {
@@ -649,7 +666,6 @@ impl Driver {
                 "the node is shutting down".into(),
             )));
         }
-        Ok(())
     }
 
     /// Puts the members of the new trust list in the routing table, drops
@@ -797,7 +813,7 @@ impl Driver {
         self.pending.insert(id, pending);
     }
 
-    fn on_swarm_event(&mut self, shared: &Arc<Shared>, event: SwarmEvent<BehaviourEvent>) {
+    fn on_swarm_event(&mut self, shared: &Upward, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Envelope(event)) => {
                 self.on_envelope_event(shared, event)
@@ -867,7 +883,7 @@ impl Driver {
 
     fn on_envelope_event(
         &mut self,
-        shared: &Arc<Shared>,
+        shared: &Upward,
         event: request_response::Event<Inbound, pb::PeerResponse>,
     ) {
         match event {
@@ -993,7 +1009,7 @@ impl Driver {
 
     fn on_gossip(
         &mut self,
-        shared: &Arc<Shared>,
+        shared: &Upward,
         source: PeerId,
         id: gossipsub::MessageId,
         message: gossipsub::Message,
@@ -1005,7 +1021,7 @@ impl Driver {
         let acceptance = match (publisher, version) {
             (Some(Ok(member)), Ok(version)) if message.topic == self.topic.hash() => {
                 // Only a hint: a newer list is fetched and verified like any other.
-                shared.reconcile_trust_version(&member, version);
+                shared.inbound.clone().heard_trust_version(&member, version);
                 gossipsub::MessageAcceptance::Accept
             }
             _ => {
@@ -1041,20 +1057,20 @@ impl Driver {
 
     fn on_request(
         &mut self,
-        shared: &Arc<Shared>,
+        shared: &Upward,
         peer: PeerId,
         request: Inbound,
         channel: request_response::ResponseChannel<pb::PeerResponse>,
     ) {
         match self.admit(shared, peer, request) {
             Ok((member, request)) => {
-                let shared = shared.clone();
+                let inbound = shared.inbound.clone();
                 self.serving
-                    .spawn(async move { (channel, answer(shared, member, request).await) });
+                    .spawn(async move { (channel, answer(inbound, member, request).await) });
             }
             Err(response)
                 if is_rate_limited(&response)
-                    && self.holding.len() < shared.config().limits.p2p_inbound_in_flight_max =>
+                    && self.holding.len() < shared.in_flight_max =>
             {
                 // Held like on the gRPC port (limits::RATE_LIMITED_HOLD_MS),
                 // at most as many as may be served; beyond, refused at once.
@@ -1072,64 +1088,39 @@ impl Driver {
     /// to serve it. Each refusal is the response to send.
     fn admit(
         &mut self,
-        shared: &Arc<Shared>,
+        shared: &Upward,
         peer: PeerId,
         request: Inbound,
     ) -> Result<(OperatorId, pb::PeerRequest), pb::PeerResponse> {
+        let admission = &shared.admission;
         let member = member_of(&(self.trust)(), &peer, now_ms()).map_err(|reason| {
             warn!(%peer, %reason, "libp2p envelope request refused: not an active member");
-            shared.count("not_a_member");
-            refusal(
+            from_verdict(admission.refuse(
                 tonic::Code::PermissionDenied,
-                "not_a_member",
+                Reason::NotAMember,
                 format!("refused: {reason}"),
-                None,
-            )
+            ))
         })?;
-        shared
-            .peer_rate()
-            .check(&super::RateKey::Member(member.clone()), Instant::now())
-            .map_err(|limited| {
-                // Per refusal only at debug: a flood must not become a log flood.
-                debug!(%member, "libp2p request refused: rate limited");
-                shared.count("rate_limited");
-                refusal(
-                    tonic::Code::ResourceExhausted,
-                    "rate_limited",
-                    format!("rate limited: {limited}"),
-                    None,
-                )
-            })?;
+        admission
+            .take_token(&super::RateKey::Member(member.clone()))
+            .map_err(from_verdict)?;
         let request = match request {
             Inbound::Request(request) => request,
             Inbound::Oversized { len, max } => {
                 warn!(%member, len, max, "libp2p frame refused: oversized");
-                shared.count("oversized");
                 let message = format!("frame of {len} bytes exceeds the limit of {max}; not read");
-                return Err(refusal(
-                    tonic::Code::ResourceExhausted,
-                    codec::OVERSIZED_REASON,
-                    message,
-                    None,
-                ));
+                let code = tonic::Code::ResourceExhausted;
+                return Err(from_verdict(admission.refuse(code, Reason::Oversized, message)));
             }
             Inbound::Malformed(e) => {
                 warn!(%member, error = %e, "libp2p request refused: malformed");
-                shared.count("malformed");
                 let message = format!("not a PeerRequest: {e}");
-                return Err(refusal(
-                    tonic::Code::InvalidArgument,
-                    "malformed",
-                    message,
-                    None,
-                ));
+                let code = tonic::Code::InvalidArgument;
+                return Err(from_verdict(admission.refuse(code, Reason::Malformed, message)));
             }
         };
-        if self.serving.len() >= shared.config().limits.p2p_inbound_in_flight_max {
-            // Per refusal only at debug: a flood must not become a log flood.
-            debug!(%member, in_flight = self.serving.len(), "libp2p request refused: busy");
-            shared.count(super::BUSY_REASON);
-            return Err(from_verdict(super::busy(self.serving.len())));
+        if self.serving.len() >= shared.in_flight_max {
+            return Err(from_verdict(admission.busy(self.serving.len())));
         }
         Ok((member, request))
     }

@@ -58,7 +58,7 @@ use crate::core::ids::OperatorId;
 use crate::core::keys::{KeyId, PublicKey, SecretKey};
 use crate::core::trust::{Member, MemberStatus, VerifiedTrustList};
 use crate::limits;
-use crate::node::now_ms;
+use crate::clock::now_ms;
 
 /// Where the verifiers read the trust list in force, at each handshake.
 pub type TrustSource = Arc<dyn Fn() -> Arc<VerifiedTrustList> + Send + Sync>;

@@ -179,7 +179,7 @@ async fn withdrawal_stored_but_not_pushed_before_a_crash_reaches_every_party_aft
     let withdrawal = ConsentEvent {
         consent_id,
         seq: u32::try_from(log.events.len()).unwrap(),
-        at_ms: mim4_node::node::now_ms(),
+        at_ms: mim4_node::clock::now_ms(),
         recorder: net.id(HOME),
         kind: EventKind::Withdrawn(Actor {
             person: person.clone(),
@@ -448,7 +448,7 @@ async fn expiry_is_pushed_to_every_party(transports: Transports) {
         .client(HOME, "citizen-app", ClientRole::CitizenApp, None)
         .await;
     let subject = "fi:hetu:040404-4444";
-    let not_after = mim4_node::node::now_ms() + 3_000;
+    let not_after = mim4_node::clock::now_ms() + 3_000;
     let terms = Terms::consent(subject, "fi.helsinki", SERVICE, "fi.incomeregister")
         .read(ATTRIBUTE)
         .purpose(PURPOSE)

@@ -23,7 +23,7 @@ use mim4_node::core::keys::{SecretKey, ENVELOPE_DOMAIN, TRUST_LIST_DOMAIN};
 use mim4_node::core::trust::SignedTrustList;
 use mim4_node::core::wire;
 use mim4_node::limits;
-use mim4_node::node::now_ms;
+use mim4_node::clock::now_ms;
 use mim4_node::transport::grpc::REASON_METADATA_KEY;
 use mim4_node::trust_draft::{DraftKey, DraftMember};
 use mim4_proto::v1 as pb;

@@ -323,7 +323,7 @@ impl mim4_proto::v1::operator_peer_server::OperatorPeer for ForgingHolder {
         .envelope(
             mim4_node::core::ids::MessageId::from_bytes(rand::random()),
             asked.sender.clone(),
-            mim4_node::node::now_ms(),
+            mim4_node::clock::now_ms(),
             Some(asked.message_id),
             Payload::DataResponse(forged),
         )

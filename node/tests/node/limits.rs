@@ -13,7 +13,7 @@ use mim4_node::core::envelope::{Memo, Payload};
 use mim4_node::core::ids::MessageId;
 use mim4_node::core::keys::SecretKey;
 use mim4_node::limits;
-use mim4_node::node::now_ms;
+use mim4_node::clock::now_ms;
 use mim4_node::rate_limit::Rate;
 use mim4_node::transport::grpc::REASON_METADATA_KEY;
 use mim4_proto::v1 as pb;

@@ -12,7 +12,7 @@ use mim4_node::core::ids::OperatorId;
 use mim4_node::core::keys::SecretKey;
 use mim4_node::identity;
 use mim4_node::limits;
-use mim4_node::node::now_ms;
+use mim4_node::clock::now_ms;
 use mim4_node::transport::grpc;
 use mim4_node::transport::tls::PeerTls;
 use mim4_node::trust_draft::{Draft, DraftKey, DraftMember};

@@ -65,7 +65,7 @@ async fn read_body<T: AsyncRead + Unpin + Send>(io: &mut T, len: usize) -> io::R
 }
 
 /// The refusal reason of a frame longer than the limit.
-pub const OVERSIZED_REASON: &str = "oversized";
+pub const OVERSIZED_REASON: &str = crate::core::reason::Reason::Oversized.as_str();
 
 /// Writes one frame and closes the writing half.
 async fn write_frame<T: AsyncWrite + Unpin + Send>(
