@@ -35,9 +35,9 @@ use tracing::{debug, info, warn};
 use crate::api::clients::{AuthError, Caller, ClientRole, Clients};
 use crate::core::envelope::{Payload, SignedEnvelope};
 use crate::core::ids::{MessageId, OperatorId};
+use crate::core::reason::Reason;
 use crate::core::wire;
 use crate::limits;
-use crate::core::reason::Reason;
 use crate::node::{Error, Node, RegistryLoadError, SendError};
 use crate::rate_limit::KeyedLimiter;
 use crate::sources::registry::LoadError;
@@ -80,16 +80,13 @@ impl ApiService {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
-        let caller = self
-            .clients
-            .authenticate(credential)
-            .map_err(|e| {
-                warn!(call, error = %e, "API call refused: authentication");
-                match e {
-                    AuthError::File(_) => Status::internal(e.to_string()),
-                    _ => Status::unauthenticated(e.to_string()),
-                }
-            })?;
+        let caller = self.clients.authenticate(credential).map_err(|e| {
+            warn!(call, error = %e, "API call refused: authentication");
+            match e {
+                AuthError::File(_) => Status::internal(e.to_string()),
+                _ => Status::unauthenticated(e.to_string()),
+            }
+        })?;
         if let Err(limited) = self.rate.check(&caller.id, Instant::now()) {
             // Per refusal only at debug: a flood must not become a log flood.
             debug!(call, client = %caller.id, "API call refused: rate limited");
@@ -139,10 +136,9 @@ fn registry_status(error: RegistryLoadError) -> Status {
             Status::resource_exhausted(message),
             Reason::TooManyAttributes,
         ),
-        RegistryLoadError::Invalid(LoadError::SubjectTooLarge { .. }) => with_reason(
-            Status::resource_exhausted(message),
-            Reason::SubjectTooLarge,
-        ),
+        RegistryLoadError::Invalid(LoadError::SubjectTooLarge { .. }) => {
+            with_reason(Status::resource_exhausted(message), Reason::SubjectTooLarge)
+        }
         RegistryLoadError::Invalid(_) => Status::invalid_argument(message),
         RegistryLoadError::Node(_) => Status::unavailable(message),
     }

@@ -17,13 +17,13 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::core::keys::SecretKey;
 use crate::core::trust::{MemberStatus, SignedTrustList, TrustListError, VerifiedTrustList};
+use crate::identity;
 use crate::node::{self, Error, Node, Parts, TrustKeeper};
 use crate::sources::registry::Registry;
 use crate::sources::DataSource;
 use crate::store::Store;
 use crate::transport::tls::{PeerTls, TrustSource};
 use crate::transport::{self, grpc, p2p};
-use crate::identity;
 
 /// A running node. Dropping it does not stop it: call [`NodeHandle::shutdown`].
 #[derive(Debug)]
@@ -156,13 +156,25 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         in_flight_max: config.limits.concurrent_requests_max,
     };
     let admission = shared.admission().clone();
-    let serving = grpc::serve(inbound.clone(), admission.clone(), bounds, peer_listener, tls, cancel.clone());
+    let serving = grpc::serve(
+        inbound.clone(),
+        admission.clone(),
+        bounds,
+        peer_listener,
+        tls,
+        cancel.clone(),
+    );
     tasks.spawn(async move {
         serving
             .await
             .map_err(|e| Error::Server(format!("peer server: {e}")))
     });
-    tasks.spawn(api::serve(shared.clone(), clients, api_listener, cancel.clone()));
+    tasks.spawn(api::serve(
+        shared.clone(),
+        clients,
+        api_listener,
+        cancel.clone(),
+    ));
     let upward = p2p::Upward {
         inbound,
         admission,

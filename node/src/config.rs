@@ -11,8 +11,8 @@ use toml::Spanned;
 use crate::core::envelope::EnvelopeLimits;
 use crate::core::ids::OperatorId;
 use crate::core::keys::PublicKey;
-use crate::limits;
 use crate::core::trust::Member;
+use crate::limits;
 use crate::rate_limit::Rate;
 
 /// Said at every start (and by `config check`) when the API listens on a

@@ -37,5 +37,5 @@ pub mod store;
 pub mod transport;
 pub mod trust_draft;
 
-pub use config::Config;
 pub use boot::{start, NodeHandle};
+pub use config::Config;

@@ -24,9 +24,9 @@ use crate::core::ids::OperatorId;
 use crate::core::keys::SecretKey;
 use crate::core::trust::{TrustListError, VerifiedTrustList};
 use crate::counters::Counters;
+use crate::identity;
 use crate::store::{self, Store};
 use crate::transport::{self, p2p, Admission};
-use crate::identity;
 
 pub mod consent;
 pub mod exchange;
@@ -34,10 +34,10 @@ pub(crate) mod outbox;
 mod receiving;
 mod trust;
 
-pub use exchange::RegistryLoadError;
-pub use outbox::{CallError, SendError};
-pub(crate) use outbox::DeliveryLoop;
 pub(crate) use consent::{expiry_loop, repush_loop};
+pub use exchange::RegistryLoadError;
+pub(crate) use outbox::DeliveryLoop;
+pub use outbox::{CallError, SendError};
 pub(crate) use receiving::prune_loop;
 pub(crate) use trust::{refresh_loop, TrustKeeper};
 
@@ -139,7 +139,10 @@ impl Node {
         };
         let (outbox, woken) = outbox::Outbox::new(peers);
         let node = Arc::new(Self {
-            admission: Arc::new(Admission::new(parts.config.limits.peer_rate, counters.clone())),
+            admission: Arc::new(Admission::new(
+                parts.config.limits.peer_rate,
+                counters.clone(),
+            )),
             counters,
             started: Instant::now(),
             trust: parts.trust,

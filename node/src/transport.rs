@@ -46,8 +46,11 @@ pub trait Inbound: Send + Sync + 'static {
     ) -> BoxFuture<Vec<u8>, Refusal>;
 
     /// A call: verified and answered; the encoded signed answer, or why not.
-    fn call(self: Arc<Self>, envelope: Vec<u8>, peer: Option<OperatorId>)
-        -> BoxFuture<Vec<u8>, Refusal>;
+    fn call(
+        self: Arc<Self>,
+        envelope: Vec<u8>,
+        peer: Option<OperatorId>,
+    ) -> BoxFuture<Vec<u8>, Refusal>;
 
     /// The trust list in force.
     fn trust(&self) -> Arc<VerifiedTrustList>;

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use mim4_node::api::clients::{self, ClientRole};
+use mim4_node::clock::now_ms;
 use mim4_node::config;
 use mim4_node::core::ids::OperatorId;
 use mim4_node::core::keys::SecretKey;
 use mim4_node::core::trust::{SignedTrustList, VerifiedTrustList};
 use mim4_node::identity;
-use mim4_node::clock::now_ms;
 use mim4_node::transport::p2p;
 use mim4_node::trust_draft::{Draft, DraftAttribute, DraftKey, DraftMember, DraftService};
 use nix::sys::signal::{self, Signal};

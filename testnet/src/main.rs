@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::parser::ValueSource;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use mim4_node::core::ids::OperatorId;
 use mim4_node::clock::now_ms;
+use mim4_node::core::ids::OperatorId;
 use mim4_testnet::scenario::{self, Scenario};
 use mim4_testnet::{
     bench, chaos, crashloop, node_binary, partition, receipts, Federation, Transports,

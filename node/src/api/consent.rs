@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::clients::{Caller, ClientRole};
 use crate::api::ApiService;
+use crate::clock::now_ms;
 use crate::core::consent::delegation::DelegationKind;
 use crate::core::consent::index::{Decision, Query};
 use crate::core::consent::{
@@ -13,10 +14,9 @@ use crate::core::consent::{
     SubjectId, TermsError,
 };
 use crate::core::ids::OperatorId;
-use crate::core::wire;
 use crate::core::reason::Reason;
+use crate::core::wire;
 use crate::node::consent::{terms_over_limit, ConsentError, GrantorAction};
-use crate::clock::now_ms;
 use crate::store::OutgoingState;
 
 /// Roles that may ask for consent.
@@ -61,9 +61,10 @@ pub(crate) fn status(error: ConsentError) -> Status {
         ConsentError::Format(_) => Status::failed_precondition(message),
         ConsentError::NoAuthority { .. } => Status::permission_denied(message),
         ConsentError::UnknownOperator(_) => Status::not_found(message),
-        ConsentError::Send(crate::node::SendError::TrustListExpired { .. }) => {
-            super::with_reason(Status::failed_precondition(message), Reason::TrustListExpired)
-        }
+        ConsentError::Send(crate::node::SendError::TrustListExpired { .. }) => super::with_reason(
+            Status::failed_precondition(message),
+            Reason::TrustListExpired,
+        ),
         ConsentError::Send(_) | ConsentError::Peer(_) | ConsentError::Store(_) => {
             Status::unavailable(message)
         }
@@ -430,7 +431,9 @@ impl ApiService {
             predicates: r.predicates,
         };
         let data_request: DataRequest = wire::data_request_from_pb(raw).map_err(|e| {
-            self.shared.counter_table().count(Reason::DataRequestInvalid);
+            self.shared
+                .counter_table()
+                .count(Reason::DataRequestInvalid);
             Status::invalid_argument(e)
         })?;
         let outcomes = self

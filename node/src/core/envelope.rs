@@ -20,9 +20,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::core::consent::{ConsentId, ConsentLog, ConsentTerms, SubjectId};
 use crate::core::exchange::{DataRequest, DataResponse};
-use crate::core::reason::Reason;
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::keys::{KeyId, SecretKey, ENVELOPE_DOMAIN};
+use crate::core::reason::Reason;
 use crate::core::trust::{MemberStatus, SignedTrustList, VerifiedTrustList};
 use crate::core::wire;
 use crate::limits;

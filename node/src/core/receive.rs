@@ -18,11 +18,11 @@
 //! machine owns everything it needs, so a driver may keep it across awaits and
 //! a simulator across simulated time.
 
+use crate::core::consent::SubjectId;
 use crate::core::delivery::{self, Applied, SenderContext};
 use crate::core::envelope::{
     Envelope, Payload, RejectReason, Rejection, Sealed, VerifiedEnvelope, Verifier,
 };
-use crate::core::consent::SubjectId;
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::reason::Reason;
 use crate::core::trust::{TrustListError, VerifiedTrustList};
@@ -36,7 +36,7 @@ use crate::core::trust::{TrustListError, VerifiedTrustList};
 /// `transport::Verdict` (a gRPC code, a [`Reason`], a message, a stored
 /// receipt), the same on gRPC and libp2p; the sender's side reads that back
 /// as a `transport::PeerError`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {
     /// The envelope failed verification or replay checks.
@@ -188,7 +188,7 @@ pub struct Record {
 }
 
 /// The effect of the payload, decided before anything is written.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Effect {
     /// Nothing beyond the record (a memo, an old trust list).
     None,
@@ -198,7 +198,7 @@ enum Effect {
     Trust(Box<VerifiedTrustList>),
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Stage {
     LookUp,
     Apply,
@@ -213,7 +213,7 @@ enum Stage {
 }
 
 /// One received envelope on its way through the receive decision.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Reception {
     verified: VerifiedEnvelope,
     now_ms: u64,

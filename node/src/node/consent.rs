@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::{info, warn};
 
+use crate::clock::{now_ms, random_id_bytes};
 use crate::core::consent::delegation::{Delegation, DelegationError, DelegationKind, Delegations};
 use crate::core::consent::export::{self, ControllerInfo, PostalAddress};
 use crate::core::consent::index::{Decision, Index, Query};
@@ -24,10 +25,9 @@ use crate::core::consent::{
 };
 use crate::core::envelope::Payload;
 use crate::core::ids::OperatorId;
+use crate::core::reason::Reason;
 use crate::core::trust::VerifiedTrustList;
 use crate::limits;
-use crate::clock::{now_ms, random_id_bytes};
-use crate::core::reason::Reason;
 use crate::node::{Error, Node, SendError};
 use crate::store::{self, ConsentDelivery, Store};
 
@@ -156,9 +156,7 @@ impl ConsentError {
     /// API and the peer port alike; `None` for any other error.
     pub fn limit_reason(&self) -> Option<Reason> {
         match self {
-            ConsentError::Transition(TransitionError::TooManyEvents) => {
-                Some(Reason::TooManyEvents)
-            }
+            ConsentError::Transition(TransitionError::TooManyEvents) => Some(Reason::TooManyEvents),
             ConsentError::Transition(TransitionError::Terms(e)) | ConsentError::Terms(e)
                 if terms_over_limit(e) =>
             {

@@ -12,13 +12,13 @@ use sha2::{Digest as _, Sha256};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+use crate::clock::now_ms;
 use crate::core::consent::index::Query;
 use crate::core::envelope::Payload;
 use crate::core::exchange::{self, DataRequest, DataResponse, RequestError};
 use crate::core::ids::{MessageId, OperatorId};
-use crate::limits;
-use crate::clock::now_ms;
 use crate::core::reason::Reason;
+use crate::limits;
 use crate::node::{Error, Node};
 use crate::sources::registry::{LoadError, LoadReport, Registry};
 use crate::sources::DataSource;
@@ -321,7 +321,11 @@ impl Node {
     /// Loads registry JSON (admin API): parsed and checked whole, written in
     /// one batch, and flushed before this returns.
     pub async fn load_registry(&self, json: String) -> Result<LoadReport, RegistryLoadError> {
-        let registry = self.exchange.registry.clone().ok_or(RegistryLoadError::NoRegistry)?;
+        let registry = self
+            .exchange
+            .registry
+            .clone()
+            .ok_or(RegistryLoadError::NoRegistry)?;
         let report = tokio::task::spawn_blocking(move || registry.load_json(&json))
             .await
             .map_err(|e| Error::Source(format!("registry load task: {e}")))??;

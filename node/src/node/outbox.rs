@@ -192,7 +192,8 @@ impl Node {
             .enqueue(sealed.message_id, &outgoing, subject.as_ref())?;
         self.store.durable().await?;
         debug!(message_id = %sealed.message_id, %recipient, "stored in outbox");
-        self.outbox.enqueued
+        self.outbox
+            .enqueued
             .send(Enqueued {
                 id: sealed.message_id,
                 recipient,
@@ -327,7 +328,10 @@ pub(crate) struct DeliveryLoop {
 }
 
 impl DeliveryLoop {
-    pub(super) fn new(shared: Arc<Node>, enqueued: mpsc::Receiver<Enqueued>) -> Result<Self, Error> {
+    pub(super) fn new(
+        shared: Arc<Node>,
+        enqueued: mpsc::Receiver<Enqueued>,
+    ) -> Result<Self, Error> {
         let mut scheduler = Scheduler::new(
             Backoff {
                 initial_ms: limits::RETRY_DELAY_MS_INITIAL,

@@ -90,14 +90,20 @@ impl Node {
         let trust = self.trust();
         let context = self.sender_context(trust.version());
         let receipt_id = MessageId::from_bytes(random_id_bytes());
-        let mut reception =
-            match Reception::new(&self.verifier(&trust), bytes, peer, now, receipt_id, &context) {
-                Ok(reception) => reception,
-                Err(refusal) => {
-                    warn!(%refusal, "envelope refused");
-                    return Err(refusal);
-                }
-            };
+        let mut reception = match Reception::new(
+            &self.verifier(&trust),
+            bytes,
+            peer,
+            now,
+            receipt_id,
+            &context,
+        ) {
+            Ok(reception) => reception,
+            Err(refusal) => {
+                warn!(%refusal, "envelope refused");
+                return Err(refusal);
+            }
+        };
         let envelope = reception.envelope();
         let span = info_span!("receive", message_id = %envelope.message_id, sender = %envelope.sender, kind = envelope.payload.kind());
         let (sender, version) = (envelope.sender.clone(), envelope.trust_list_version);

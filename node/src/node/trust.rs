@@ -106,7 +106,10 @@ impl TrustKeeper {
 
 /// Runs refresh rounds until `cancel` fires. Cancel-safe: a round in progress
 /// is dropped, and a list is installed only after it is stored and flushed.
-pub(crate) async fn refresh_loop(shared: Arc<Node>, cancel: CancellationToken) -> Result<(), Error> {
+pub(crate) async fn refresh_loop(
+    shared: Arc<Node>,
+    cancel: CancellationToken,
+) -> Result<(), Error> {
     let interval_ms = shared.config.limits.trust_refresh_interval_ms;
     let mut expired_logged: Option<Instant> = None;
     loop {
@@ -257,7 +260,7 @@ impl Node {
         } else {
             let started = self
                 .trust
-            .fetching
+                .fetching
                 .lock()
                 .map(|mut f| f.insert(peer.clone()))
                 .unwrap_or(false);

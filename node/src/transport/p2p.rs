@@ -48,13 +48,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use self::codec::{Codec, Inbound};
+use super::Reason;
 use super::{verdict, PeerError, Verdict};
+use crate::clock::now_ms;
 use crate::core::ids::OperatorId;
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::trust::{Member, MemberStatus, VerifiedTrustList};
 use crate::limits;
-use super::Reason;
-use crate::clock::now_ms;
 
 /// The identify protocol version nodes of this project announce.
 pub const IDENTIFY_PROTOCOL_VERSION: &str = "/mim4/1.0.0";
@@ -1069,8 +1069,7 @@ impl Driver {
                     .spawn(async move { (channel, answer(inbound, member, request).await) });
             }
             Err(response)
-                if is_rate_limited(&response)
-                    && self.holding.len() < shared.in_flight_max =>
+                if is_rate_limited(&response) && self.holding.len() < shared.in_flight_max =>
             {
                 // Held like on the gRPC port (limits::RATE_LIMITED_HOLD_MS),
                 // at most as many as may be served; beyond, refused at once.
@@ -1110,13 +1109,21 @@ impl Driver {
                 warn!(%member, len, max, "libp2p frame refused: oversized");
                 let message = format!("frame of {len} bytes exceeds the limit of {max}; not read");
                 let code = tonic::Code::ResourceExhausted;
-                return Err(from_verdict(admission.refuse(code, Reason::Oversized, message)));
+                return Err(from_verdict(admission.refuse(
+                    code,
+                    Reason::Oversized,
+                    message,
+                )));
             }
             Inbound::Malformed(e) => {
                 warn!(%member, error = %e, "libp2p request refused: malformed");
                 let message = format!("not a PeerRequest: {e}");
                 let code = tonic::Code::InvalidArgument;
-                return Err(from_verdict(admission.refuse(code, Reason::Malformed, message)));
+                return Err(from_verdict(admission.refuse(
+                    code,
+                    Reason::Malformed,
+                    message,
+                )));
             }
         };
         if self.serving.len() >= shared.in_flight_max {

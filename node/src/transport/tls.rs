@@ -54,11 +54,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Uri;
 use tracing::{debug, warn};
 
+use crate::clock::now_ms;
 use crate::core::ids::OperatorId;
 use crate::core::keys::{KeyId, PublicKey, SecretKey};
 use crate::core::trust::{Member, MemberStatus, VerifiedTrustList};
 use crate::limits;
-use crate::clock::now_ms;
 
 /// Where the verifiers read the trust list in force, at each handshake.
 pub type TrustSource = Arc<dyn Fn() -> Arc<VerifiedTrustList> + Send + Sync>;

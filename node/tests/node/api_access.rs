@@ -6,9 +6,9 @@
 use std::time::{Duration, SystemTime};
 
 use mim4_node::api::clients::{self, ClientRole};
+use mim4_node::clock::now_ms;
 use mim4_node::core::keys::SecretKey;
 use mim4_node::limits;
-use mim4_node::clock::now_ms;
 use mim4_proto::v1 as pb;
 use pb::operator_api_client::OperatorApiClient;
 use tonic::transport::Channel;

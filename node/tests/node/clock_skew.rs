@@ -10,10 +10,10 @@
 
 use std::collections::BTreeMap;
 
+use mim4_node::clock::now_ms;
 use mim4_node::core::envelope::{Envelope, Memo, Payload, PROTOCOL_VERSION};
 use mim4_node::core::ids::MessageId;
 use mim4_node::limits;
-use mim4_node::clock::now_ms;
 use mim4_node::transport::grpc::REASON_METADATA_KEY;
 use mim4_proto::v1 as pb;
 use rand::{Rng as _, SeedableRng as _};

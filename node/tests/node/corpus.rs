@@ -17,13 +17,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mim4_node::clock::now_ms;
 use mim4_node::core::envelope::{Envelope, Memo, Payload, PROTOCOL_VERSION};
 use mim4_node::core::ids::{MessageId, OperatorId};
 use mim4_node::core::keys::{SecretKey, ENVELOPE_DOMAIN, TRUST_LIST_DOMAIN};
 use mim4_node::core::trust::SignedTrustList;
 use mim4_node::core::wire;
 use mim4_node::limits;
-use mim4_node::clock::now_ms;
 use mim4_node::transport::grpc::REASON_METADATA_KEY;
 use mim4_node::trust_draft::{DraftKey, DraftMember};
 use mim4_proto::v1 as pb;

@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
+use mim4_node::clock::now_ms;
 use mim4_node::core::delivery::{self, Expected, SenderContext};
 use mim4_node::core::envelope::{Envelope, Memo, Payload, SignedEnvelope};
 use mim4_node::core::ids::{MessageId, OperatorId};
 use mim4_node::core::keys::{SecretKey, ENVELOPE_DOMAIN};
 use mim4_node::core::wire;
 use mim4_node::limits;
-use mim4_node::clock::now_ms;
 use mim4_proto::v1 as pb;
 use tonic::Code;
 

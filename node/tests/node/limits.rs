@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use mim4_node::api::clients::{self, ClientRole};
+use mim4_node::clock::now_ms;
 use mim4_node::core::delivery::SenderContext;
 use mim4_node::core::envelope::{Memo, Payload};
 use mim4_node::core::ids::MessageId;
 use mim4_node::core::keys::SecretKey;
 use mim4_node::limits;
-use mim4_node::clock::now_ms;
 use mim4_node::rate_limit::Rate;
 use mim4_node::transport::grpc::REASON_METADATA_KEY;
 use mim4_proto::v1 as pb;

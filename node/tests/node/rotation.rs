@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
+use mim4_node::clock::now_ms;
 use mim4_node::core::delivery::SenderContext;
 use mim4_node::core::envelope::{Memo, Payload};
 use mim4_node::core::ids::MessageId;
 use mim4_node::core::keys::SecretKey;
 use mim4_node::core::wire;
 use mim4_node::identity;
-use mim4_node::clock::now_ms;
 use mim4_node::trust_draft::DraftKey;
 use mim4_proto::v1 as pb;
 use tonic::Code;

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mim4_node::api::clients::{self, ClientRole};
+use mim4_node::clock::now_ms;
 use mim4_node::config::Config;
 use mim4_node::core::envelope::EnvelopeLimits;
 use mim4_node::core::ids::OperatorId;
 use mim4_node::core::keys::SecretKey;
 use mim4_node::identity;
 use mim4_node::limits;
-use mim4_node::clock::now_ms;
 use mim4_node::transport::grpc;
 use mim4_node::transport::tls::PeerTls;
 use mim4_node::trust_draft::{Draft, DraftKey, DraftMember};

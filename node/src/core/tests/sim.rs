@@ -4,10 +4,10 @@
 //!
 //! Why: the crash loop and the chaos suite run real processes, so each run
 //! costs seconds and explores few interleavings. Here N simulated nodes run the
-//! real core (`Envelope::seal`, `Verifier::verify`, `delivery::check_replay`,
-//! `delivery::check_receipt`, the outbox `Scheduler`) joined by a model of the
-//! driver that follows `node/src/node.rs` step by step (`Shared::send`,
-//! `Shared::receive`, `DeliveryLoop`, `deliver_once`) over a model of sled
+//! real core (`Envelope::seal`, `Verifier::verify`, the receive decision
+//! `receive::Reception` exactly as the driver runs it, `delivery::check_receipt`,
+//! the outbox `Scheduler`) joined by a model of the driver's sending side
+//! (`Node::send`, `DeliveryLoop`, `deliver_once`) over a model of sled
 //! (`node/src/store.rs`): every write lands in a volatile log and becomes
 //! durable only when a flush covers it; a crash keeps a seeded prefix of that
 //! log, drops the rest and rebuilds the scheduler from the durable outbox.
@@ -50,6 +50,7 @@ use crate::core::delivery::{self, Applied, Expected, ReceiptError, SenderContext
 use crate::core::envelope::{EnvelopeLimits, Memo, Payload, RejectReason, Verifier};
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::outbox::{Backoff, Scheduler};
+use crate::core::receive::{Action, FlushFor, Reception, Refusal};
 use crate::core::trust::VerifiedTrustList;
 use crate::core::wire;
 use crate::limits;
@@ -101,14 +102,14 @@ const OPERATORS: [(&str, u8); 4] = [
 /// Which receiver the simulation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub(super) enum Variant {
-    /// `Shared::receive` as written: record, flush, then return the receipt;
-    /// a replay is answered with the stored receipt only after a `durable()`
-    /// covering the first copy's write.
+    /// The core's receive decision as written: record, flush, then return
+    /// the receipt; a replay is answered with the stored receipt only after a
+    /// `durable()` covering the first copy's write.
     Faithful,
     /// Deliberately broken: the receipt is returned before the flush, and the
     /// background flush is off (like the `broken-ack-before-flush` feature).
     AckBeforeFlush,
-    /// The bug this simulation found in `Shared::receive` (now fixed): a
+    /// The bug this simulation found in the receiver (now fixed): a
     /// replay answered with the stored receipt while the first copy's write
     /// still waits for its flush (see `replay_answered_before_the_flush_loses_a_message`).
     ReplayBeforeFlush,
@@ -270,19 +271,27 @@ enum Packet {
 /// What a completed flush lets the node do next.
 #[derive(Clone, Debug)]
 enum AfterFlush {
-    /// `Shared::send` returns: the client is told, the loop is woken.
+    /// `Node::send` returns: the client is told, the loop is woken.
     Acknowledge {
         op: usize,
         id: MessageId,
         recipient: OperatorId,
         expires_at_ms: u64,
     },
-    /// `Shared::receive` returns.
-    Answer {
-        to: usize,
-        attempt: u64,
-        answer: Answer,
-    },
+    /// `Node::receive` goes on with its reception.
+    Resume(Receiving),
+}
+
+/// A received envelope on its way through the core's receive decision.
+#[derive(Clone, Debug)]
+struct Receiving {
+    /// The receiving node.
+    node: usize,
+    /// The sender, who gets the answer.
+    to: usize,
+    attempt: u64,
+    reception: Box<Reception>,
+    bytes: Vec<u8>,
 }
 
 /// Every trigger of the simulation, in one place.
@@ -364,8 +373,8 @@ impl Event {
             } => {
                 let then = match then {
                     AfterFlush::Acknowledge { op, id, .. } => format!("acknowledge op {op} ({id})"),
-                    AfterFlush::Answer { to, attempt, .. } => {
-                        format!("answer {to} attempt {attempt}")
+                    AfterFlush::Resume(receiving) => {
+                        format!("answer {} attempt {}", receiving.to, receiving.attempt)
                     }
                 };
                 format!("flush done at {node} (life {incarnation}, {upto} writes): {then}")
@@ -999,11 +1008,10 @@ impl<'a> Sim<'a> {
                     .handle_enqueued(id, recipient, expires_at_ms, 0, now);
                 self.drive(node);
             }
-            AfterFlush::Answer {
-                to,
-                attempt,
-                answer,
-            } => self.send(node, to, Packet::Answer { attempt, answer }),
+            AfterFlush::Resume(mut receiving) => {
+                receiving.reception.handle_flushed();
+                self.perform(receiving);
+            }
         }
     }
 
@@ -1164,130 +1172,167 @@ impl<'a> Sim<'a> {
         n.store.update_outgoing(id, |o| o.attempts = attempts);
     }
 
-    // -- `Shared::receive` ---------------------------------------------------
+    // -- `Node::receive`: the core's `Reception`, with the I/O simulated -----
 
     fn receive(&mut self, node: usize, from: usize, attempt: u64, bytes: &[u8]) {
         let now = self.clock(node);
         let written_before = self.nodes[node].store.written;
+        let receipt_id = MessageId::from_bytes(self.rng.gen());
         let n = &self.nodes[node];
         let verifier = Verifier {
             me: &n.operator.id,
             trust: self.trust,
             limits: self.limits,
         };
-        // The oracle of the skew check, from the decoded (unverified) header.
-        let future = wire::decode_signed_envelope(bytes)
-            .ok()
-            .and_then(|signed| wire::decode_envelope(&signed.body).ok())
-            .is_some_and(|e| e.created_at_ms > now + self.limits.clock_skew_ms_max);
-        let verified = match verifier.verify(bytes, now) {
-            Ok(verified) => verified,
-            Err(rejection) => {
-                let skew = matches!(rejection.reason, RejectReason::ClockSkew { .. });
-                if skew {
-                    self.faults.skew_refusals += 1;
-                }
-                if future && !skew {
-                    self.violation(format!(
-                        "an envelope from the future was refused as {:?}, not ClockSkew",
-                        rejection.reason
-                    ));
-                }
-                if self.nodes[node].store.written != written_before {
-                    self.violation("a refused envelope changed the store".to_owned());
-                }
-                let answer = Answer::Refused(rejection.reason);
-                self.send(node, from, Packet::Answer { attempt, answer });
-                return;
-            }
-        };
-        if future {
-            self.violation("an envelope from the future was accepted".to_owned());
-        }
-        let envelope = verified.envelope();
-        let message_id = envelope.message_id;
-        // `check_sent_by_peer`: the simulated TLS peer is `from`.
-        if envelope.sender != self.nodes[from].operator.id {
-            self.violation(format!("{message_id} not signed by its peer"));
-            return;
-        }
-        let n = &self.nodes[node];
-        let prior = n.store.current.seen.get(&message_id).cloned();
-        if let Err(reason) = delivery::check_replay(&verified, prior.as_ref().map(|s| &s.applied)) {
-            let answer = match (reason, prior) {
-                (RejectReason::Replayed { .. }, Some(seen)) => {
-                    // As `Shared::receive`: the stored receipt goes back once
-                    // the first copy's write is durable (the old bug: at once).
-                    let unflushed = !n.store.durable.seen.contains_key(&message_id);
-                    if self.variant != Variant::ReplayBeforeFlush {
-                        let answer = Answer::Replayed(seen.receipt);
-                        let then = AfterFlush::Answer {
-                            to: from,
-                            attempt,
-                            answer,
-                        };
-                        self.durable(node, then);
-                        return;
-                    }
-                    if unflushed {
-                        self.faults.replays_before_flush += 1;
-                        self.replayed_before_flush.insert(message_id);
-                    }
-                    Answer::Replayed(seen.receipt)
-                }
-                (reason, _) => Answer::Refused(reason),
-            };
-            self.send(node, from, Packet::Answer { attempt, answer });
-            return;
-        }
-        if !matches!(envelope.payload, Payload::Memo(_)) {
-            self.violation(format!("{message_id} is not a memo"));
-            return;
-        }
-        let receipt_id = MessageId::from_bytes(self.rng.gen());
-        let n = &mut self.nodes[node];
         let context = SenderContext {
             me: &n.operator.id,
             rulebook_version: "2025.1",
             trust_list_version: self.trust.version(),
             lifetime_ms: limits::MESSAGE_LIFETIME_MS_DEFAULT,
         };
-        let receipt = context
-            .receipt(receipt_id, &verified, now)
-            .seal(&n.operator.key);
-        let recorded = n.store.write(Write::Applied(
-            message_id,
-            Seen {
-                applied: Applied {
-                    body_sha256: verified.body_sha256(),
-                    applied_at_ms: now,
-                },
-                receipt: receipt.bytes.clone(),
-            },
-            Incoming {
-                message_id,
-                envelope: bytes.to_vec(),
-            },
-        ));
-        if !recorded {
-            self.violation(format!("{message_id} recorded concurrently"));
-            return;
-        }
-        match self.variant {
-            Variant::Faithful | Variant::ReplayBeforeFlush => self.durable(
-                node,
-                AfterFlush::Answer {
+        // The oracle of the skew check, from the decoded (unverified) header.
+        let future = wire::decode_signed_envelope(bytes)
+            .ok()
+            .and_then(|signed| wire::decode_envelope(&signed.body).ok())
+            .is_some_and(|e| e.created_at_ms > now + self.limits.clock_skew_ms_max);
+        // The simulated TLS peer is `from`.
+        let peer = self.nodes[from].operator.id.clone();
+        let refusal = match Reception::new(&verifier, bytes, Some(&peer), now, receipt_id, &context)
+        {
+            Ok(reception) => {
+                if future {
+                    self.violation("an envelope from the future was accepted".to_owned());
+                }
+                if !matches!(reception.envelope().payload, Payload::Memo(_)) {
+                    let id = reception.envelope().message_id;
+                    self.violation(format!("{id} is not a memo"));
+                    return;
+                }
+                let receiving = Receiving {
+                    node,
                     to: from,
                     attempt,
-                    answer: Answer::Receipt(receipt.bytes),
-                },
-            ),
-            Variant::AckBeforeFlush => {
-                let answer = Answer::Receipt(receipt.bytes);
-                self.send(node, from, Packet::Answer { attempt, answer });
+                    reception: Box::new(reception),
+                    bytes: bytes.to_vec(),
+                };
+                self.perform(receiving);
+                return;
+            }
+            Err(refusal) => refusal,
+        };
+        let Refusal::Rejected { rejection, .. } = refusal else {
+            self.violation(format!("a memo refused other than by a check: {refusal}"));
+            return;
+        };
+        let skew = matches!(rejection.reason, RejectReason::ClockSkew { .. });
+        if skew {
+            self.faults.skew_refusals += 1;
+        }
+        if future && !skew {
+            self.violation(format!(
+                "an envelope from the future was refused as {:?}, not ClockSkew",
+                rejection.reason
+            ));
+        }
+        if self.nodes[node].store.written != written_before {
+            self.violation("a refused envelope changed the store".to_owned());
+        }
+        let answer = Answer::Refused(rejection.reason);
+        self.send(node, from, Packet::Answer { attempt, answer });
+    }
+
+    /// Carries out what the reception asks for, as `Node::perform` does over
+    /// sled, until it answers or waits for a flush. The variants skip flushes
+    /// as the broken builds do: all of them (`AckBeforeFlush`) or the one
+    /// before a replay's stored receipt (`ReplayBeforeFlush`).
+    fn perform(&mut self, mut receiving: Receiving) {
+        let node = receiving.node;
+        let mut recorded = false;
+        while let Some(action) = receiving.reception.poll() {
+            match action {
+                Action::LookUpPrior(id) => {
+                    let prior = self.nodes[node].store.current.seen.get(&id);
+                    let prior = prior.map(|seen| (seen.applied.clone(), seen.receipt.clone()));
+                    receiving.reception.handle_prior(prior);
+                }
+                Action::ApplyConsent | Action::InstallTrust(_) => {
+                    self.violation("a memo asked for a consent or trust-list effect".to_owned());
+                    return;
+                }
+                Action::Sign(receipt) => {
+                    let sealed = receipt.seal(&self.nodes[node].operator.key);
+                    receiving.reception.handle_signed(sealed);
+                }
+                Action::Record(record) => {
+                    let message_id = record.message_id;
+                    let write = Write::Applied(
+                        message_id,
+                        Seen {
+                            applied: Applied {
+                                body_sha256: record.body_sha256,
+                                applied_at_ms: record.applied_at_ms,
+                            },
+                            receipt: record.receipt,
+                        },
+                        Incoming {
+                            message_id,
+                            envelope: receiving.bytes.clone(),
+                        },
+                    );
+                    if !self.nodes[node].store.write(write) {
+                        self.violation(format!("{message_id} recorded concurrently"));
+                        return;
+                    }
+                    recorded = true;
+                    receiving.reception.handle_recorded(true);
+                }
+                Action::Flush(why) => {
+                    let skip = match self.variant {
+                        Variant::Faithful => false,
+                        Variant::AckBeforeFlush => true,
+                        Variant::ReplayBeforeFlush => why == FlushFor::Replay,
+                    };
+                    if !skip {
+                        self.durable(node, AfterFlush::Resume(receiving));
+                        self.strike_if_armed(node, recorded);
+                        return;
+                    }
+                    let id = receiving.reception.envelope().message_id;
+                    let unflushed = !self.nodes[node].store.durable.seen.contains_key(&id);
+                    if why == FlushFor::Replay && unflushed {
+                        self.faults.replays_before_flush += 1;
+                        self.replayed_before_flush.insert(id);
+                    }
+                    receiving.reception.handle_flushed();
+                }
+                Action::Answer(answer) => {
+                    let answer = match answer {
+                        Ok(receipt) => Answer::Receipt(receipt),
+                        Err(Refusal::Rejected {
+                            receipt: Some(receipt),
+                            ..
+                        }) => Answer::Replayed(receipt),
+                        Err(Refusal::Rejected { rejection, .. }) => {
+                            Answer::Refused(rejection.reason)
+                        }
+                        Err(other) => {
+                            self.violation(format!("a memo refused after its checks: {other}"));
+                            return;
+                        }
+                    };
+                    let (to, attempt) = (receiving.to, receiving.attempt);
+                    self.send(node, to, Packet::Answer { attempt, answer });
+                    self.strike_if_armed(node, recorded);
+                    return;
+                }
             }
         }
-        if std::mem::take(&mut self.armed_receiver) {
+        self.violation("the reception ended without an answer".to_owned());
+    }
+
+    /// The armed receiver crash strikes between a receiver's write and its answer.
+    fn strike_if_armed(&mut self, node: usize, recorded: bool) {
+        if recorded && std::mem::take(&mut self.armed_receiver) {
             self.strike(node);
         }
     }
