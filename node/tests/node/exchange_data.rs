@@ -226,7 +226,7 @@ async fn bad_requests_get_precise_errors() {
     assert!(
         status
             .refusals
-            .get("data-request-invalid")
+            .get("data_request_invalid")
             .copied()
             .unwrap_or(0)
             >= 4,
