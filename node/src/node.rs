@@ -820,17 +820,17 @@ impl Shared {
             .sender_context(trust.version())
             .receipt(MessageId::from_bytes(random_id_bytes()), &verified, now)
             .seal(&self.key);
-        let recorded = self.store.record_applied(
-            envelope.message_id,
-            &envelope.sender,
-            verified.body_sha256(),
-            envelope.expires_at_ms,
-            now,
-            bytes,
-            &receipt.bytes,
-            new_trust.as_ref().map(|t| t.signed().encode()).as_deref(),
-            envelope.payload.subject().as_ref(),
-        )?;
+        let recorded = self.store.record_applied(store::AppliedMessage {
+            message_id: envelope.message_id,
+            sender: &envelope.sender,
+            body_sha256: verified.body_sha256(),
+            expires_at_ms: envelope.expires_at_ms,
+            applied_at_ms: now,
+            envelope: bytes,
+            receipt: &receipt.bytes,
+            new_trust_list: new_trust.as_ref().map(|t| t.signed().encode()).as_deref(),
+            subject: envelope.payload.subject().as_ref(),
+        })?;
         if recorded.is_none() {
             // A concurrent copy of the same message won the race; answer as a
             // replay, once the winner's write is durable (see above).
