@@ -138,17 +138,17 @@ impl Node {
                 }
                 Action::Sign(receipt) => reception.handle_signed(receipt.seal(&self.key)),
                 Action::Record(record) => {
-                    let recorded = self.store.record_applied(
-                        record.message_id,
-                        &record.sender,
-                        record.body_sha256,
-                        record.expires_at_ms,
-                        record.applied_at_ms,
-                        bytes,
-                        &record.receipt,
-                        record.trust_list.as_deref(),
-                        record.subject.as_ref(),
-                    )?;
+                    let recorded = self.store.record_applied(store::AppliedMessage {
+                        message_id: record.message_id,
+                        sender: &record.sender,
+                        body_sha256: record.body_sha256,
+                        expires_at_ms: record.expires_at_ms,
+                        applied_at_ms: record.applied_at_ms,
+                        envelope: bytes,
+                        receipt: &record.receipt,
+                        new_trust_list: record.trust_list.as_deref(),
+                        subject: record.subject.as_ref(),
+                    })?;
                     reception.handle_recorded(recorded.is_some());
                 }
                 Action::Flush(why) => {

@@ -551,8 +551,7 @@ fn read_keyring(path: &Path, keyring_key: &[u8; KEY_BYTES]) -> Result<Option<Epo
     };
     let plain = open(keyring_key, AAD_KEYRING, &bytes)
         .map_err(|_| Error::WrongStorageKey { path: shown() })?;
-    let list: Vec<(u32, [u8; KEY_BYTES])> =
-        postcard::from_bytes(&plain).map_err(|e| Error::Corrupt(format!("keyring: {e}")))?;
+    let list = keyring_from_bytes(&plain)?;
     if list.is_empty() || list.len() > EPOCHS_MAX {
         return Err(Error::Corrupt(format!("keyring of {} epochs", list.len())));
     }
@@ -567,6 +566,20 @@ fn read_keyring(path: &Path, keyring_key: &[u8; KEY_BYTES]) -> Result<Option<Epo
     ))
 }
 
+/// The keyring's plaintext, before it is sealed into the file: postcard of
+/// `[(epoch, epoch key)]` (a stored format: see "The on-disk format" in the
+/// `store` module).
+pub(super) fn keyring_bytes(list: &[(u32, [u8; KEY_BYTES])]) -> Result<Zeroizing<Vec<u8>>, Error> {
+    postcard::to_stdvec(list)
+        .map(Zeroizing::new)
+        .map_err(|e| Error::Corrupt(format!("keyring: {e}")))
+}
+
+/// Decodes the keyring's plaintext ([`keyring_bytes`]).
+pub(super) fn keyring_from_bytes(plain: &[u8]) -> Result<Vec<(u32, [u8; KEY_BYTES])>, Error> {
+    postcard::from_bytes(plain).map_err(|e| Error::Corrupt(format!("keyring: {e}")))
+}
+
 /// Writes the keyring to a new file, syncs it, renames it over the old one and
 /// syncs the directory: the old file's content is then in no file.
 fn write_keyring(path: &Path, keyring_key: &[u8; KEY_BYTES], epochs: &Epochs) -> Result<(), Error> {
@@ -575,9 +588,7 @@ fn write_keyring(path: &Path, keyring_key: &[u8; KEY_BYTES], epochs: &Epochs) ->
         source,
     };
     let list: Vec<(u32, [u8; KEY_BYTES])> = epochs.iter().map(|(e, k)| (*e, **k)).collect();
-    let plain = Zeroizing::new(
-        postcard::to_stdvec(&list).map_err(|e| Error::Corrupt(format!("keyring: {e}")))?,
-    );
+    let plain = keyring_bytes(&list)?;
     let mut list = list;
     for (_, key) in &mut list {
         key.zeroize();
