@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Chaos (README "Reliability suites"): memos between every operator, consent
+# Chaos (docs/testing.md): memos between every operator, consent
 # grant/withdraw cycles and the daycare scenario through the SDK while random
 # mim4-node processes are SIGKILLed and restarted and (in network namespaces,
 # where the machine allows it) operators are partitioned, for DURATION

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Clock-skew suite (README "Reliability suites"): envelopes from a sender whose
+# Clock-skew suite (docs/testing.md): envelopes from a sender whose
 # clock is off by 14 offsets (in sync, ahead up to and beyond the 30 s skew
 # bound, behind up to and beyond their lifetime) sent to a running node over
 # the peer transport; inside the window applied, outside refused with

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The crash loop (README "Reliability suites"): RUNS runs (default 50) of a
+# The crash loop (docs/testing.md): RUNS runs (default 50) of a
 # fresh 3-operator federation of real mim4-node processes in which two senders
 # stream memos to a receiver that is SIGKILLed and restarted at seeded random
 # moments; after each run every sled store is checked offline (nothing

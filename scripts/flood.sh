@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Flood (README "Benchmarks"): a well-behaved peer B delivers memos at 100/s
+# Flood (docs/benchmarks.md): a well-behaved peer B delivers memos at 100/s
 # to a node, alone and while peer A floods it with 64 concurrent loops: three
 # interleaved rounds of "B alone" then "B + A limited to 200/s", and one
 # phase with no per-peer limit for contrast. Prints B's p50/p99 per phase,

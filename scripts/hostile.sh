@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Hostile input (README "Hostile input and fuzzing"): the corpus of 10,000
+# Hostile input (docs/hostile-input.md): the corpus of 10,000
 # hostile envelopes in eleven categories, sent over gRPC and over libp2p to an
 # in-process node (node/tests/node/corpus.rs; each refusal's code and reason
 # checked, the node healthy afterwards, resident memory before and after),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Partition suite (README "Reliability suites"): three mim4-node processes,
+# Partition suite (docs/testing.md): three mim4-node processes,
 # each in its own network namespace; the income register is cut off from both
 # other operators for CUT (default 30s) while consents are granted and
 # withdrawn, then Stockholm's node is paused with SIGSTOP for PAUSE (default

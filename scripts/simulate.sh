@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The simulation suite (README "Reliability suites"): SEEDS seeds (default 2000)
+# The simulation suite (docs/testing.md): SEEDS seeds (default 2000)
 # of the deterministic simulation of the core and the delivery logic
 # (node/src/core/tests/sim.rs) under seeded crashes, partitions and clock
 # offsets, then 50 seeds of the broken receiver that acknowledges before its
