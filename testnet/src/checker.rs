@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
-use mim4_node::core::consent::{Audience, ConsentLog, ConsentRecord, EventKind};
+use mim4_node::core::consent::{copies, ConsentLog, ConsentRecord, EventKind};
 use mim4_node::core::envelope::Payload;
 use mim4_node::core::ids::OperatorId;
 use mim4_node::core::trust::VerifiedTrustList;
@@ -321,20 +321,9 @@ fn check_memos(ledger: &Ledger, holdings: &BTreeMap<String, Holdings>, report: &
     }
 }
 
-/// The operators that must hold a copy of a record (as the node pushes it).
+/// The operators that must hold a copy of a record (the node's own rule).
 fn parties(record: &ConsentRecord) -> BTreeSet<OperatorId> {
-    let terms = record.terms();
-    let mut parties = BTreeSet::from([terms.source.clone(), terms.home.clone()]);
-    match &terms.audience {
-        Audience::Service(service) => {
-            parties.insert(service.operator().clone());
-        }
-        Audience::Member(member) => {
-            parties.insert(member.clone());
-        }
-        Audience::Sector(_) => {}
-    }
-    parties
+    copies::parties(record.terms())
 }
 
 fn is_withdrawn(record: &ConsentRecord) -> bool {

@@ -12,10 +12,12 @@
 //!
 //! # Layout
 //! - this file: identifiers, terms, events and the record's state machine;
+//! - [`copies`]: who holds a copy of a record, and how a copy grows (the merge rule);
 //! - [`delegation`]: who may act for whom (guardians, mandates), bounded in depth;
 //! - [`index`]: the in-memory decision index and the reference (naive) decision;
 //! - [`export`]: Kantara Consent Receipt v1.1 (JWS) and ISO/IEC TS 27560 JSON-LD.
 
+pub mod copies;
 pub mod delegation;
 pub mod export;
 pub mod index;

@@ -16,6 +16,7 @@ use tonic::Code;
 use tracing::{info, warn};
 
 use crate::clock::{now_ms, random_id_bytes};
+use crate::core::consent::copies;
 use crate::core::consent::delegation::{Delegation, DelegationError, DelegationKind, Delegations};
 use crate::core::consent::export::{self, ControllerInfo, PostalAddress};
 use crate::core::consent::index::{Decision, Index, Query};
@@ -199,16 +200,7 @@ pub(crate) fn load(
 
 /// The operators other than `me` that must hold a copy of the record.
 fn parties(terms: &ConsentTerms, me: &OperatorId) -> BTreeSet<OperatorId> {
-    let mut parties = BTreeSet::from([terms.source.clone(), terms.home.clone()]);
-    match &terms.audience {
-        Audience::Service(service) => {
-            parties.insert(service.operator().clone());
-        }
-        Audience::Member(member) => {
-            parties.insert(member.clone());
-        }
-        Audience::Sector(_) => {}
-    }
+    let mut parties = copies::parties(terms);
     parties.remove(me);
     parties
 }
@@ -695,47 +687,26 @@ impl Node {
         sender: &OperatorId,
         log: &ConsentLog,
     ) -> Result<(), ConsentError> {
-        let record = log.verify(&self.trust())?;
-        let terms = record.terms();
-        if &terms.home != sender {
-            return Err(ConsentError::Notice(format!(
-                "only the home operator {} pushes this record, not {sender}",
-                terms.home
-            )));
-        }
         let me = self.operator_id();
         let sectors = self.sectors_of(me);
-        let is_party = &terms.source == me
-            || match &terms.audience {
-                Audience::Service(s) => s.operator() == me,
-                Audience::Member(m) => m == me,
-                Audience::Sector(label) => sectors.contains(label),
-            };
-        if !is_party {
-            return Err(ConsentError::Notice(
-                "this node is neither the source nor in the audience of the record".into(),
-            ));
-        }
         let _writer = self.consents.writer.lock().await;
-        if let Some(stored) = self.store.consent_log(&log.consent_id)? {
-            let common = stored.events.len().min(log.events.len());
-            let consistent = stored.events[..common]
-                .iter()
-                .zip(&log.events[..common])
-                .all(|(a, b)| a.body == b.body);
-            if !consistent {
-                warn!(consent = %log.consent_id, home = %sender, "home pushed a log that contradicts the stored one (equivocation); refused");
-                return Err(ConsentError::Notice(
-                    "the log contradicts the stored history of this record".into(),
-                ));
+        let held = self.store.consent_log(&log.consent_id)?;
+        let merged = copies::merge(&self.trust(), me, &sectors, sender, held.as_ref(), log);
+        let record = match merged {
+            Ok(copies::Merged::Extends(record)) => record,
+            Ok(copies::Merged::Unchanged) => return Ok(()),
+            Err(copies::MergeError::Invalid(e)) => return Err(e.into()),
+            Err(e) => {
+                if matches!(e, copies::MergeError::Equivocation) {
+                    warn!(consent = %log.consent_id, home = %sender, "home pushed a log that contradicts the stored one (equivocation); refused");
+                }
+                return Err(ConsentError::Notice(e.to_string()));
             }
-            if stored.events.len() >= log.events.len() {
-                return Ok(());
-            }
-        } else {
+        };
+        if held.is_none() {
             // A home that keeps to the limit never sends more; a record
             // beyond it is refused, not indexed.
-            self.check_room_for(&terms.subject)?;
+            self.check_room_for(&record.terms().subject)?;
         }
         self.store.put_consent_log(log, &record.terms().subject)?;
         let me = self.operator_id().clone();

@@ -2597,3 +2597,86 @@ fn generators_reach_every_status_and_decision() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Copies: who holds one, and how a pushed log merges into it
+// ---------------------------------------------------------------------------
+
+/// The source, the home and the audience's operator hold a copy; a sector
+/// arrangement names no one beyond source and home.
+#[test]
+fn parties_are_source_home_and_audience() {
+    use crate::core::consent::copies::parties;
+    let consent = parties(&terms(1));
+    let want: BTreeSet<OperatorId> = [HOME, SOURCE, "se.stockholm"]
+        .into_iter()
+        .map(operator)
+        .collect();
+    assert_eq!(consent, want);
+    let sector = parties(&arrangement(2, Audience::Sector(sector("education"))));
+    assert_eq!(sector, [HOME, SOURCE].into_iter().map(operator).collect());
+}
+
+/// A party keeps a pushed log only if it verifies, comes from the record's
+/// home, concerns the party, and extends its copy; a log that contradicts the
+/// copy is equivocation, and an older or equal one changes nothing.
+#[test]
+fn a_pushed_log_merges_only_as_a_verified_extension_from_home() {
+    use crate::core::consent::copies::{merge, MergeError, Merged};
+    let fx = Fixture::new();
+    let (home, source) = (operator(HOME), operator(SOURCE));
+    let given = Script::requested(terms(1)).granted(ALICE);
+    let short = signed_log(&given.events, &fx.helsinki.key);
+    let long = signed_log(&given.clone().withdrawn(ALICE).events, &fx.helsinki.key);
+    let merged = |held: Option<&ConsentLog>, pushed: &ConsentLog, sender: &OperatorId| {
+        merge(&fx.trust, &source, &[], sender, held, pushed)
+    };
+
+    assert!(matches!(
+        merged(None, &short, &home),
+        Ok(Merged::Extends(_))
+    ));
+    assert!(matches!(
+        merged(Some(&short), &long, &home),
+        Ok(Merged::Extends(_))
+    ));
+    assert!(matches!(
+        merged(Some(&long), &short, &home),
+        Ok(Merged::Unchanged)
+    ));
+    assert!(matches!(
+        merged(Some(&long), &long, &home),
+        Ok(Merged::Unchanged)
+    ));
+
+    // Another history of the same record: refused, whatever its length.
+    let other = signed_log(
+        &Script::requested(terms(1)).refused(ALICE).events,
+        &fx.helsinki.key,
+    );
+    assert!(matches!(
+        merged(Some(&long), &other, &home),
+        Err(MergeError::Equivocation)
+    ));
+    // Pushed by someone other than the home.
+    assert!(matches!(
+        merged(None, &short, &source),
+        Err(MergeError::NotFromHome { .. })
+    ));
+    // Not the source, not in the audience.
+    let stranger = merge(
+        &fx.trust,
+        &operator("xx.elsewhere"),
+        &[],
+        &home,
+        None,
+        &short,
+    );
+    assert!(matches!(stranger, Err(MergeError::NotARecipient)));
+    // Signed by a key that is not the home's.
+    let forged = signed_log(&given.events, &fx.stockholm.key);
+    assert!(matches!(
+        merged(None, &forged, &home),
+        Err(MergeError::Invalid(_))
+    ));
+}
