@@ -1,8 +1,8 @@
 //! `mim4-testnet partition`: the partition suite.
 //!
 //! Three operators, each node in its own network namespace ([`Lab`]), and
-//! the client traffic of [`chaos`](crate::chaos) (memos between every pair,
-//! consent grant/withdraw cycles). Two phases:
+//! the client traffic that [`chaos`](crate::chaos) runs too (the `traffic`
+//! module: memos between every pair, consent grant/withdraw cycles). Two phases:
 //!
 //! 1. **Cut**: after a warm-up, the income register (the source of every
 //!    consent, so every grant and withdrawal is pushed to it) is cut off from
@@ -29,10 +29,10 @@ use nix::unistd::Pid;
 use rand::RngCore as _;
 use serde::Serialize;
 
-use crate::chaos::{ConsentTraffic, Traffic};
 use crate::checker::{self, Ledger};
 use crate::guard::{temporary_dir, NodeGuard};
 use crate::netns::Lab;
+use crate::traffic::{ConsentTraffic, Traffic};
 use crate::{bench, node_binary, Federation, Placement, DEFAULT_OPERATORS};
 
 /// The operator cut off in the first phase (the source of the consents).
