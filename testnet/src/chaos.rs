@@ -15,7 +15,7 @@
 //! `traffic` module's, which the [`partition`](crate::partition) suite runs too.
 //!
 //! Where the machine allows it (root, iproute2, network namespaces), a new
-//! federation runs in a private network of namespaces ([`netns::Lab`]) and,
+//! federation runs in a private network of namespaces ([`netns::Lab`](crate::netns::Lab)) and,
 //! beside the kills, a second seeded schedule partitions operators: a pair
 //! cut off from each other, or one operator cut off from everyone (the tool
 //! included), for a few seconds at a time; everything is healed before the
@@ -30,14 +30,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use rand::rngs::StdRng;
-use rand::{Rng as _, RngCore as _, SeedableRng as _};
+use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;
 
 use crate::checker::{self, Ledger};
 use crate::guard::{temporary_dir, NodeGuard};
 use crate::netns::Lab;
+use crate::traffic::{self, Traffic, HOME, SOURCE};
 pub use crate::traffic::{ConsentTraffic, ScenarioRuns};
-use crate::traffic::{Traffic, HOME, SOURCE};
 use crate::{bench, node_binary, Federation, Placement, DEFAULT_OPERATORS};
 
 /// Longest run the options accept.
@@ -382,12 +382,7 @@ async fn run_with(
     );
     let mut report = Report::new(options, &federation, lab.is_some(), no_lab);
     let mut guard = NodeGuard::new(federation, "chaos");
-    let mut run_id = [0u8; 4];
-    rand::rngs::OsRng.fill_bytes(&mut run_id);
-    let ledger = Arc::new(Mutex::new(Ledger::with_prefix(&format!(
-        "chaos {} ",
-        hex::encode(run_id)
-    ))));
+    let ledger = traffic::new_ledger("chaos");
     let outcome = tokio::select! {
         outcome = inject(options, lab.as_deref(), &mut guard, &mut report, &ledger) => Some(outcome),
         _ = tokio::signal::ctrl_c() => None,

@@ -92,7 +92,7 @@ pub struct ConsentTraffic {
     pub withdrawals_acknowledged: usize,
     /// Withdrawals that took effect although the call failed.
     pub withdrawals_unacknowledged: usize,
-    /// Cycles given up (a step kept failing for [`STEP_WAIT`]).
+    /// Cycles given up (a step kept failing for `STEP_WAIT`, 20 s).
     pub abandoned: usize,
 }
 
@@ -116,6 +116,18 @@ impl ConsentCounters {
             abandoned: self.abandoned.load(Ordering::Relaxed),
         }
     }
+}
+
+/// A new ledger for one run of `suite`: the run's memos start with the
+/// suite's name and a random run id, so that the check leaves out other
+/// traffic in the same federation (an earlier run, a demo).
+pub(crate) fn new_ledger(suite: &str) -> Arc<Mutex<Ledger>> {
+    let mut run_id = [0u8; 4];
+    rand::rngs::OsRng.fill_bytes(&mut run_id);
+    Arc::new(Mutex::new(Ledger::with_prefix(&format!(
+        "{suite} {} ",
+        hex::encode(run_id)
+    ))))
 }
 
 /// The client traffic of a fault run: memos from every operator to random

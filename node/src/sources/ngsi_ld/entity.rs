@@ -36,8 +36,8 @@ pub enum SubjectKey {
     ///
     /// CIM 009 treats `attrs` as a filter too, so a subject whose entity has
     /// none of the requested attributes reads as
-    /// [`SourceError::UnknownSubject`] in this mode; [`SubjectKey::Attribute`]
-    /// does not have this ambiguity.
+    /// [`SourceError::UnknownSubject`](crate::sources::SourceError::UnknownSubject)
+    /// in this mode; [`SubjectKey::Attribute`] does not have this ambiguity.
     IdPrefix(String),
 }
 

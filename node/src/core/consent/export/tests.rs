@@ -200,6 +200,7 @@ fn check_receipt(record: &ConsentRecord, at_ms: u64, expected: &[Expect]) {
 /// Receipts carry the record's fields and validate, whatever the record's state.
 #[test]
 fn receipts_follow_the_record() {
+    // Longer than 80 lines: one table of cases, one record state each, read top to bottom.
     use Expect::{Contains, Is};
     let termination = "/services/0/purposes/0/termination";
     let mid_year_ms = ASKED_AT_MS + 100 * 86_400_000;
@@ -467,6 +468,7 @@ fn with_part(jws: &str, index: usize, part: &str) -> String {
 /// or another key, fails.
 #[test]
 fn jws_round_trip_and_tampering() {
+    // Longer than 80 lines: one round trip, then one tampered token per way a token can be wrong.
     let key = operator_key();
     let public = key.public();
     let receipt = kantara_receipt(&given(alice(1)), &controller(), ASKED_AT_MS);
