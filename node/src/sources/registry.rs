@@ -55,7 +55,7 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
-use super::ngsi_ld::{Entity, Form, Mapping, Multiplicity};
+use super::ngsi_ld::entity::{Entity, Form, Mapping, Multiplicity};
 use super::{BoxFuture, DataSource, SourceError, Values};
 use crate::core::consent::{Attribute, NameError, SubjectId};
 use crate::limits;
