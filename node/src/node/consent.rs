@@ -288,13 +288,12 @@ impl Node {
 /// validity ended, so every party is told. Decisions never wait for this:
 /// every copy denies from `not_after` on by itself.
 pub(crate) async fn expiry_loop(shared: Arc<Node>, cancel: CancellationToken) -> Result<(), Error> {
-    const BATCH: usize = 256;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(Duration::from_millis(limits::EXPIRY_INTERVAL_MS)) => {}
         }
-        let recorded = shared.expire_due(now_ms(), BATCH).await;
+        let recorded = shared.expire_due(now_ms(), limits::EXPIRY_BATCH_MAX).await;
         if recorded > 0 {
             info!(
                 recorded,
@@ -306,9 +305,8 @@ pub(crate) async fn expiry_loop(shared: Arc<Node>, cancel: CancellationToken) ->
 
 /// Pushes consent records again to parties that lack their latest version:
 /// once at start (a crash may have come between storing a log and queuing its
-/// pushes), then every `REPUSH_EVERY` (pushes that expired while a party was away).
+/// pushes), then every [`limits::REPUSH_INTERVAL_MS`] (pushes that expired while a party was away).
 pub(crate) async fn repush_loop(shared: Arc<Node>, cancel: CancellationToken) -> Result<(), Error> {
-    const REPUSH_EVERY: Duration = Duration::from_secs(300);
     loop {
         match shared.repush_lagging().await {
             Ok(0) => {}
@@ -320,7 +318,7 @@ pub(crate) async fn repush_loop(shared: Arc<Node>, cancel: CancellationToken) ->
         }
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            () = tokio::time::sleep(REPUSH_EVERY) => {}
+            () = tokio::time::sleep(Duration::from_millis(limits::REPUSH_INTERVAL_MS)) => {}
         }
     }
 }

@@ -34,41 +34,16 @@ use super::entity::{Entity, Form, Mapping, Multiplicity, SubjectKey};
 use super::ConfigError;
 use crate::core::consent::{Attribute, SubjectId};
 use crate::limits::ENTITIES_PER_SUBJECT_MAX;
+pub use crate::limits::NGSI_LD_PAGES_MAX as PAGES_MAX;
+pub use crate::limits::NGSI_LD_PAGE_SIZE_DEFAULT as PAGE_SIZE_DEFAULT;
+pub use crate::limits::NGSI_LD_PAGE_SIZE_MAX as PAGE_SIZE_MAX;
+use crate::limits::NGSI_LD_PROBLEM_BYTES_MAX as PROBLEM_BYTES_MAX;
+pub use crate::limits::NGSI_LD_READ_TIMEOUT_DEFAULT as READ_TIMEOUT_DEFAULT;
+pub use crate::limits::NGSI_LD_RESPONSE_BYTES_MAX as RESPONSE_BYTES_MAX;
 use crate::sources::{BoxFuture, DataSource, SourceError, Values};
-
-/// Largest accepted response body of one page, in bytes.
-///
-/// A page holds one subject's entities restricted to the mapped attributes,
-/// typically a few KiB; 4 MiB leaves room for many entities per subject (a
-/// diploma register) while bounding memory per in-flight read to this buffer
-/// plus its parsed JSON (a few times the size).
-pub const RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
-
-/// Most pages followed for one read; more is treated as a malformed answer.
-///
-/// With the default page size of 100 that is 1,600 entities, far above what
-/// one person has in any register; the bound stops a broker that keeps
-/// announcing more pages.
-pub const PAGES_MAX: usize = 16;
-
-/// Largest page size (`limit`) the adapter asks for; brokers commonly cap it at 1,000.
-pub const PAGE_SIZE_MAX: u32 = 1_000;
-
-/// Default page size: one request for any realistic subject.
-pub const PAGE_SIZE_DEFAULT: u32 = 100;
-
-/// Default deadline of one whole read (all pages, connecting included).
-///
-/// A context broker answers a keyed query in milliseconds; 5 s rides out a
-/// busy broker while staying well below the request deadline of a data
-/// exchange, so a hanging broker becomes [`SourceError::Unavailable`] in time.
-pub const READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 
 /// Path of the Query Entities resource under the base URL (CIM 009 clause 6.4).
 const ENTITIES_PATH: &str = "/ngsi-ld/v1/entities";
-
-/// Bytes of an error body kept for the error message.
-const PROBLEM_BYTES_MAX: usize = 4 * 1024;
 
 /// Characters percent-encoded in query parameter values: all but RFC 3986 unreserved ones.
 const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC

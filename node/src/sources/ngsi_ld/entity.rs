@@ -14,15 +14,8 @@ use serde_json::Value;
 
 use super::ConfigError;
 use crate::core::consent::Attribute;
-
-/// Longest NGSI-LD name (entity type, attribute name, id prefix) in a mapping, in bytes.
-///
-/// Names may be full URIs; 256 bytes holds any realistic one and bounds the
-/// query string.
-pub const NGSI_LD_NAME_BYTES_MAX: usize = 256;
-
-/// Most catalogue attributes one mapping may map; bounds the `attrs` parameter.
-pub const MAPPED_ATTRIBUTES_MAX: usize = 256;
+pub use crate::limits::MAPPED_ATTRIBUTES_MAX;
+pub use crate::limits::NGSI_LD_NAME_BYTES_MAX;
 
 /// How the entities of a source name their subject.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,13 +8,7 @@ use serde_json::{json, Value};
 
 use super::ExportError;
 use crate::core::keys::{PublicKey, SecretKey, SIGNATURE_LEN};
-
-/// Longest compact JWS [`verify_jws`] accepts, in bytes. A receipt of a record
-/// at the limits of [`crate::core::consent`] (64 scope items and 8 purposes
-/// of up to 128 bytes, 1 KiB of purpose text) is about 12 KiB of JSON and
-/// 16 KiB as base64url; 64 KiB leaves room for long controller details and
-/// bounds the work done on a token from outside before its signature is checked.
-pub const JWS_BYTES_MAX: usize = 64 * 1024;
+pub use crate::limits::JWS_BYTES_MAX;
 
 /// The domain prefix of JWS signatures: none, because RFC 7515 signs exactly
 /// `base64url(header) "." base64url(payload)`, and a JOSE library elsewhere
