@@ -856,9 +856,9 @@ impl Store {
         };
         wire::decode_consent_log(&bytes)
             .map(Some)
-            .map_err(|reason| Error::Corrupt {
+            .map_err(|e| Error::Corrupt {
                 tree: "consents",
-                reason,
+                reason: e.to_string(),
             })
     }
 
@@ -879,9 +879,9 @@ impl Store {
                 continue;
             };
             out.push(
-                wire::decode_consent_log(&bytes).map_err(|reason| Error::Corrupt {
+                wire::decode_consent_log(&bytes).map_err(|e| Error::Corrupt {
                     tree: "consents",
-                    reason,
+                    reason: e.to_string(),
                 })?,
             );
         }
@@ -995,9 +995,9 @@ impl Store {
         list.responses
             .into_iter()
             .map(|r| {
-                wire::data_response_from_pb(r).map_err(|reason| Error::Corrupt {
+                wire::data_response_from_pb(r).map_err(|e| Error::Corrupt {
                     tree: "received",
-                    reason,
+                    reason: e.to_string(),
                 })
             })
             .collect::<Result<Vec<_>>>()
@@ -1298,7 +1298,10 @@ fn decode_response(tree: &'static str, bytes: &[u8]) -> Result<DataResponse> {
         tree,
         reason: e.to_string(),
     })?;
-    wire::data_response_from_pb(raw).map_err(|reason| Error::Corrupt { tree, reason })
+    wire::data_response_from_pb(raw).map_err(|e| Error::Corrupt {
+        tree,
+        reason: e.to_string(),
+    })
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {

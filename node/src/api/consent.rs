@@ -430,7 +430,7 @@ impl ApiService {
         };
         let data_request: DataRequest = wire::data_request_from_pb(raw).map_err(|e| {
             self.shared.count("data-request-invalid");
-            Status::invalid_argument(e)
+            Status::invalid_argument(e.to_string())
         })?;
         let outcomes = self
             .shared
