@@ -239,7 +239,7 @@ impl OperatorApi for ApiService {
         let memo = request
             .memo
             .ok_or_else(|| Status::invalid_argument("memo is missing"))?;
-        let memo = wire::memo_from_pb(memo).map_err(Status::invalid_argument)?;
+        let memo = wire::memo_from_pb(memo).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let id = self
             .shared
             .send(recipient.clone(), Payload::Memo(memo))

@@ -726,7 +726,7 @@ pub enum TransitionError {
     },
     /// An event does not decode.
     #[error("event does not decode: {0}")]
-    Malformed(String),
+    Malformed(#[from] wire::DecodeError),
 }
 
 /// A consent or arrangement: the fold of its events.
@@ -995,7 +995,7 @@ pub fn verify_event(
     signed: &SignedEvent,
     trust: &VerifiedTrustList,
 ) -> Result<ConsentEvent, TransitionError> {
-    let event = wire::decode_consent_event(&signed.body).map_err(TransitionError::Malformed)?;
+    let event = wire::decode_consent_event(&signed.body)?;
     let bad = |reason: String| TransitionError::BadSignature {
         seq: event.seq,
         reason,
