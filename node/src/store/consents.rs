@@ -62,15 +62,7 @@ impl Store {
     /// Every stored log (read at start to build the decision index), but
     /// those of erased subjects.
     pub fn consent_logs(&self) -> Result<Vec<ConsentLog>> {
-        let mut out = Vec::new();
-        for item in self.consents.iter() {
-            let (key, sealed) = item?;
-            let Some(bytes) = self.open_record(TAG_CONSENT, &key, &sealed)? else {
-                continue;
-            };
-            out.push(consent_log_from_bytes(&bytes)?);
-        }
-        Ok(out)
+        self.open_all(&self.consents, TAG_CONSENT, consent_log_from_bytes)
     }
 
     /// Stores a delegation, encrypted under its principal's data key.
@@ -81,13 +73,24 @@ impl Store {
 
     /// Every stored delegation, but those of erased principals.
     pub fn delegations(&self) -> Result<Vec<Delegation>> {
+        self.open_all(&self.delegations, TAG_DELEGATION, delegation_from_bytes)
+    }
+
+    /// Every record of `tree` opened with its tag and decoded, but those
+    /// whose subject was erased.
+    fn open_all<T>(
+        &self,
+        tree: &sled::Tree,
+        tag: u8,
+        decode: impl Fn(&[u8]) -> Result<T>,
+    ) -> Result<Vec<T>> {
         let mut out = Vec::new();
-        for item in self.delegations.iter() {
+        for item in tree.iter() {
             let (key, sealed) = item?;
-            let Some(bytes) = self.open_record(TAG_DELEGATION, &key, &sealed)? else {
+            let Some(bytes) = self.open_record(tag, &key, &sealed)? else {
                 continue;
             };
-            out.push(delegation_from_bytes(&bytes)?);
+            out.push(decode(&bytes)?);
         }
         Ok(out)
     }

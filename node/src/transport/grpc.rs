@@ -111,6 +111,17 @@ impl PeerService {
         Err(refused)
     }
 
+    /// The envelope bytes of an admitted request, and the member it came from.
+    async fn envelope<T>(
+        &self,
+        request: Request<T>,
+        bytes: impl FnOnce(T) -> Vec<u8>,
+    ) -> Result<(Vec<u8>, Option<OperatorId>), Status> {
+        let peer = self.peer(&request)?;
+        let request = self.admit(request, peer.as_ref()).await?;
+        Ok((bytes(request.into_inner()), peer))
+    }
+
     fn check_rate<T>(&self, request: &Request<T>, peer: Option<&OperatorId>) -> Result<(), Status> {
         let key = match peer {
             Some(peer) => RateKey::Member(peer.clone()),
@@ -132,26 +143,22 @@ impl OperatorPeer for PeerService {
         &self,
         request: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverResponse>, Status> {
-        let peer = self.peer(&request)?;
-        let request = self.admit(request, peer.as_ref()).await?;
-        let bytes = request.into_inner().envelope;
-        match self.inbound.clone().deliver(bytes, peer).await {
-            Ok(receipt) => Ok(Response::new(pb::DeliverResponse { receipt })),
-            Err(refusal) => Err(refusal_status(refusal)),
-        }
+        let (bytes, peer) = self.envelope(request, |r| r.envelope).await?;
+        let receipt = self.inbound.clone().deliver(bytes, peer).await;
+        receipt
+            .map(|receipt| Response::new(pb::DeliverResponse { receipt }))
+            .map_err(refusal_status)
     }
 
     async fn call(
         &self,
         request: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallResponse>, Status> {
-        let peer = self.peer(&request)?;
-        let request = self.admit(request, peer.as_ref()).await?;
-        let bytes = request.into_inner().envelope;
-        match self.inbound.clone().call(bytes, peer).await {
-            Ok(envelope) => Ok(Response::new(pb::CallResponse { envelope })),
-            Err(refusal) => Err(refusal_status(refusal)),
-        }
+        let (bytes, peer) = self.envelope(request, |r| r.envelope).await?;
+        let answer = self.inbound.clone().call(bytes, peer).await;
+        answer
+            .map(|envelope| Response::new(pb::CallResponse { envelope }))
+            .map_err(refusal_status)
     }
 
     async fn fetch_trust_list(

@@ -66,6 +66,17 @@ impl Node {
         Ok(id)
     }
 
+    /// Event `seq` of record `id`, recorded by this node at `at_ms`.
+    fn event(&self, id: ConsentId, seq: u32, at_ms: u64, kind: EventKind) -> ConsentEvent {
+        ConsentEvent {
+            consent_id: id,
+            seq,
+            at_ms,
+            recorder: self.operator_id().clone(),
+            kind,
+        }
+    }
+
     /// Records a new record's first event (and, for an arrangement, the
     /// subject's grant) at the home operator.
     pub(super) async fn record_requested(
@@ -80,23 +91,11 @@ impl Node {
         }
         self.check_room_for(&terms.subject)?;
         let now = now_ms();
-        let first = ConsentEvent {
-            consent_id: id,
-            seq: 0,
-            at_ms: now,
-            recorder: self.operator_id().clone(),
-            kind: EventKind::Requested(terms),
-        };
+        let first = self.event(id, 0, now, EventKind::Requested(terms));
         let mut record = ConsentRecord::new(first.clone())?;
         let mut events = vec![first];
         if let Some(actor) = grant {
-            let event = ConsentEvent {
-                consent_id: id,
-                seq: 1,
-                at_ms: now,
-                recorder: self.operator_id().clone(),
-                kind: EventKind::Granted(actor),
-            };
+            let event = self.event(id, 1, now, EventKind::Granted(actor));
             record.apply(event.clone())?;
             events.push(event);
         }
@@ -119,13 +118,7 @@ impl Node {
             return Err(ConsentError::NotHome(record.terms().home.clone()));
         }
         let now = now_ms();
-        let event = ConsentEvent {
-            consent_id: id,
-            seq: record.next_seq(),
-            at_ms: now,
-            recorder: self.operator_id().clone(),
-            kind: kind(&record, now)?,
-        };
+        let event = self.event(id, record.next_seq(), now, kind(&record, now)?);
         record.apply(event.clone())?;
         log.events.push(event.sign(&self.key));
         self.commit_home(record, log).await
