@@ -26,7 +26,7 @@ use crate::limits;
 use crate::store::{self, Outgoing, OutgoingState};
 use crate::transport::{PeerError, Peers};
 
-/// Errors of [`Shared::send`].
+/// Errors of [`Node::send`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SendError {
@@ -63,7 +63,7 @@ pub enum SendError {
     },
 }
 
-/// Errors of [`Shared::call`].
+/// Errors of [`Node::call`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CallError {

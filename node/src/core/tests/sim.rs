@@ -441,7 +441,7 @@ fn scheduler() -> Scheduler {
 struct Op {
     node: usize,
     recipient: usize,
-    /// Set when `Shared::send` returned.
+    /// Set when `Node::send` returned.
     acknowledged: Option<MessageId>,
 }
 
@@ -934,7 +934,7 @@ impl<'a> Sim<'a> {
         }
     }
 
-    // -- the client and `Shared::send` ---------------------------------------
+    // -- the client and `Node::send` ---------------------------------------
 
     fn submit(&mut self, node: usize) {
         if self.draining || !self.nodes[node].up {
@@ -1050,7 +1050,7 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// `Shared::deliver_once` up to the call: read the stored bytes and send them.
+    /// `Node::deliver_once` up to the call: read the stored bytes and send them.
     fn deliver_once(&mut self, node: usize, id: MessageId) {
         let Some(outgoing) = self.nodes[node].store.current.outbox.get(&id).cloned() else {
             self.violation(format!("{id} vanished from the outbox"));
@@ -1756,7 +1756,7 @@ fn simulation() {
     }
 }
 
-/// A bug this simulation found in the driver: `Shared::receive` answers a
+/// A bug this simulation found in the driver: `Node::receive` answers a
 /// retransmission (`RejectReason::Replayed`) with the stored receipt at once,
 /// although the first copy's `record_applied` may not be flushed yet (it is
 /// still waiting in `durable()`); the sender marks the message delivered, the
@@ -1764,7 +1764,7 @@ fn simulation() {
 /// Seed 27 shows it (a copy duplicated by the network is answered during a
 /// 184 ms flush; in production a retry after `DELIVERY_TIMEOUT_MS` or a
 /// restarted sender does the same); 5 of seeds 0..2000 lose a message this
-/// way and nothing else. `Shared::receive` now flushes (`durable()`) before
+/// way and nothing else. `Node::receive` now flushes (`durable()`) before
 /// answering a replay, as `Variant::Faithful` models: it loses nothing on the
 /// same seed.
 #[test]
