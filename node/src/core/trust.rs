@@ -5,6 +5,10 @@
 //! operator pinned in its configuration (the trust anchor), and later only when
 //! signed by `threshold` of the governance keys of the list the node already
 //! holds, with a higher version, for the same federation, and not expired.
+//!
+//! It also says which member a peer's key names, and whether that member may
+//! connect now ([`VerifiedTrustList::active_member_with_key`]): the one rule
+//! the TLS verifiers, the gRPC port and the libp2p swarm all apply.
 
 use std::collections::BTreeMap;
 
@@ -390,6 +394,95 @@ impl VerifiedTrustList {
     }
 }
 
+/// Which members a peer's key lets connect: the rules both transports apply
+/// to the key a connection authenticated (a TLS certificate, a libp2p PeerId).
+impl VerifiedTrustList {
+    /// The active member that holds `key`, valid at `now_ms`: the rule for a
+    /// peer that connects to this node, applied at the handshake and again to
+    /// every request.
+    pub fn active_member_with_key(
+        &self,
+        key: &PublicKey,
+        now_ms: u64,
+    ) -> Result<OperatorId, KeyHolderError> {
+        let version = self.version();
+        let mut holders = self.list.members.iter().filter(|m| holds(m, key));
+        let Some(member) = holders.next() else {
+            return Err(KeyHolderError::UnknownKey {
+                key_id: key.key_id(),
+                version,
+            });
+        };
+        if holders.next().is_some() {
+            return Err(KeyHolderError::Ambiguous {
+                key_id: key.key_id(),
+                version,
+            });
+        }
+        if member.status != MemberStatus::Active {
+            return Err(KeyHolderError::NotAllowed {
+                member: member.operator_id.clone(),
+                status: member.status,
+                version,
+            });
+        }
+        if !valid_now(member, key, now_ms) {
+            return Err(KeyHolderError::KeyNotValidNow {
+                member: member.operator_id.clone(),
+                key_id: key.key_id(),
+                version,
+            });
+        }
+        Ok(member.operator_id.clone())
+    }
+
+    /// Checks that `key` is a key of `expected`, valid at `now_ms`, and that
+    /// `expected` is not revoked: the rule for a peer this node dialled. A
+    /// suspended member may be dialled, so that it learns of its status.
+    pub fn check_dialled_key(
+        &self,
+        expected: &OperatorId,
+        key: &PublicKey,
+        now_ms: u64,
+    ) -> Result<(), KeyHolderError> {
+        let version = self.version();
+        let Some(member) = self.member(expected).filter(|m| holds(m, key)) else {
+            return Err(KeyHolderError::WrongMember {
+                expected: expected.clone(),
+                key_id: key.key_id(),
+            });
+        };
+        if member.status == MemberStatus::Revoked {
+            return Err(KeyHolderError::NotAllowed {
+                member: expected.clone(),
+                status: member.status,
+                version,
+            });
+        }
+        if !valid_now(member, key, now_ms) {
+            return Err(KeyHolderError::KeyNotValidNow {
+                member: expected.clone(),
+                key_id: key.key_id(),
+                version,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Whether `member` lists `key`, in any window.
+fn holds(member: &Member, key: &PublicKey) -> bool {
+    member.keys.iter().any(|k| k.public_key == *key)
+}
+
+/// Whether `member` lists `key` with a window that holds `now_ms`.
+fn valid_now(member: &Member, key: &PublicKey, now_ms: u64) -> bool {
+    member
+        .keys
+        .iter()
+        .any(|k| k.public_key == *key && k.is_valid_at(now_ms))
+}
+
 /// Counts valid signatures by distinct keys of `anchor` and requires `threshold`.
 fn check_signatures(
     signed: &SignedTrustList,
@@ -479,5 +572,57 @@ pub enum TrustListError {
         valid_until_ms: u64,
         /// Current time.
         now_ms: u64,
+    },
+}
+
+/// Why a peer's key does not let it connect
+/// ([`VerifiedTrustList::active_member_with_key`],
+/// [`VerifiedTrustList::check_dialled_key`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyHolderError {
+    /// No member of the trust list holds this key.
+    #[error("key {key_id} is not a key of any member of trust list version {version}")]
+    UnknownKey {
+        /// The presented key.
+        key_id: KeyId,
+        /// The trust list consulted.
+        version: u64,
+    },
+    /// The key is listed, but outside its validity window now.
+    #[error("key {key_id} of {member} is not valid now (trust list version {version})")]
+    KeyNotValidNow {
+        /// Its holder.
+        member: OperatorId,
+        /// The presented key.
+        key_id: KeyId,
+        /// The trust list consulted.
+        version: u64,
+    },
+    /// The member may not connect in its current status.
+    #[error("{member} is {} in trust list version {version}", .status.as_str())]
+    NotAllowed {
+        /// The member.
+        member: OperatorId,
+        /// Its status.
+        status: MemberStatus,
+        /// The trust list consulted.
+        version: u64,
+    },
+    /// Several members hold the key, so it names no one.
+    #[error("key {key_id} is listed for more than one member in trust list version {version}")]
+    Ambiguous {
+        /// The presented key.
+        key_id: KeyId,
+        /// The trust list consulted.
+        version: u64,
+    },
+    /// The peer dialled is not the member this node meant to reach.
+    #[error("the server presented key {key_id}, which is not a key of {expected}")]
+    WrongMember {
+        /// The member dialled.
+        expected: OperatorId,
+        /// The presented key.
+        key_id: KeyId,
     },
 }

@@ -70,7 +70,9 @@ impl PeerService {
         let identity = request.extensions().get::<PeerIdentity>().ok_or_else(|| {
             Status::unauthenticated("no authenticated TLS peer on this connection")
         })?;
-        tls::active_member_with_key(&self.inbound.trust(), &identity.key, now_ms())
+        self.inbound
+            .trust()
+            .active_member_with_key(&identity.key, now_ms())
             .map(Some)
             .map_err(|e| {
                 warn!(remote_addr = %identity.remote_addr, reason = %e, "request from a TLS peer no longer allowed");
