@@ -116,6 +116,13 @@ pub const CATALOGUE_ATTRIBUTES_MAX: usize = 10_000;
 /// Most services in the federation's service registry.
 pub const REGISTRY_SERVICES_MAX: usize = 10_000;
 
+/// Most sources one catalogue attribute may name (registers that hold the
+/// same attribute, e.g. national and regional); eight covers every case seen.
+pub const ATTRIBUTE_SOURCES_MAX: usize = 8;
+
+/// Most purposes one registered service may declare.
+pub const SERVICE_PURPOSES_MAX: usize = 16;
+
 /// Most attributes (values plus predicates) in one data request: a form's worth,
 /// which keeps a request far below the message limit.
 pub const REQUEST_ATTRIBUTES_MAX: usize = 32;

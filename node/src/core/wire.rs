@@ -539,18 +539,7 @@ pub fn decode_trust_list(body: &[u8]) -> Result<TrustList, TrustListError> {
             raw.governance_keys.len()
         )));
     }
-    let mut governance_keys = Vec::with_capacity(raw.governance_keys.len());
-    for g in raw.governance_keys {
-        let public_key = PublicKey::from_bytes(&g.public_key)
-            .map_err(|e| invalid(format!("governance key {}: {e}", g.key_id)))?;
-        if public_key.key_id().as_str() != g.key_id {
-            return Err(invalid(format!(
-                "governance key id {} does not match its key",
-                g.key_id
-            )));
-        }
-        governance_keys.push(GovernanceKey { public_key });
-    }
+    let governance_keys = governance_keys_from_pb(raw.governance_keys)?;
     if raw.threshold == 0 || raw.threshold as usize > governance_keys.len() {
         return Err(invalid(format!(
             "threshold {} must be between 1 and the {} governance keys",
@@ -558,25 +547,7 @@ pub fn decode_trust_list(body: &[u8]) -> Result<TrustList, TrustListError> {
             governance_keys.len()
         )));
     }
-    if raw.members.len() > limits::MEMBERS_MAX {
-        return Err(invalid(format!(
-            "{} members, more than the {} allowed",
-            raw.members.len(),
-            limits::MEMBERS_MAX
-        )));
-    }
-    let mut members = Vec::with_capacity(raw.members.len());
-    let mut seen_ids = std::collections::BTreeSet::new();
-    for m in raw.members {
-        let member = member_from_pb(m).map_err(|e| invalid(e.to_string()))?;
-        if !seen_ids.insert(member.operator_id.clone()) {
-            return Err(invalid(format!(
-                "member {} is listed twice",
-                member.operator_id
-            )));
-        }
-        members.push(member);
-    }
+    let members = members_from_pb(raw.members)?;
     if raw.attributes.len() > limits::CATALOGUE_ATTRIBUTES_MAX
         || raw.services.len() > limits::REGISTRY_SERVICES_MAX
     {
@@ -586,50 +557,16 @@ pub fn decode_trust_list(body: &[u8]) -> Result<TrustList, TrustListError> {
             limits::REGISTRY_SERVICES_MAX
         )));
     }
-    let mut attributes = Vec::with_capacity(raw.attributes.len());
-    for a in raw.attributes {
-        let name = Attribute::new(a.name).map_err(|e| invalid(e.to_string()))?;
-        let text_ok = [&a.unit, &a.sensitivity, &a.description]
-            .iter()
-            .all(|t| t.len() <= limits::TEXT_FIELD_BYTES_MAX);
-        if !text_ok || a.sources.is_empty() || a.sources.len() > 8 {
-            return Err(invalid(format!(
-                "attribute {name}: 1 to 8 sources and short texts"
-            )));
-        }
-        attributes.push(CatalogueAttribute {
-            value_type: ValueType::parse(&a.value_type).ok_or_else(|| {
-                invalid(format!("attribute {name}: unknown type {:?}", a.value_type))
-            })?,
-            unit: a.unit,
-            sensitivity: a.sensitivity,
-            description: a.description,
-            sources: a
-                .sources
-                .into_iter()
-                .map(|s| OperatorId::new(s).map_err(|e| invalid(format!("attribute {name}: {e}"))))
-                .collect::<Result<_, _>>()?,
-            name,
-        });
-    }
-    let mut services = Vec::with_capacity(raw.services.len());
-    for entry in raw.services {
-        let service_id = ServiceId::new(entry.service_id).map_err(|e| invalid(e.to_string()))?;
-        if entry.name.len() > limits::TEXT_FIELD_BYTES_MAX || entry.purposes.len() > 16 {
-            return Err(invalid(format!(
-                "service {service_id}: name too long or too many purposes"
-            )));
-        }
-        services.push(ServiceEntry {
-            purposes: entry
-                .purposes
-                .into_iter()
-                .map(|p| Purpose::new(p).map_err(|e| invalid(format!("service {service_id}: {e}"))))
-                .collect::<Result<_, _>>()?,
-            name: entry.name,
-            service_id,
-        });
-    }
+    let attributes = raw
+        .attributes
+        .into_iter()
+        .map(catalogue_attribute_from_pb)
+        .collect::<Result<_, _>>()?;
+    let services = raw
+        .services
+        .into_iter()
+        .map(service_from_pb)
+        .collect::<Result<_, _>>()?;
     Ok(TrustList {
         attributes,
         services,
@@ -641,6 +578,104 @@ pub fn decode_trust_list(body: &[u8]) -> Result<TrustList, TrustListError> {
         governance_keys,
         threshold: raw.threshold,
         members,
+    })
+}
+
+/// A trust list's governance keys, each checked against its key id.
+fn governance_keys_from_pb(
+    keys: Vec<pb::GovernanceKey>,
+) -> Result<Vec<GovernanceKey>, TrustListError> {
+    let invalid = TrustListError::Invalid;
+    let mut governance_keys = Vec::with_capacity(keys.len());
+    for g in keys {
+        let public_key = PublicKey::from_bytes(&g.public_key)
+            .map_err(|e| invalid(format!("governance key {}: {e}", g.key_id)))?;
+        if public_key.key_id().as_str() != g.key_id {
+            return Err(invalid(format!(
+                "governance key id {} does not match its key",
+                g.key_id
+            )));
+        }
+        governance_keys.push(GovernanceKey { public_key });
+    }
+    Ok(governance_keys)
+}
+
+/// A trust list's members, at most [`limits::MEMBERS_MAX`], none listed twice.
+fn members_from_pb(raw: Vec<pb::Member>) -> Result<Vec<Member>, TrustListError> {
+    let invalid = TrustListError::Invalid;
+    if raw.len() > limits::MEMBERS_MAX {
+        return Err(invalid(format!(
+            "{} members, more than the {} allowed",
+            raw.len(),
+            limits::MEMBERS_MAX
+        )));
+    }
+    let mut members = Vec::with_capacity(raw.len());
+    let mut seen_ids = std::collections::BTreeSet::new();
+    for m in raw {
+        let member = member_from_pb(m).map_err(|e| invalid(e.to_string()))?;
+        if !seen_ids.insert(member.operator_id.clone()) {
+            return Err(invalid(format!(
+                "member {} is listed twice",
+                member.operator_id
+            )));
+        }
+        members.push(member);
+    }
+    Ok(members)
+}
+
+/// One attribute of the catalogue: its type, short texts and 1 to
+/// [`limits::ATTRIBUTE_SOURCES_MAX`] sources.
+fn catalogue_attribute_from_pb(
+    a: pb::CatalogueAttribute,
+) -> Result<CatalogueAttribute, TrustListError> {
+    let invalid = TrustListError::Invalid;
+    let name = Attribute::new(a.name).map_err(|e| invalid(e.to_string()))?;
+    let text_ok = [&a.unit, &a.sensitivity, &a.description]
+        .iter()
+        .all(|t| t.len() <= limits::TEXT_FIELD_BYTES_MAX);
+    if !text_ok || a.sources.is_empty() || a.sources.len() > limits::ATTRIBUTE_SOURCES_MAX {
+        return Err(invalid(format!(
+            "attribute {name}: 1 to {} sources and short texts",
+            limits::ATTRIBUTE_SOURCES_MAX
+        )));
+    }
+    Ok(CatalogueAttribute {
+        value_type: ValueType::parse(&a.value_type)
+            .ok_or_else(|| invalid(format!("attribute {name}: unknown type {:?}", a.value_type)))?,
+        unit: a.unit,
+        sensitivity: a.sensitivity,
+        description: a.description,
+        sources: a
+            .sources
+            .into_iter()
+            .map(|s| OperatorId::new(s).map_err(|e| invalid(format!("attribute {name}: {e}"))))
+            .collect::<Result<_, _>>()?,
+        name,
+    })
+}
+
+/// One service of the registry, with at most [`limits::SERVICE_PURPOSES_MAX`] purposes.
+fn service_from_pb(entry: pb::ServiceEntry) -> Result<ServiceEntry, TrustListError> {
+    let invalid = TrustListError::Invalid;
+    let service_id = ServiceId::new(entry.service_id).map_err(|e| invalid(e.to_string()))?;
+    if entry.name.len() > limits::TEXT_FIELD_BYTES_MAX
+        || entry.purposes.len() > limits::SERVICE_PURPOSES_MAX
+    {
+        return Err(invalid(format!(
+            "service {service_id}: name too long or too many purposes"
+        )));
+    }
+    Ok(ServiceEntry {
+        purposes: entry
+            .purposes
+            .into_iter()
+            .map(|p| Purpose::new(p).map_err(|e| invalid(format!("service {service_id}: {e}"))))
+            .collect::<Result<_, _>>()?,
+        name: entry.name,
+        service_id,
     })
 }
 
