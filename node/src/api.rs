@@ -239,7 +239,7 @@ impl OperatorApi for ApiService {
         let memo = request
             .memo
             .ok_or_else(|| Status::invalid_argument("memo is missing"))?;
-        let memo = wire::memo_from_pb(memo).map_err(Status::invalid_argument)?;
+        let memo = wire::memo_from_pb(memo).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let id = self
             .shared
             .send(recipient.clone(), Payload::Memo(memo))
@@ -467,7 +467,7 @@ pub(crate) async fn serve(
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(limits::STREAMS_PER_CONNECTION_MAX as usize)
         .max_concurrent_streams(limits::STREAMS_PER_CONNECTION_MAX)
-        .timeout(Duration::from_secs(30))
+        .timeout(Duration::from_millis(limits::API_CALL_TIMEOUT_MS))
         .add_service(health_service)
         .add_service(service)
         .serve_with_incoming_shutdown(

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -85,8 +86,54 @@ impl NodeHandle {
 }
 
 /// Starts a node: opens the store, loads the trust list, binds both servers
-/// and starts the delivery loop. Returns once both servers listen.
+/// and the libp2p swarm, and starts every loop. Returns once all listen.
 pub async fn start(config: Config) -> Result<NodeHandle, Error> {
+    let (parts, key) = open_parts(config)?;
+    let config = &parts.config;
+    let peer_listener = bind(config.peer_listen).await?;
+    let api_listener = bind(config.api_listen).await?;
+    let peer_addr = local_addr(&peer_listener, config.peer_listen)?;
+    let api_addr = local_addr(&api_listener, config.api_listen)?;
+    if !api_addr.ip().is_loopback() {
+        // Config refuses this unless `[listen] api_remote = true`.
+        warn!(%api_addr, "{}", crate::config::API_REMOTE_WARNING);
+    }
+    let tls = peer_tls(config, &key, parts.trust.source())?;
+    let (p2p, swarm) = p2p::start(
+        &key,
+        &config.p2p_listen,
+        config.envelope_limits.message_bytes_max,
+        parts.trust.source(),
+    )
+    .await?;
+    let (p2p_addrs, peer_id) = (p2p.listen_addrs().to_vec(), p2p.peer_id());
+    let clients = Clients::new(config.clients_file.clone());
+    let (shared, delivery) = Node::new(parts, key, p2p, tls.clone())?;
+    let config = shared.config();
+    info!(operator = %config.operator_id, %peer_addr, %api_addr, %peer_id, p2p_addrs = ?p2p_addrs, prefer = %config.prefer, trust_list_version = shared.trust().version(), "node started");
+
+    let cancel = CancellationToken::new();
+    let listeners = Listeners {
+        peer: peer_listener,
+        api: api_listener,
+        tls,
+        clients,
+    };
+    let tasks = spawn(&shared, listeners, swarm, delivery, &cancel);
+    Ok(NodeHandle {
+        peer_addr,
+        api_addr,
+        p2p_addrs,
+        peer_id,
+        shared,
+        tasks,
+        cancel,
+    })
+}
+
+/// Opens what a node is made of: the key, the store, the trust list (checked
+/// to list this operator and key), the consent state and the data source.
+fn open_parts(config: Config) -> Result<(Parts, SecretKey), Error> {
     let key = identity::read_secret_key(&config.key_file)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::TrustListFile {
         path: config.data_dir.display().to_string(),
@@ -102,111 +149,87 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     check_membership(&config, &key, &trust)?;
     let consents = node::consent::load(&store, &trust, &config.operator_id)?;
     let (source, registry) = open_source(&config, &store)?;
-
-    let peer_listener = tokio::net::TcpListener::bind(config.peer_listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.peer_listen,
-            source,
-        })?;
-    let api_listener = tokio::net::TcpListener::bind(config.api_listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.api_listen,
-            source,
-        })?;
-    let peer_addr = local_addr(&peer_listener, config.peer_listen)?;
-    let api_addr = local_addr(&api_listener, config.api_listen)?;
-    if !api_addr.ip().is_loopback() {
-        // Config refuses this unless `[listen] api_remote = true`.
-        warn!(%api_addr, "{}", crate::config::API_REMOTE_WARNING);
-    }
-
-    let trust = TrustKeeper::new(trust);
-    let tls = peer_tls(&config, &key, trust.source())?;
-    let (p2p, p2p_driver) = p2p::start(
-        &key,
-        &config.p2p_listen,
-        config.envelope_limits.message_bytes_max,
-        trust.source(),
-    )
-    .await?;
-    let p2p_addrs = p2p.listen_addrs().to_vec();
-    let peer_id = p2p.peer_id();
-    let clients = Clients::new(config.clients_file.clone());
     let parts = Parts {
         config,
-        key,
         store,
-        trust,
+        trust: TrustKeeper::new(trust),
         consents,
         source,
         registry,
     };
-    let (shared, delivery) = Node::new(parts, p2p, tls.clone())?;
+    Ok((parts, key))
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// What the servers serve on.
+struct Listeners {
+    peer: tokio::net::TcpListener,
+    api: tokio::net::TcpListener,
+    tls: Option<Arc<PeerTls>>,
+    clients: Clients,
+}
+
+/// Spawns the servers, the swarm and every loop into one task set, all
+/// stopped by `cancel`.
+fn spawn(
+    shared: &Arc<Node>,
+    listeners: Listeners,
+    swarm: p2p::Driver,
+    delivery: node::DeliveryLoop,
+    cancel: &CancellationToken,
+) -> JoinSet<Result<(), Error>> {
     let config = shared.config();
     let me = config.operator_id.clone();
-    info!(operator = %me, %peer_addr, %api_addr, %peer_id, p2p_addrs = ?p2p_addrs, prefer = %config.prefer, trust_list_version = shared.trust().version(), "node started");
-
-    let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let inbound: Arc<dyn transport::Inbound> = shared.clone();
+    let admission = shared.admission().clone();
     let bounds = grpc::ServeLimits {
         message_bytes_max: config.envelope_limits.message_bytes_max,
         in_flight_max: config.limits.concurrent_requests_max,
     };
-    let admission = shared.admission().clone();
-    let serving = grpc::serve(
+    let peer = grpc::serve(
         inbound.clone(),
         admission.clone(),
         bounds,
-        peer_listener,
-        tls,
+        listeners.peer,
+        listeners.tls,
         cancel.clone(),
     );
     tasks.spawn(async move {
-        serving
-            .await
+        peer.await
             .map_err(|e| Error::Server(format!("peer server: {e}")))
     });
-    tasks.spawn(api::serve(
+    let api = api::serve(
         shared.clone(),
-        clients,
-        api_listener,
+        listeners.clients,
+        listeners.api,
         cancel.clone(),
-    ));
+    );
+    tasks.spawn(api);
     let upward = p2p::Upward {
         inbound,
         admission,
         in_flight_max: config.limits.p2p_inbound_in_flight_max,
-        announce_every: std::time::Duration::from_millis(config.limits.trust_refresh_interval_ms),
+        announce_every: Duration::from_millis(config.limits.trust_refresh_interval_ms),
     };
-    let swarm = p2p_driver.run(upward, cancel.clone());
-    tasks.spawn(
-        async move {
-            swarm.await;
-            Ok(())
-        }
-        .instrument(info_span!("p2p", operator = %me)),
-    );
-    tasks.spawn(
-        delivery
-            .run(cancel.clone())
-            .instrument(info_span!("outbox", operator = %me)),
-    );
+    let swarm = swarm.run(upward, cancel.clone());
+    let swarm = async move {
+        swarm.await;
+        Ok(())
+    };
+    tasks.spawn(swarm.instrument(info_span!("p2p", operator = %me)));
+    let delivery = delivery.run(cancel.clone());
+    tasks.spawn(delivery.instrument(info_span!("outbox", operator = %me)));
     tasks.spawn(node::prune_loop(shared.clone(), cancel.clone()));
     tasks.spawn(node::expiry_loop(shared.clone(), cancel.clone()));
     tasks.spawn(node::repush_loop(shared.clone(), cancel.clone()));
     tasks.spawn(node::refresh_loop(shared.clone(), cancel.clone()));
-    Ok(NodeHandle {
-        peer_addr,
-        api_addr,
-        p2p_addrs,
-        peer_id,
-        shared,
-        tasks,
-        cancel,
-    })
+    tasks
 }
 
 /// The peer TLS identity made from the operator key, whose verifiers read

@@ -5,6 +5,8 @@
 //! defaults for `[limits]` in `node.toml` (see [`crate::config::Limits`]);
 //! the rest are fixed here.
 
+use std::time::Duration;
+
 /// Largest accepted signed envelope, in bytes, checked before any decoding.
 ///
 /// 1 MiB holds any single protocol message; bulk transfers (operator switch
@@ -339,3 +341,100 @@ pub const RATE_LIMITED_HOLD_MS: u64 = 500;
 /// come with traffic. Eight keep start-up cheap in a large federation while
 /// a gossip announcement still reaches everyone through the mesh.
 pub const P2P_CONNECT_AT_START_MAX: usize = 8;
+
+// -- data sources, exports ------------------------------------------------
+
+/// Largest accepted response body of one page, in bytes.
+///
+/// A page holds one subject's entities restricted to the mapped attributes,
+/// typically a few KiB; 4 MiB leaves room for many entities per subject (a
+/// diploma register) while bounding memory per in-flight read to this buffer
+/// plus its parsed JSON (a few times the size).
+pub const NGSI_LD_RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Most pages followed for one read; more is treated as a malformed answer.
+///
+/// With the default page size of 100 that is 1,600 entities, far above what
+/// one person has in any register; the bound stops a broker that keeps
+/// announcing more pages.
+pub const NGSI_LD_PAGES_MAX: usize = 16;
+
+/// Largest page size (`limit`) the adapter asks for; brokers commonly cap it at 1,000.
+pub const NGSI_LD_PAGE_SIZE_MAX: u32 = 1_000;
+
+/// Default page size: one request for any realistic subject.
+pub const NGSI_LD_PAGE_SIZE_DEFAULT: u32 = 100;
+
+/// Default deadline of one whole read (all pages, connecting included).
+///
+/// A context broker answers a keyed query in milliseconds; 5 s rides out a
+/// busy broker while staying well below the request deadline of a data
+/// exchange, so a hanging broker becomes [`crate::sources::SourceError::Unavailable`] in time.
+pub const NGSI_LD_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+
+/// Bytes of an error body kept for the error message.
+pub const NGSI_LD_PROBLEM_BYTES_MAX: usize = 4 * 1024;
+
+/// Longest NGSI-LD name (entity type, attribute name, id prefix) in a mapping, in bytes.
+///
+/// Names may be full URIs; 256 bytes holds any realistic one and bounds the
+/// query string.
+pub const NGSI_LD_NAME_BYTES_MAX: usize = 256;
+
+/// Most catalogue attributes one mapping may map; bounds the `attrs` parameter.
+pub const MAPPED_ATTRIBUTES_MAX: usize = 256;
+
+/// Largest file a load accepts, in bytes.
+///
+/// 64 MiB holds a register of about a million subjects with a few small
+/// values each. Parsing holds the whole file as JSON values, a few times its
+/// size in memory, once, while loading.
+pub const REGISTRY_FILE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Most subjects one file may hold: a national-scale register per file.
+pub const REGISTRY_SUBJECTS_MAX: usize = 1_000_000;
+
+/// Most entities one NGSI-LD file may hold.
+pub const REGISTRY_ENTITIES_MAX: usize = 1_000_000;
+
+/// Longest compact JWS [`crate::core::consent::export::verify_jws`] accepts, in bytes. A receipt of a record
+/// at the limits of [`crate::core::consent`] (64 scope items and 8 purposes
+/// of up to 128 bytes, 1 KiB of purpose text) is about 12 KiB of JSON and
+/// 16 KiB as base64url; 64 KiB leaves room for long controller details and
+/// bounds the work done on a token from outside before its signature is checked.
+pub const JWS_BYTES_MAX: usize = 64 * 1024;
+
+// -- background loops, framing -------------------------------------------------
+
+/// Room for protobuf framing around an envelope's bytes in a gRPC request or
+/// a libp2p frame (field tags and lengths: a few bytes; 64 is ample), added
+/// to [`MESSAGE_BYTES_MAX`] where a transport bounds the whole request.
+pub const FRAMING_BYTES: usize = 64;
+
+/// How often expired ids are pruned from the replay table, in ms: the table
+/// grows by one entry per message applied; a minute keeps it near the
+/// window of live messages without scanning often.
+pub const PRUNE_INTERVAL_MS: u64 = 60_000;
+
+/// Most replay-table entries pruned in one pass (one batch of sled
+/// deletions); a backlog is cleared over the next passes.
+pub const PRUNE_BATCH_MAX: usize = 10_000;
+
+/// How often the home records the expiry of consents whose window ended, in
+/// ms. Decisions never wait for it (every copy denies from `not_after` on);
+/// it only tells every party within a second.
+pub const EXPIRY_INTERVAL_MS: u64 = 1_000;
+
+/// Most expiries recorded in one pass (each is a signed event, a write and
+/// pushes); more wait for the next second.
+pub const EXPIRY_BATCH_MAX: usize = 256;
+
+/// How often a home pushes consent records again to parties that lack their
+/// latest version, in ms (also once at start). Pushes that expired while a
+/// party was away are rare; five minutes bounds how long such a party lags.
+pub const REPUSH_INTERVAL_MS: u64 = 300_000;
+
+/// Deadline of one API call, in ms: a data request waits for its sources
+/// ([`DATA_REQUEST_TIMEOUT_MS`]) and a consent request for the home; 30 s
+/// covers both with room.
+pub const API_CALL_TIMEOUT_MS: u64 = 30_000;

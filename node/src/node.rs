@@ -113,7 +113,6 @@ pub struct Node {
 #[derive(Debug)]
 pub(crate) struct Parts {
     pub(crate) config: Config,
-    pub(crate) key: SecretKey,
     pub(crate) store: Store,
     pub(crate) trust: TrustKeeper,
     pub(crate) consents: consent::ConsentState,
@@ -125,6 +124,7 @@ impl Node {
     /// Joins the opened parts; also returns the delivery loop to run.
     pub(crate) fn new(
         parts: Parts,
+        key: SecretKey,
         p2p: p2p::P2p,
         tls: Option<Arc<transport::tls::PeerTls>>,
     ) -> Result<(Arc<Self>, DeliveryLoop), Error> {
@@ -153,7 +153,7 @@ impl Node {
                 registry: parts.registry,
             },
             config: parts.config,
-            key: parts.key,
+            key,
             store: parts.store,
         });
         let delivery = DeliveryLoop::new(node.clone(), woken)?;

@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //! - [`registry`]: the built-in registry in sled, loaded from JSON or NGSI-LD files.
-//! - [`ngsi_ld`]: the NGSI-LD HTTP adapter (`/ngsi-ld/v1/entities`).
+//! - [`ngsi_ld`]: the NGSI-LD entity model (shared with the registry) and the HTTP adapter (`/ngsi-ld/v1/entities`).
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -11,6 +11,9 @@
 //! alone with `cargo test -p mim4-node --test layering -- --nocapture` to see
 //! the graph.
 
+// Helpers outside #[test] functions panic on failure too; that is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -148,7 +151,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         // Test modules may reach across (an erasure test loads the registry).
         let text = text.split("\n#[cfg(test)]").next().unwrap_or("");
         let edges = graph.entry(module.clone()).or_default();
-        for target in references(&text, top_level_file) {
+        for target in references(text, top_level_file) {
             if target != module && modules.contains(&target) {
                 edges.insert(target);
             }

@@ -10,8 +10,12 @@
 //! log valid, every acknowledged withdrawal recorded at the home and every
 //! withdrawal delivered to every party.
 //!
+//! This module holds the fault schedules and the run around them; the
+//! traffic itself (memos, consent cycles, a looped scenario) is the
+//! `traffic` module's, which the [`partition`](crate::partition) suite runs too.
+//!
 //! Where the machine allows it (root, iproute2, network namespaces), a new
-//! federation runs in a private network of namespaces ([`netns::Lab`]) and,
+//! federation runs in a private network of namespaces ([`netns::Lab`](crate::netns::Lab)) and,
 //! beside the kills, a second seeded schedule partitions operators: a pair
 //! cut off from each other, or one operator cut off from everyone (the tool
 //! included), for a few seconds at a time; everything is healed before the
@@ -21,21 +25,20 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use mim4_sdk::{Client, ConsentId, Terms};
 use rand::rngs::StdRng;
-use rand::{Rng as _, RngCore as _, SeedableRng as _};
+use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;
-use tokio::task::JoinSet;
 
 use crate::checker::{self, Ledger};
 use crate::guard::{temporary_dir, NodeGuard};
 use crate::netns::Lab;
-use crate::{bench, node_binary, Federation, OperatorState, Placement, DEFAULT_OPERATORS};
+use crate::traffic::{self, Traffic, HOME, SOURCE};
+pub use crate::traffic::{ConsentTraffic, ScenarioRuns};
+use crate::{bench, node_binary, Federation, Placement, DEFAULT_OPERATORS};
 
 /// Longest run the options accept.
 const DURATION_MAX: Duration = Duration::from_secs(3_600);
@@ -49,47 +52,10 @@ const DOWN_MS_MAX: u64 = 800;
 const RECOVERY_KILL_PROBABILITY: f64 = 0.25;
 /// That second kill comes this long after the restart (ms, at most).
 const RECOVERY_KILL_MS_MAX: u64 = 50;
-/// Memos per operator and run, at most.
-const MEMOS_PER_OPERATOR_MAX: usize = 200_000;
-/// Pause between two memos of one operator.
-const MEMO_PAUSE: Duration = Duration::from_millis(20);
-/// Consent cycles per run, at most.
-const CONSENTS_MAX: usize = 20_000;
-/// Deadline of one API call; a slower call counts as unanswered.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one consent step (ask, grant, withdraw) keeps retrying.
-const STEP_WAIT: Duration = Duration::from_secs(20);
-/// Pause before retrying a failed call or connection.
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// How long the traffic may take to wind down after the faults stop: a
-/// consent cycle in progress finishes, and each of its three steps retries
-/// for at most [`STEP_WAIT`].
-const WIND_DOWN_WAIT: Duration = Duration::from_secs(90);
 /// How long a node may take to start.
 const START_WAIT: Duration = Duration::from_secs(60);
 /// How long the outboxes may take to drain (retries back off up to a minute).
 const DRAIN_WAIT: Duration = Duration::from_secs(120);
-/// The consent traffic: a subject of `testnet/data/fi.incomeregister.json`,
-/// their home, the source, the attribute and purpose.
-const SUBJECT: &str = "fi:hetu:010180-123N";
-const HOME: &str = "fi.helsinki";
-const SOURCE: &str = "fi.incomeregister";
-const ATTRIBUTE: &str = "income.gross_monthly";
-const PURPOSE: &str = "dpv:ServiceProvision";
-/// The consumer service: Stockholm's (a third party) when it is in the
-/// federation, else Helsinki's own. (operator, client name, service id)
-const CONSUMERS: [(&str, &str, &str); 2] = [
-    (
-        "se.stockholm",
-        "social-services",
-        "se.stockholm/social-services",
-    ),
-    (
-        "fi.helsinki",
-        "early-education",
-        "fi.helsinki/early-education",
-    ),
-];
 /// Pause between two partitions (ms, range).
 const PARTITION_PAUSE_MS: std::ops::RangeInclusive<u64> = 300..=2_000;
 /// How long a partition lasts (ms, range).
@@ -143,23 +109,6 @@ pub struct Options {
     pub scenario: Option<crate::scenario::Scenario>,
 }
 
-/// Runs of the looped scenario. Faults make runs fail (a step's node is down
-/// past its deadline): failures are figures, not violations; what they did
-/// is judged by the offline check like all other traffic.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ScenarioRuns {
-    /// The scenario's title (none when no scenario looped).
-    pub scenario: Option<String>,
-    /// Runs that passed every step.
-    pub passed: usize,
-    /// Runs that failed a step or could not run.
-    pub failed: usize,
-    /// The run cut short when the faults ended.
-    pub interrupted: usize,
-    /// The latest failure, if any.
-    pub last_failure: Option<String>,
-}
-
 /// Partition figures.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Partitions {
@@ -173,43 +122,6 @@ pub struct Partitions {
     pub isolations: usize,
     /// Sum of the partitions' durations, in ms.
     pub partitioned_ms: u64,
-}
-
-/// Consent traffic figures.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ConsentTraffic {
-    /// Requests acknowledged by the consumer's node.
-    pub requested: usize,
-    /// Grants that took effect at the home.
-    pub granted: usize,
-    /// Withdrawals acknowledged to the citizen app.
-    pub withdrawals_acknowledged: usize,
-    /// Withdrawals that took effect although the call failed.
-    pub withdrawals_unacknowledged: usize,
-    /// Cycles given up (a step kept failing for [`STEP_WAIT`]).
-    pub abandoned: usize,
-}
-
-/// [`ConsentTraffic`] while the traffic runs.
-#[derive(Debug, Default)]
-struct ConsentCounters {
-    requested: AtomicUsize,
-    granted: AtomicUsize,
-    withdrawals_acknowledged: AtomicUsize,
-    withdrawals_unacknowledged: AtomicUsize,
-    abandoned: AtomicUsize,
-}
-
-impl ConsentCounters {
-    fn figures(&self) -> ConsentTraffic {
-        ConsentTraffic {
-            requested: self.requested.load(Ordering::Relaxed),
-            granted: self.granted.load(Ordering::Relaxed),
-            withdrawals_acknowledged: self.withdrawals_acknowledged.load(Ordering::Relaxed),
-            withdrawals_unacknowledged: self.withdrawals_unacknowledged.load(Ordering::Relaxed),
-            abandoned: self.abandoned.load(Ordering::Relaxed),
-        }
-    }
 }
 
 /// The result of a run.
@@ -246,6 +158,40 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of a run on `federation` before anything happened;
+    /// `injected` says whether partitions will be, and `no_lab` why not.
+    fn new(options: &Options, federation: &Federation, injected: bool, no_lab: String) -> Self {
+        Self {
+            seed: options.seed,
+            duration_s: options.duration.as_secs_f64(),
+            operators: federation
+                .operators()
+                .iter()
+                .map(|o| o.id.clone())
+                .collect(),
+            kills: 0,
+            kills_recovering: 0,
+            kills_by_operator: BTreeMap::new(),
+            partitions: Partitions {
+                injected,
+                note: if injected {
+                    "each node in its own network namespace, bridged; \
+                     cuts are blackhole routes, isolations a port down"
+                        .to_owned()
+                } else {
+                    no_lab
+                },
+                ..Partitions::default()
+            },
+            consent_consumer: None,
+            consent_traffic: ConsentTraffic::default(),
+            scenario_runs: ScenarioRuns::default(),
+            drained: false,
+            drain_ms: 0,
+            verdict: checker::Verdict::new(federation.dir().to_owned()),
+        }
+    }
+
     /// Whether every invariant held.
     pub fn is_clean(&self) -> bool {
         self.verdict.is_clean()
@@ -426,6 +372,38 @@ async fn run_with(
     no_lab: String,
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
+    let (federation, was_running, temporary) = open_federation(options, lab.as_deref())?;
+    eprintln!(
+        "chaos: {} operators in {}, faults for {:.0} s, seed {}",
+        federation.operators().len(),
+        federation.dir().display(),
+        options.duration.as_secs_f64(),
+        options.seed
+    );
+    let mut report = Report::new(options, &federation, lab.is_some(), no_lab);
+    let mut guard = NodeGuard::new(federation, "chaos");
+    let ledger = traffic::new_ledger("chaos");
+    let outcome = tokio::select! {
+        outcome = inject(options, lab.as_deref(), &mut guard, &mut report, &ledger) => Some(outcome),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    // Stop the nodes before checking (and on every way out).
+    let federation = report.verdict.stop_and_check(guard, outcome, &ledger)?;
+    // It was running before: leave it running.
+    if let Some(mut federation) = federation {
+        start_again(&mut federation, &was_running).await;
+    }
+    report.verdict.finish(temporary, started)?;
+    Ok(report)
+}
+
+/// The federation to run on: the one in `options.dir` if there is one (with
+/// the operators that were running in it), else a new one there or in a
+/// temporary folder (`true` in the third place), placed in `lab` if given.
+fn open_federation(
+    options: &Options,
+    lab: Option<&Lab>,
+) -> anyhow::Result<(Federation, Vec<String>, bool)> {
     let node_bin = node_binary::find(options.node_bin.as_deref())?;
     let (dir, temporary) = match &options.dir {
         Some(dir) => (dir.clone(), false),
@@ -446,7 +424,7 @@ async fn run_with(
         }
         None => {
             let specs = &DEFAULT_OPERATORS[..options.operators];
-            let federation = match &lab {
+            let federation = match lab {
                 Some(lab) => {
                     let placement: Vec<Placement> =
                         (0..specs.len()).map(|i| lab.placement(i)).collect();
@@ -460,68 +438,21 @@ async fn run_with(
     if federation.operators().len() < 2 {
         bail!("chaos needs at least 2 operators");
     }
-    eprintln!(
-        "chaos: {} operators in {}, faults for {:.0} s, seed {}",
-        federation.operators().len(),
-        federation.dir().display(),
-        options.duration.as_secs_f64(),
-        options.seed
-    );
-    let mut report = Report {
-        seed: options.seed,
-        duration_s: options.duration.as_secs_f64(),
-        operators: federation
-            .operators()
-            .iter()
-            .map(|o| o.id.clone())
-            .collect(),
-        kills: 0,
-        kills_recovering: 0,
-        kills_by_operator: BTreeMap::new(),
-        partitions: Partitions {
-            injected: lab.is_some(),
-            note: match &lab {
-                Some(_) => "each node in its own network namespace, bridged; \
-                            cuts are blackhole routes, isolations a port down"
-                    .to_owned(),
-                None => no_lab,
-            },
-            ..Partitions::default()
-        },
-        consent_consumer: None,
-        consent_traffic: ConsentTraffic::default(),
-        scenario_runs: ScenarioRuns::default(),
-        drained: false,
-        drain_ms: 0,
-        verdict: checker::Verdict::new(federation.dir().to_owned()),
-    };
-    let mut guard = NodeGuard::new(federation, "chaos");
-    let mut run_id = [0u8; 4];
-    rand::rngs::OsRng.fill_bytes(&mut run_id);
-    let ledger = Arc::new(Mutex::new(Ledger::with_prefix(&format!(
-        "chaos {} ",
-        hex::encode(run_id)
-    ))));
-    let outcome = tokio::select! {
-        outcome = inject(options, lab.as_deref(), &mut guard, &mut report, &ledger) => Some(outcome),
-        _ = tokio::signal::ctrl_c() => None,
-    };
-    // Stop the nodes before checking (and on every way out).
-    let federation = report.verdict.stop_and_check(guard, outcome, &ledger)?;
-    // It was running before: leave it running.
-    if let Some(mut federation) = federation {
-        for id in &was_running {
-            let started = match federation.start(id) {
-                Ok(_) => federation.wait_ready(id, START_WAIT).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = started {
-                eprintln!("chaos: could not start {id} again: {e:#}");
-            }
+    Ok((federation, was_running, temporary))
+}
+
+/// Starts the operators of a federation that was running before the run
+/// again; a failure is printed, not returned, since the run's verdict stands.
+async fn start_again(federation: &mut Federation, was_running: &[String]) {
+    for id in was_running {
+        let started = match federation.start(id) {
+            Ok(_) => federation.wait_ready(id, START_WAIT).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
+            eprintln!("chaos: could not start {id} again: {e:#}");
         }
     }
-    report.verdict.finish(temporary, started)?;
-    Ok(report)
 }
 
 /// Starts the nodes and the traffic, injects faults until the duration has
@@ -563,117 +494,6 @@ async fn inject(
     report.drained = guard.drain(DRAIN_WAIT).await?;
     report.drain_ms = u64::try_from(draining.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(())
-}
-
-/// The client traffic of a fault run: memos from every operator to random
-/// others, consent cycles (with Helsinki, the income register and a
-/// consumer), and optionally a scenario over and over; what the clients were
-/// told goes into the ledger.
-pub(crate) struct Traffic {
-    stop: Arc<AtomicBool>,
-    tasks: JoinSet<()>,
-    consents: Arc<ConsentCounters>,
-    scenario_runs: Arc<Mutex<ScenarioRuns>>,
-    /// The consumer service of the consent cycles, if they run.
-    pub(crate) consumer: Option<String>,
-}
-
-/// What [`Traffic::stop`] returns.
-pub(crate) struct WoundDown {
-    /// Consent figures.
-    pub(crate) consents: ConsentTraffic,
-    /// Scenario figures.
-    pub(crate) scenario_runs: ScenarioRuns,
-    /// An error if a task failed or did not end within [`WIND_DOWN_WAIT`].
-    pub(crate) outcome: anyhow::Result<()>,
-}
-
-impl Traffic {
-    /// Starts the traffic against the federation's nodes; `label` makes its
-    /// memos distinct from those of other traffic of the same run.
-    pub(crate) fn start(
-        label: &str,
-        federation: &Federation,
-        ledger: &Arc<Mutex<Ledger>>,
-        seed: u64,
-        scenario: Option<&crate::scenario::Scenario>,
-    ) -> anyhow::Result<Self> {
-        let operators: Vec<OperatorState> = federation.operators().to_vec();
-        let ids: Vec<String> = operators.iter().map(|o| o.id.clone()).collect();
-        let mut traffic = Self {
-            stop: Arc::new(AtomicBool::new(false)),
-            tasks: JoinSet::new(),
-            consents: Arc::new(ConsentCounters::default()),
-            scenario_runs: Arc::new(Mutex::new(ScenarioRuns::default())),
-            consumer: None,
-        };
-        for (i, op) in operators.iter().enumerate() {
-            let others: Vec<String> = ids.iter().filter(|id| **id != op.id).cloned().collect();
-            traffic.tasks.spawn(memos(
-                Connection::new(op, "admin")?,
-                format!("{label}{}", op.id),
-                others,
-                ledger.clone(),
-                traffic.stop.clone(),
-                seed.wrapping_add(1 + i as u64),
-            ));
-        }
-        let home = operators.iter().find(|o| o.id == HOME);
-        let source = ids.iter().any(|id| id == SOURCE);
-        let consumer = CONSUMERS
-            .iter()
-            .find(|(id, _, _)| ids.iter().any(|o| o == id));
-        if let (Some(home), true, Some(&(consumer_id, client, service))) = (home, source, consumer)
-        {
-            let consumer_op = federation.operator(consumer_id)?;
-            traffic.consumer = Some(service.to_owned());
-            traffic.tasks.spawn(consent_cycles(
-                Connection::new(consumer_op, client)?,
-                Connection::new(home, "citizen-app")?,
-                service,
-                ledger.clone(),
-                traffic.consents.clone(),
-                traffic.stop.clone(),
-                seed,
-            ));
-        }
-        if let Some(scenario) = scenario {
-            if scenario.operators.iter().all(|id| ids.contains(id)) {
-                traffic.tasks.spawn(scenario_loop(
-                    federation.dir().to_owned(),
-                    scenario.clone(),
-                    traffic.scenario_runs.clone(),
-                    traffic.stop.clone(),
-                ));
-            }
-        }
-        Ok(traffic)
-    }
-
-    /// Tells every task to stop and waits (at most [`WIND_DOWN_WAIT`]) for them.
-    pub(crate) async fn stop(mut self) -> WoundDown {
-        self.stop.store(true, Ordering::Relaxed);
-        let tasks = &mut self.tasks;
-        let wind_down = tokio::time::timeout(WIND_DOWN_WAIT, async {
-            while let Some(joined) = tasks.join_next().await {
-                joined.context("a traffic task failed")?;
-            }
-            Ok::<_, anyhow::Error>(())
-        })
-        .await;
-        self.tasks.abort_all();
-        WoundDown {
-            consents: self.consents.figures(),
-            scenario_runs: self
-                .scenario_runs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-            outcome: wind_down
-                .context("the traffic did not wind down")
-                .and_then(|r| r),
-        }
-    }
 }
 
 /// The fault schedule: until the duration has passed, pause, SIGKILL a
@@ -753,252 +573,4 @@ async fn partitions(options: &Options, lab: Option<&Lab>) -> anyhow::Result<Part
 
 async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
-}
-
-/// A client of one node's API that connects again after a failure (the node
-/// may have been killed and restarted in between).
-#[derive(Debug)]
-struct Connection {
-    url: String,
-    credential: String,
-    client: Option<Client>,
-}
-
-impl Connection {
-    fn new(op: &OperatorState, client: &str) -> anyhow::Result<Self> {
-        Ok(Self {
-            url: op.api_url(),
-            credential: op.credential(client)?,
-            client: None,
-        })
-    }
-
-    /// The client, connecting if needed; `None` while the node does not answer.
-    async fn client(&mut self) -> Option<Client> {
-        if self.client.is_none() {
-            let connect = Client::connect(&self.url, &self.credential);
-            self.client = tokio::time::timeout(CALL_TIMEOUT, connect)
-                .await
-                .ok()
-                .and_then(Result::ok);
-        }
-        self.client.clone()
-    }
-
-    /// Drops the client after a failed call.
-    fn reset(&mut self) {
-        self.client = None;
-    }
-}
-
-/// Runs `scenario` against the federation in `dir` over and over until
-/// `stop`; a run in progress then is dropped (counted as interrupted).
-async fn scenario_loop(
-    dir: PathBuf,
-    scenario: crate::scenario::Scenario,
-    runs: Arc<Mutex<ScenarioRuns>>,
-    stop: Arc<AtomicBool>,
-) {
-    let record = |edit: &dyn Fn(&mut ScenarioRuns)| {
-        edit(&mut runs.lock().unwrap_or_else(PoisonError::into_inner));
-    };
-    record(&|r| r.scenario = Some(scenario.name.clone()));
-    let stopped = || async {
-        while !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(RETRY_PAUSE).await;
-        }
-    };
-    while !stop.load(Ordering::Relaxed) {
-        // A second view of the state file: the guard owns the processes.
-        let run = async {
-            let federation = Federation::open(&dir)?
-                .with_context(|| format!("no testnet in {}", dir.display()))?;
-            crate::scenario::run(&federation, &scenario, false).await
-        };
-        tokio::select! {
-            outcome = run => match outcome {
-                Ok(report) if report.passed => record(&|r| r.passed += 1),
-                Ok(report) => {
-                    let failure = report.failure();
-                    record(&|r| {
-                        r.failed += 1;
-                        r.last_failure = Some(failure.clone());
-                    });
-                }
-                Err(e) => {
-                    let failure = format!("{e:#}");
-                    record(&|r| {
-                        r.failed += 1;
-                        r.last_failure = Some(failure.clone());
-                    });
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-            },
-            () = stopped() => record(&|r| r.interrupted += 1),
-        }
-    }
-}
-
-/// Memos from `from` to random others until `stop`.
-async fn memos(
-    mut connection: Connection,
-    from: String,
-    others: Vec<String>,
-    ledger: Arc<Mutex<Ledger>>,
-    stop: Arc<AtomicBool>,
-    seed: u64,
-) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let prefix = ledger
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .memo_prefix
-        .clone();
-    for n in 0..MEMOS_PER_OPERATOR_MAX {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        tokio::time::sleep(MEMO_PAUSE).await;
-        let Some(client) = connection.client().await else {
-            tokio::time::sleep(RETRY_PAUSE).await;
-            continue;
-        };
-        let to = &others[rng.gen_range(0..others.len())];
-        let text = format!("{prefix}{from}->{to} #{n}");
-        ledger
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .attempt(&text);
-        let sent = tokio::time::timeout(CALL_TIMEOUT, client.send_message(to, "chaos", &text));
-        match sent.await {
-            Ok(Ok(_)) => ledger
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .acknowledge(&text),
-            _ => connection.reset(),
-        }
-    }
-}
-
-/// Retries `step` until it succeeds (`Ok`, or `Err(Some)`: the call failed
-/// but its effect is known to be there), for at most [`STEP_WAIT`].
-async fn retry<T, F, Fut>(connection: &mut Connection, mut step: F) -> Option<T>
-where
-    F: FnMut(Client) -> Fut,
-    Fut: std::future::Future<Output = Result<T, Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + STEP_WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if let Some(client) = connection.client().await {
-            match tokio::time::timeout(CALL_TIMEOUT, step(client)).await {
-                Ok(Ok(value)) => return Some(value),
-                // The call failed but its effect is known to be there.
-                Ok(Err(Some(value))) => return Some(value),
-                Ok(Err(None)) | Err(_) => connection.reset(),
-            }
-        }
-        tokio::time::sleep(RETRY_PAUSE).await;
-    }
-    None
-}
-
-/// The status of a record at the home, if it answers.
-async fn status_at_home(client: &Client, id: ConsentId) -> Option<String> {
-    client.consent(id).await.ok().map(|view| view.status)
-}
-
-/// Consent cycles until `stop`: the service asks (with an id it chooses, so a
-/// retry asks for the same record), the citizen grants at the home, then
-/// withdraws. A call that fails is retried until it succeeds or the home
-/// shows its effect; a withdrawal counts as acknowledged only when the call
-/// returned OK.
-async fn consent_cycles(
-    mut service: Connection,
-    mut citizen_app: Connection,
-    service_id: &'static str,
-    ledger: Arc<Mutex<Ledger>>,
-    figures: Arc<ConsentCounters>,
-    stop: Arc<AtomicBool>,
-    seed: u64,
-) {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0xC0DE);
-    for _ in 0..CONSENTS_MAX {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let mut id = [0u8; 16];
-        rng.fill_bytes(&mut id);
-        let id = ConsentId(id);
-        let terms = Terms::consent(SUBJECT, HOME, service_id, SOURCE)
-            .id(id)
-            .read(ATTRIBUTE)
-            .purpose(PURPOSE)
-            .purpose_text("Chaos test of the federation")
-            .build();
-        let asked = retry(&mut service, |client| {
-            let terms = terms.clone();
-            async move {
-                match client.request_consent(terms).await {
-                    Ok(_) => Ok(()),
-                    // A retry after an answer that got lost: the record may exist already.
-                    Err(_) if client.consent(id).await.is_ok() => Err(Some(())),
-                    Err(_) => Err(None),
-                }
-            }
-        })
-        .await;
-        if asked.is_none() {
-            figures.abandoned.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        figures.requested.fetch_add(1, Ordering::Relaxed);
-        // The request reaches the home through the consumer's outbox: until
-        // then the grant fails (no such record) and is retried.
-        let granted = retry(&mut citizen_app, |client| async move {
-            match client.grant(id, SUBJECT, None).await {
-                Ok(_) => Ok(()),
-                Err(_) => match status_at_home(&client, id).await.as_deref() {
-                    Some("given") => Err(Some(())),
-                    _ => Err(None),
-                },
-            }
-        })
-        .await;
-        if granted.is_none() {
-            figures.abandoned.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        figures.granted.fetch_add(1, Ordering::Relaxed);
-        sleep_ms(rng.gen_range(0..=200)).await;
-        let withdrawn = retry(&mut citizen_app, |client| async move {
-            match client.withdraw(id, SUBJECT, None).await {
-                Ok(_) => Ok(true),
-                Err(_) => match status_at_home(&client, id).await.as_deref() {
-                    Some("withdrawn") => Err(Some(false)),
-                    _ => Err(None),
-                },
-            }
-        })
-        .await;
-        match withdrawn {
-            Some(true) => {
-                ledger
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .withdrawals_acknowledged
-                    .insert(hex::encode(id.0));
-                figures
-                    .withdrawals_acknowledged
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Some(false) => {
-                figures
-                    .withdrawals_unacknowledged
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            None => {
-                figures.abandoned.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
 }

@@ -12,6 +12,7 @@
 //! - [`checker`]: the offline check of every store after a crash test, the crash loop or chaos.
 //! - [`crashloop`]: `mim4-testnet crashloop`, runs of SIGKILLs of a receiver mid-stream.
 //! - [`chaos`]: `mim4-testnet chaos`, memos and consents under random SIGKILLs of any node.
+//! - `traffic`: the client traffic of `chaos` and `partition` (memos, consent cycles, a looped scenario).
 //! - [`netns`]: a private network of namespaces, for partitions between operators.
 //! - [`partition`]: `mim4-testnet partition`, a 30 s cut and a SIGSTOP pause under traffic, checked offline.
 //! - [`node_binary`]: finds (or builds) the `mim4-node` binary.
@@ -28,6 +29,7 @@ pub mod node_binary;
 pub mod partition;
 pub mod receipts;
 pub mod scenario;
+mod traffic;
 
 pub use federation::{
     Federation, OperatorSpec, OperatorState, Placement, Transport, Transports, CATALOGUE,

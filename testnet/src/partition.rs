@@ -1,8 +1,8 @@
 //! `mim4-testnet partition`: the partition suite.
 //!
 //! Three operators, each node in its own network namespace ([`Lab`]), and
-//! the client traffic of [`chaos`](crate::chaos) (memos between every pair,
-//! consent grant/withdraw cycles). Two phases:
+//! the client traffic that [`chaos`](crate::chaos) runs too (the `traffic`
+//! module: memos between every pair, consent grant/withdraw cycles). Two phases:
 //!
 //! 1. **Cut**: after a warm-up, the income register (the source of every
 //!    consent, so every grant and withdrawal is pushed to it) is cut off from
@@ -26,13 +26,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
-use rand::RngCore as _;
 use serde::Serialize;
 
-use crate::chaos::{ConsentTraffic, Traffic};
 use crate::checker::{self, Ledger};
 use crate::guard::{temporary_dir, NodeGuard};
 use crate::netns::Lab;
+use crate::traffic::{self, ConsentTraffic, Traffic};
 use crate::{bench, node_binary, Federation, Placement, DEFAULT_OPERATORS};
 
 /// The operator cut off in the first phase (the source of the consents).
@@ -223,12 +222,7 @@ async fn run_in(options: &Options, lab: &Lab) -> anyhow::Result<Report> {
         verdict: checker::Verdict::new(federation.dir().to_owned()),
     };
     let mut guard = NodeGuard::new(federation, "partition");
-    let mut run_id = [0u8; 4];
-    rand::rngs::OsRng.fill_bytes(&mut run_id);
-    let ledger = Arc::new(Mutex::new(Ledger::with_prefix(&format!(
-        "partition {} ",
-        hex::encode(run_id)
-    ))));
+    let ledger = traffic::new_ledger("partition");
     let outcome = tokio::select! {
         outcome = phases(options, lab, &mut guard, &mut report, &ledger) => Some(outcome),
         _ = tokio::signal::ctrl_c() => None,

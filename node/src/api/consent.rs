@@ -434,7 +434,7 @@ impl ApiService {
             self.shared
                 .counter_table()
                 .count(Reason::DataRequestInvalid);
-            Status::invalid_argument(e)
+            Status::invalid_argument(e.to_string())
         })?;
         let outcomes = self
             .shared

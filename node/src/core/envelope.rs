@@ -250,10 +250,10 @@ impl Verifier<'_> {
                 max: self.limits.message_bytes_max,
             }));
         }
-        let signed = wire::decode_signed_envelope(bytes)
-            .map_err(|e| Rejection::anonymous(RejectReason::Malformed(e)))?;
-        let envelope = wire::decode_envelope(&signed.body)
-            .map_err(|e| Rejection::anonymous(RejectReason::Malformed(e)))?;
+        let malformed =
+            |e: wire::DecodeError| Rejection::anonymous(RejectReason::Malformed(e.to_string()));
+        let signed = wire::decode_signed_envelope(bytes).map_err(malformed)?;
+        let envelope = wire::decode_envelope(&signed.body).map_err(malformed)?;
         let reject = |reason| Rejection {
             message_id: Some(envelope.message_id),
             sender: Some(envelope.sender.clone()),

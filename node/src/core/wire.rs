@@ -10,18 +10,175 @@ use prost::Message as _;
 
 use crate::core::consent::{
     Action, Actor, Attribute, Audience, ConsentEvent, ConsentId, ConsentLog, ConsentTerms,
-    EventKind, LawfulBasis, Purpose, RecordKind, ScopeItem, Sector, ServiceId, SignedEvent,
-    SubjectId, TermsError,
+    EventKind, LawfulBasis, NameError, Purpose, RecordKind, ScopeItem, Sector, ServiceId,
+    SignedEvent, SubjectId, TermsError,
 };
 use crate::core::envelope::{Envelope, Memo, Payload, Receipt, SignedEnvelope};
 use crate::core::exchange::{Answer, DataRequest, DataResponse, Op, Predicate, Released, Withheld};
-use crate::core::ids::{MessageId, OperatorId};
-use crate::core::keys::{KeyId, PublicKey, SIGNATURE_LEN};
+use crate::core::ids::{MessageId, OperatorId, OperatorIdError};
+use crate::core::keys::{KeyError, KeyId, PublicKey, SIGNATURE_LEN};
 use crate::core::trust::{
     CatalogueAttribute, GovernanceKey, Member, MemberKey, MemberStatus, Role, ServiceEntry,
     SignedTrustList, TrustList, TrustListError, ValueType,
 };
 use crate::limits;
+
+/// Why bytes, or a generated wire message, do not make a domain value.
+///
+/// The messages name the field and, where there is one, the value and the
+/// limit: they reach peers (inside a `malformed` refusal), the local API and
+/// the logs, so a reader can tell which rule an input broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The bytes are not a protobuf message of the expected type.
+    #[error("{message} does not decode: {source}")]
+    Protobuf {
+        /// Which message was expected.
+        message: &'static str,
+        /// What prost found.
+        source: prost::DecodeError,
+    },
+    /// The bytes decode, but are not the one canonical encoding of what they decode to.
+    #[error("signed envelope has unknown, repeated, padded or reordered fields")]
+    NotCanonical,
+    /// A field the message needs is absent.
+    #[error("{message} carries no {field}")]
+    Missing {
+        /// The message.
+        message: &'static str,
+        /// The absent field.
+        field: &'static str,
+    },
+    /// A `oneof` is unset, or set to a case this node does not know (prost
+    /// reads both as `None`).
+    #[error("{message} has no {field} (or one this node does not know)")]
+    MissingOneof {
+        /// The message.
+        message: &'static str,
+        /// The `oneof`.
+        field: &'static str,
+    },
+    /// A fixed-size field (an id, a hash, a signature) has another length.
+    #[error("{field} must be {expected} bytes, got {got}")]
+    Length {
+        /// The field.
+        field: &'static str,
+        /// Its one valid length.
+        expected: usize,
+        /// Its length here.
+        got: usize,
+    },
+    /// A field's length is outside its bounds.
+    #[error("{field} must be {min} to {max} bytes, got {got}")]
+    LengthRange {
+        /// The field.
+        field: &'static str,
+        /// Fewest bytes allowed.
+        min: usize,
+        /// Most bytes allowed.
+        max: usize,
+        /// Its length here.
+        got: usize,
+    },
+    /// A text or value is longer than its limit.
+    #[error("{field} is {size} bytes, more than the {max} allowed")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its size here.
+        size: usize,
+        /// Most bytes allowed.
+        max: usize,
+    },
+    /// A list holds more items than its limit.
+    #[error("{count} {field}, more than the {max} allowed")]
+    TooMany {
+        /// What the list holds.
+        field: &'static str,
+        /// Items here.
+        count: usize,
+        /// Most items allowed.
+        max: usize,
+    },
+    /// A list holds fewer or more items than its bounds.
+    #[error("{count} {field}, {min} to {max} allowed")]
+    Count {
+        /// What the list holds.
+        field: &'static str,
+        /// Items here.
+        count: usize,
+        /// Fewest items allowed.
+        min: usize,
+        /// Most items allowed.
+        max: usize,
+    },
+    /// A protobuf enum field holds a number this node does not know.
+    #[error("{field} {value} is not known")]
+    UnknownEnum {
+        /// The field.
+        field: &'static str,
+        /// The number received.
+        value: i32,
+    },
+    /// A text field that names one of a fixed set of words holds another.
+    #[error("{field} {value:?} is not one of {known}")]
+    NotOneOf {
+        /// The field.
+        field: &'static str,
+        /// The text received.
+        value: String,
+        /// The words allowed.
+        known: &'static str,
+    },
+    /// A field that carries JSON text does not parse as JSON.
+    #[error("{field} is not JSON: {reason}")]
+    NotJson {
+        /// The field.
+        field: &'static str,
+        /// What the parser found (as text: `serde_json::Error` cannot be cloned or compared).
+        reason: String,
+    },
+    /// An operator id field is not an operator id.
+    #[error("{field}: {source}")]
+    OperatorId {
+        /// The field.
+        field: &'static str,
+        /// The rule it breaks.
+        source: OperatorIdError,
+    },
+    /// A public key does not decode, is not a curve point, or is weak.
+    #[error("key {key_id}: {source}")]
+    Key {
+        /// The id the key was listed under.
+        key_id: String,
+        /// What is wrong with it.
+        source: KeyError,
+    },
+    /// A key is listed under an id that is not its own.
+    #[error("key id {key_id} does not match its key")]
+    KeyMismatch {
+        /// The id it was listed under.
+        key_id: String,
+    },
+    /// A trust-list member entry breaks a rule.
+    #[error("member {operator_id}: {source}")]
+    Member {
+        /// The member.
+        operator_id: OperatorId,
+        /// The rule it breaks.
+        source: Box<DecodeError>,
+    },
+    /// A name (subject, service, purpose, attribute) is invalid.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// Consent terms break a rule.
+    #[error(transparent)]
+    Terms(#[from] TermsError),
+    /// A trust list carried in an envelope is refused.
+    #[error(transparent)]
+    TrustList(#[from] TrustListError),
+}
 
 // ---------------------------------------------------------------------------
 // Envelopes
@@ -82,21 +239,13 @@ pub fn memo_to_pb(memo: &Memo) -> pb::Memo {
 }
 
 /// Validates a memo from the wire or the local API.
-pub fn memo_from_pb(memo: pb::Memo) -> Result<Memo, String> {
-    if memo.subject.len() > limits::MEMO_SUBJECT_BYTES_MAX {
-        return Err(format!(
-            "memo subject is {} bytes, more than the {} allowed",
-            memo.subject.len(),
-            limits::MEMO_SUBJECT_BYTES_MAX
-        ));
-    }
-    if memo.text.len() > limits::MEMO_TEXT_BYTES_MAX {
-        return Err(format!(
-            "memo text is {} bytes, more than the {} allowed",
-            memo.text.len(),
-            limits::MEMO_TEXT_BYTES_MAX
-        ));
-    }
+pub fn memo_from_pb(memo: pb::Memo) -> Result<Memo, DecodeError> {
+    at_most_bytes(
+        "memo subject",
+        &memo.subject,
+        limits::MEMO_SUBJECT_BYTES_MAX,
+    )?;
+    at_most_bytes("memo text", &memo.text, limits::MEMO_TEXT_BYTES_MAX)?;
     Ok(Memo {
         subject: memo.subject,
         text: memo.text,
@@ -104,54 +253,71 @@ pub fn memo_from_pb(memo: pb::Memo) -> Result<Memo, String> {
 }
 
 /// Decodes and validates an envelope body.
-pub fn decode_envelope(body: &[u8]) -> Result<Envelope, String> {
+pub fn decode_envelope(body: &[u8]) -> Result<Envelope, DecodeError> {
     use pb::envelope::Payload as P;
-    let raw = pb::Envelope::decode(body).map_err(|e| format!("body does not decode: {e}"))?;
+    let raw = pb::Envelope::decode(body).map_err(|source| DecodeError::Protobuf {
+        message: "body",
+        source,
+    })?;
     let message_id = message_id_field(&raw.message_id, "message_id")?;
-    let sender = OperatorId::new(raw.sender).map_err(|e| format!("sender: {e}"))?;
-    let recipient = OperatorId::new(raw.recipient).map_err(|e| format!("recipient: {e}"))?;
+    let sender = operator_id_field(raw.sender, "sender")?;
+    let recipient = operator_id_field(raw.recipient, "recipient")?;
     let in_reply_to = if raw.in_reply_to.is_empty() {
         None
     } else {
         Some(message_id_field(&raw.in_reply_to, "in_reply_to")?)
     };
-    if raw.rulebook_version.len() > limits::TEXT_FIELD_BYTES_MAX {
-        return Err("rulebook_version is too long".into());
-    }
+    at_most_bytes(
+        "rulebook_version",
+        &raw.rulebook_version,
+        limits::TEXT_FIELD_BYTES_MAX,
+    )?;
     let payload = match raw.payload {
-        None => return Err("no payload (or a payload this node does not know)".into()),
+        None => {
+            return Err(DecodeError::MissingOneof {
+                message: "envelope",
+                field: "payload",
+            })
+        }
         Some(P::Memo(memo)) => Payload::Memo(memo_from_pb(memo)?),
         Some(P::Receipt(receipt)) => {
             if receipt.outcome != pb::ReceiptOutcome::Applied as i32 {
-                return Err(format!("receipt outcome {} is not known", receipt.outcome));
+                return Err(DecodeError::UnknownEnum {
+                    field: "receipt outcome",
+                    value: receipt.outcome,
+                });
             }
             Payload::Receipt(Receipt {
                 message_id: message_id_field(&receipt.message_id, "receipt.message_id")?,
-                body_sha256: receipt
-                    .body_sha256
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| "receipt.body_sha256 must be 32 bytes".to_owned())?,
+                body_sha256: receipt.body_sha256.as_slice().try_into().map_err(|_| {
+                    DecodeError::Length {
+                        field: "receipt.body_sha256",
+                        expected: 32,
+                        got: receipt.body_sha256.len(),
+                    }
+                })?,
                 applied_at_ms: receipt.applied_at_ms,
             })
         }
         Some(P::TrustListUpdate(update)) => {
-            let list = update
-                .trust_list
-                .ok_or_else(|| "trust_list_update carries no trust list".to_owned())?;
-            Payload::TrustListUpdate(signed_trust_list_from_pb(list).map_err(|e| e.to_string())?)
+            let list = update.trust_list.ok_or(DecodeError::Missing {
+                message: "trust_list_update",
+                field: "trust list",
+            })?;
+            Payload::TrustListUpdate(signed_trust_list_from_pb(list)?)
         }
         Some(P::ConsentOffer(offer)) => {
-            let terms = offer
-                .terms
-                .ok_or_else(|| "consent_offer carries no terms".to_owned())?;
-            Payload::ConsentOffer(terms_from_pb(terms).map_err(|e| e.to_string())?)
+            let terms = offer.terms.ok_or(DecodeError::Missing {
+                message: "consent_offer",
+                field: "terms",
+            })?;
+            Payload::ConsentOffer(terms_from_pb(terms)?)
         }
         Some(P::ConsentRecord(log)) => Payload::ConsentRecord(consent_log_from_pb(log)?),
-        Some(P::ConsentStatusQuery(query)) => Payload::ConsentStatusQuery(
-            ConsentId::from_slice(&query.consent_id)
-                .ok_or_else(|| "consent_status_query.consent_id must be 16 bytes".to_owned())?,
-        ),
+        Some(P::ConsentStatusQuery(query)) => Payload::ConsentStatusQuery(consent_id_field(
+            &query.consent_id,
+            "consent_status_query.consent_id",
+        )?),
         Some(P::ConsentStatusAnswer(log)) => {
             Payload::ConsentStatusAnswer(consent_log_from_pb(log)?)
         }
@@ -172,14 +338,48 @@ pub fn decode_envelope(body: &[u8]) -> Result<Envelope, String> {
     })
 }
 
-fn message_id_field(bytes: &[u8], field: &str) -> Result<MessageId, String> {
-    MessageId::from_slice(bytes).ok_or_else(|| {
-        format!(
-            "{field} must be {} bytes, got {}",
-            MessageId::LEN,
-            bytes.len()
-        )
+fn message_id_field(bytes: &[u8], field: &'static str) -> Result<MessageId, DecodeError> {
+    MessageId::from_slice(bytes).ok_or(DecodeError::Length {
+        field,
+        expected: MessageId::LEN,
+        got: bytes.len(),
     })
+}
+
+fn consent_id_field(bytes: &[u8], field: &'static str) -> Result<ConsentId, DecodeError> {
+    ConsentId::from_slice(bytes).ok_or(DecodeError::Length {
+        field,
+        expected: ConsentId::LEN,
+        got: bytes.len(),
+    })
+}
+
+fn operator_id_field(id: String, field: &'static str) -> Result<OperatorId, DecodeError> {
+    OperatorId::new(id).map_err(|source| DecodeError::OperatorId { field, source })
+}
+
+/// Refuses a text longer than `max` bytes.
+fn at_most_bytes(field: &'static str, text: &str, max: usize) -> Result<(), DecodeError> {
+    if text.len() > max {
+        return Err(DecodeError::TooLong {
+            field,
+            size: text.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a list of more than `max` items.
+fn at_most_items<T>(field: &'static str, items: &[T], max: usize) -> Result<(), DecodeError> {
+    if items.len() > max {
+        return Err(DecodeError::TooMany {
+            field,
+            count: items.len(),
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// Encodes a signed envelope.
@@ -197,24 +397,32 @@ pub fn signed_envelope_to_pb(signed: &SignedEnvelope) -> pb::SignedEnvelope {
 }
 
 /// Decodes a signed envelope (not verified).
-pub fn decode_signed_envelope(bytes: &[u8]) -> Result<SignedEnvelope, String> {
-    let raw = pb::SignedEnvelope::decode(bytes)
-        .map_err(|e| format!("signed envelope does not decode: {e}"))?;
+pub fn decode_signed_envelope(bytes: &[u8]) -> Result<SignedEnvelope, DecodeError> {
+    let raw = pb::SignedEnvelope::decode(bytes).map_err(|source| DecodeError::Protobuf {
+        message: "signed envelope",
+        source,
+    })?;
     // prost skips unknown fields, lets a repeated field override an earlier
     // one and takes fields in any order; refuse all three, so one message has
     // one byte form, the canonical one (replay and storage see exactly what
     // was signed and nothing else). The copy is bounded by the size limit.
     if raw.encoded_len() != bytes.len() || raw.encode_to_vec() != bytes {
-        return Err("signed envelope has unknown, repeated, padded or reordered fields".into());
+        return Err(DecodeError::NotCanonical);
     }
     if raw.signature.len() != SIGNATURE_LEN {
-        return Err(format!(
-            "signature must be {SIGNATURE_LEN} bytes, got {}",
-            raw.signature.len()
-        ));
+        return Err(DecodeError::Length {
+            field: "signature",
+            expected: SIGNATURE_LEN,
+            got: raw.signature.len(),
+        });
     }
     if raw.key_id.is_empty() || raw.key_id.len() > 64 {
-        return Err("key_id must be 1 to 64 bytes".into());
+        return Err(DecodeError::LengthRange {
+            field: "key_id",
+            min: 1,
+            max: 64,
+            got: raw.key_id.len(),
+        });
     }
     Ok(SignedEnvelope {
         body: raw.body,
@@ -360,7 +568,7 @@ pub fn decode_trust_list(body: &[u8]) -> Result<TrustList, TrustListError> {
     let mut members = Vec::with_capacity(raw.members.len());
     let mut seen_ids = std::collections::BTreeSet::new();
     for m in raw.members {
-        let member = member_from_pb(m).map_err(invalid)?;
+        let member = member_from_pb(m).map_err(|e| invalid(e.to_string()))?;
         if !seen_ids.insert(member.operator_id.clone()) {
             return Err(invalid(format!(
                 "member {} is listed twice",
@@ -436,38 +644,42 @@ pub fn decode_trust_list(body: &[u8]) -> Result<TrustList, TrustListError> {
     })
 }
 
-fn member_from_pb(m: pb::Member) -> Result<Member, String> {
-    let operator_id = OperatorId::new(m.operator_id).map_err(|e| e.to_string())?;
-    let text_ok = |s: &String| s.len() <= limits::TEXT_FIELD_BYTES_MAX;
-    if !text_ok(&m.name) || !text_ok(&m.country) || !text_ok(&m.grpc_endpoint) {
-        return Err(format!("member {operator_id}: a text field is too long"));
+fn member_from_pb(m: pb::Member) -> Result<Member, DecodeError> {
+    let operator_id = operator_id_field(m.operator_id, "operator_id")?;
+    let in_member = |source: DecodeError| DecodeError::Member {
+        operator_id: operator_id.clone(),
+        source: Box::new(source),
+    };
+    let text_max = limits::TEXT_FIELD_BYTES_MAX;
+    at_most_bytes("name", &m.name, text_max).map_err(in_member)?;
+    at_most_bytes("country", &m.country, text_max).map_err(in_member)?;
+    at_most_bytes("grpc_endpoint", &m.grpc_endpoint, text_max).map_err(in_member)?;
+    at_most_items("p2p addresses", &m.p2p_addrs, 16).map_err(in_member)?;
+    for addr in &m.p2p_addrs {
+        at_most_bytes("p2p address", addr, text_max).map_err(in_member)?;
     }
-    if m.p2p_addrs.len() > 16 || !m.p2p_addrs.iter().all(text_ok) {
-        return Err(format!(
-            "member {operator_id}: too many or too long p2p addresses"
-        ));
-    }
-    if m.sectors.len() > 32 || !m.sectors.iter().all(text_ok) {
-        return Err(format!(
-            "member {operator_id}: too many or too long sectors"
-        ));
+    at_most_items("sectors", &m.sectors, 32).map_err(in_member)?;
+    for sector in &m.sectors {
+        at_most_bytes("sector", sector, text_max).map_err(in_member)?;
     }
     if m.keys.is_empty() || m.keys.len() > limits::KEYS_PER_MEMBER_MAX {
-        return Err(format!(
-            "member {operator_id} has {} keys, 1 to {} allowed",
-            m.keys.len(),
-            limits::KEYS_PER_MEMBER_MAX
-        ));
+        return Err(in_member(DecodeError::Count {
+            field: "keys",
+            count: m.keys.len(),
+            min: 1,
+            max: limits::KEYS_PER_MEMBER_MAX,
+        }));
     }
     let mut keys = Vec::with_capacity(m.keys.len());
     for k in m.keys {
-        let public_key = PublicKey::from_bytes(&k.public_key)
-            .map_err(|e| format!("member {operator_id} key {}: {e}", k.key_id))?;
+        let public_key = PublicKey::from_bytes(&k.public_key).map_err(|source| {
+            in_member(DecodeError::Key {
+                key_id: k.key_id.clone(),
+                source,
+            })
+        })?;
         if public_key.key_id().as_str() != k.key_id {
-            return Err(format!(
-                "member {operator_id}: key id {} does not match its key",
-                k.key_id
-            ));
+            return Err(in_member(DecodeError::KeyMismatch { key_id: k.key_id }));
         }
         keys.push(MemberKey {
             public_key,
@@ -481,14 +693,24 @@ fn member_from_pb(m: pb::Member) -> Result<Member, String> {
             Ok(pb::Role::Operator) => Role::Operator,
             Ok(pb::Role::Source) => Role::Source,
             Ok(pb::Role::Consumer) => Role::Consumer,
-            _ => return Err(format!("member {operator_id}: unknown role {r}")),
+            _ => {
+                return Err(in_member(DecodeError::UnknownEnum {
+                    field: "role",
+                    value: r,
+                }))
+            }
         });
     }
     let status = match pb::MemberStatus::try_from(m.status) {
         Ok(pb::MemberStatus::Active) => MemberStatus::Active,
         Ok(pb::MemberStatus::Suspended) => MemberStatus::Suspended,
         Ok(pb::MemberStatus::Revoked) => MemberStatus::Revoked,
-        _ => return Err(format!("member {operator_id}: unknown status {}", m.status)),
+        _ => {
+            return Err(in_member(DecodeError::UnknownEnum {
+                field: "status",
+                value: m.status,
+            }))
+        }
     };
     Ok(Member {
         operator_id,
@@ -703,21 +925,24 @@ fn actor_to_pb(actor: &Actor) -> pb::ConsentActor {
     }
 }
 
-fn actor_from_pb(raw: pb::ConsentActor) -> Result<Actor, String> {
-    if raw.delegations.len() > limits::DELEGATION_DEPTH_MAX
-        || raw.authentication.len() > limits::TEXT_FIELD_BYTES_MAX
-    {
-        return Err("actor: too many delegations or authentication text too long".into());
-    }
+fn actor_from_pb(raw: pb::ConsentActor) -> Result<Actor, DecodeError> {
+    at_most_items(
+        "delegations of an actor",
+        &raw.delegations,
+        limits::DELEGATION_DEPTH_MAX,
+    )?;
+    at_most_bytes(
+        "actor authentication",
+        &raw.authentication,
+        limits::TEXT_FIELD_BYTES_MAX,
+    )?;
     Ok(Actor {
-        person: SubjectId::new(raw.person).map_err(|e| e.to_string())?,
-        for_grantor: SubjectId::new(raw.for_grantor).map_err(|e| e.to_string())?,
+        person: SubjectId::new(raw.person)?,
+        for_grantor: SubjectId::new(raw.for_grantor)?,
         delegations: raw
             .delegations
             .iter()
-            .map(|d| {
-                ConsentId::from_slice(d).ok_or_else(|| "delegation id must be 16 bytes".to_owned())
-            })
+            .map(|d| consent_id_field(d, "delegation id"))
             .collect::<Result<_, _>>()?,
         authentication: raw.authentication,
     })
@@ -746,38 +971,42 @@ pub fn encode_consent_event(event: &ConsentEvent) -> Vec<u8> {
 }
 
 /// Decodes and validates a consent event body.
-pub fn decode_consent_event(body: &[u8]) -> Result<ConsentEvent, String> {
+pub fn decode_consent_event(body: &[u8]) -> Result<ConsentEvent, DecodeError> {
     use pb::consent_event::Kind as K;
     if body.len() > limits::MESSAGE_BYTES_MAX {
-        return Err("consent event is too large".into());
+        return Err(DecodeError::TooLong {
+            field: "consent event",
+            size: body.len(),
+            max: limits::MESSAGE_BYTES_MAX,
+        });
     }
-    let raw = pb::ConsentEvent::decode(body)
-        .map_err(|e| format!("consent event does not decode: {e}"))?;
+    let raw = pb::ConsentEvent::decode(body).map_err(|source| DecodeError::Protobuf {
+        message: "consent event",
+        source,
+    })?;
     let kind = match raw.kind {
-        None => return Err("consent event has no kind".into()),
-        Some(K::Requested(terms)) => {
-            EventKind::Requested(terms_from_pb(terms).map_err(|e| e.to_string())?)
+        None => {
+            return Err(DecodeError::MissingOneof {
+                message: "consent event",
+                field: "kind",
+            })
         }
+        Some(K::Requested(terms)) => EventKind::Requested(terms_from_pb(terms)?),
         Some(K::Granted(actor)) => EventKind::Granted(actor_from_pb(actor)?),
         Some(K::Refused(actor)) => EventKind::Refused(actor_from_pb(actor)?),
-        Some(K::Narrowed(terms)) => {
-            EventKind::Narrowed(terms_from_pb(terms).map_err(|e| e.to_string())?)
-        }
+        Some(K::Narrowed(terms)) => EventKind::Narrowed(terms_from_pb(terms)?),
         Some(K::Withdrawn(actor)) => EventKind::Withdrawn(actor_from_pb(actor)?),
         Some(K::Invalidated(reason)) => {
-            if reason.len() > limits::TEXT_FIELD_BYTES_MAX {
-                return Err("invalidation reason is too long".into());
-            }
+            at_most_bytes("invalidation reason", &reason, limits::TEXT_FIELD_BYTES_MAX)?;
             EventKind::Invalidated { reason }
         }
         Some(K::Expired(_)) => EventKind::Expired,
     };
     Ok(ConsentEvent {
-        consent_id: ConsentId::from_slice(&raw.consent_id)
-            .ok_or_else(|| "consent event: consent_id must be 16 bytes".to_owned())?,
+        consent_id: consent_id_field(&raw.consent_id, "consent event consent_id")?,
         seq: raw.seq,
         at_ms: raw.at_ms,
-        recorder: OperatorId::new(raw.recorder).map_err(|e| format!("recorder: {e}"))?,
+        recorder: operator_id_field(raw.recorder, "recorder")?,
         kind,
     })
 }
@@ -799,24 +1028,29 @@ pub fn consent_log_to_pb(log: &ConsentLog) -> pb::ConsentRecordUpdate {
 }
 
 /// Validates a signed consent log from its wire type (signatures not yet checked).
-pub fn consent_log_from_pb(raw: pb::ConsentRecordUpdate) -> Result<ConsentLog, String> {
+pub fn consent_log_from_pb(raw: pb::ConsentRecordUpdate) -> Result<ConsentLog, DecodeError> {
     if raw.events.is_empty() || raw.events.len() > limits::CONSENT_EVENTS_MAX {
-        return Err(format!(
-            "a consent log has 1 to {} events, got {}",
-            limits::CONSENT_EVENTS_MAX,
-            raw.events.len()
-        ));
+        return Err(DecodeError::Count {
+            field: "events in a consent log",
+            count: raw.events.len(),
+            min: 1,
+            max: limits::CONSENT_EVENTS_MAX,
+        });
     }
     Ok(ConsentLog {
-        consent_id: ConsentId::from_slice(&raw.consent_id)
-            .ok_or_else(|| "consent log: consent_id must be 16 bytes".to_owned())?,
+        consent_id: consent_id_field(&raw.consent_id, "consent log consent_id")?,
         events: raw
             .events
             .into_iter()
             .map(|e| {
-                if e.signature.len() != SIGNATURE_LEN || e.key_id.len() > 64 {
-                    return Err("consent event: bad signature or key id length".to_owned());
+                if e.signature.len() != SIGNATURE_LEN {
+                    return Err(DecodeError::Length {
+                        field: "consent event signature",
+                        expected: SIGNATURE_LEN,
+                        got: e.signature.len(),
+                    });
                 }
+                at_most_bytes("consent event key_id", &e.key_id, 64)?;
                 Ok(SignedEvent {
                     body: e.body,
                     signature: e.signature,
@@ -833,8 +1067,11 @@ pub fn encode_consent_log(log: &ConsentLog) -> Vec<u8> {
 }
 
 /// Decodes a signed consent log from storage.
-pub fn decode_consent_log(bytes: &[u8]) -> Result<ConsentLog, String> {
-    let raw = pb::ConsentRecordUpdate::decode(bytes).map_err(|e| e.to_string())?;
+pub fn decode_consent_log(bytes: &[u8]) -> Result<ConsentLog, DecodeError> {
+    let raw = pb::ConsentRecordUpdate::decode(bytes).map_err(|source| DecodeError::Protobuf {
+        message: "consent log",
+        source,
+    })?;
     consent_log_from_pb(raw)
 }
 
@@ -851,20 +1088,23 @@ fn predicate_to_pb(p: &Predicate) -> pb::Predicate {
 }
 
 /// Validates a predicate from the wire or the local API.
-pub fn predicate_from_pb(raw: pb::Predicate) -> Result<Predicate, String> {
-    if raw.value_json.len() > limits::PREDICATE_OPERAND_BYTES_MAX {
-        return Err("predicate operand is too large".into());
-    }
+pub fn predicate_from_pb(raw: pb::Predicate) -> Result<Predicate, DecodeError> {
+    at_most_bytes(
+        "predicate operand",
+        &raw.value_json,
+        limits::PREDICATE_OPERAND_BYTES_MAX,
+    )?;
     Ok(Predicate {
-        attribute: Attribute::new(raw.attribute).map_err(|e| e.to_string())?,
-        op: Op::parse(&raw.op).ok_or_else(|| {
-            format!(
-                "predicate operator {:?} is not one of < <= > >= == != contains",
-                raw.op
-            )
+        attribute: Attribute::new(raw.attribute)?,
+        op: Op::parse(&raw.op).ok_or_else(|| DecodeError::NotOneOf {
+            field: "predicate operator",
+            value: raw.op.clone(),
+            known: "< <= > >= == != contains",
         })?,
-        operand: serde_json::from_str(&raw.value_json)
-            .map_err(|e| format!("predicate operand is not JSON: {e}"))?,
+        operand: serde_json::from_str(&raw.value_json).map_err(|e| DecodeError::NotJson {
+            field: "predicate operand",
+            reason: e.to_string(),
+        })?,
     })
 }
 
@@ -881,24 +1121,24 @@ pub fn data_request_to_pb(r: &DataRequest) -> pb::DataRequest {
 }
 
 /// Validates a data request from the wire or the local API (not yet against the catalogue).
-pub fn data_request_from_pb(raw: pb::DataRequest) -> Result<DataRequest, String> {
-    if raw.attributes.len() + raw.predicates.len() > limits::REQUEST_ATTRIBUTES_MAX {
-        return Err(format!(
-            "the request asks for {} attributes and predicates, more than the {} allowed",
-            raw.attributes.len() + raw.predicates.len(),
-            limits::REQUEST_ATTRIBUTES_MAX
-        ));
+pub fn data_request_from_pb(raw: pb::DataRequest) -> Result<DataRequest, DecodeError> {
+    let asked = raw.attributes.len() + raw.predicates.len();
+    if asked > limits::REQUEST_ATTRIBUTES_MAX {
+        return Err(DecodeError::TooMany {
+            field: "attributes and predicates in a request",
+            count: asked,
+            max: limits::REQUEST_ATTRIBUTES_MAX,
+        });
     }
     Ok(DataRequest {
-        request_id: MessageId::from_slice(&raw.request_id)
-            .ok_or_else(|| "request_id must be 16 bytes".to_owned())?,
-        subject: SubjectId::new(raw.subject).map_err(|e| e.to_string())?,
-        service: ServiceId::new(raw.service).map_err(|e| e.to_string())?,
-        purpose: Purpose::new(raw.purpose).map_err(|e| e.to_string())?,
+        request_id: message_id_field(&raw.request_id, "request_id")?,
+        subject: SubjectId::new(raw.subject)?,
+        service: ServiceId::new(raw.service)?,
+        purpose: Purpose::new(raw.purpose)?,
         attributes: raw
             .attributes
             .into_iter()
-            .map(|a| Attribute::new(a).map_err(|e| e.to_string()))
+            .map(Attribute::new)
             .collect::<Result<_, _>>()?,
         predicates: raw
             .predicates
@@ -946,60 +1186,146 @@ pub fn data_response_to_pb(r: &DataResponse) -> pb::DataResponse {
 }
 
 /// Validates a data response from the wire.
-pub fn data_response_from_pb(raw: pb::DataResponse) -> Result<DataResponse, String> {
+pub fn data_response_from_pb(raw: pb::DataResponse) -> Result<DataResponse, DecodeError> {
+    // A response answers one request, so no list in it outgrows what a request may ask for.
     let bound = limits::REQUEST_ATTRIBUTES_MAX;
-    if raw.values.len() > bound || raw.answers.len() > bound || raw.withheld.len() > bound {
-        return Err("the response holds more entries than a request may ask for".into());
-    }
-    let consent = |bytes: &[u8]| {
-        ConsentId::from_slice(bytes).ok_or_else(|| "consent_id must be 16 bytes".to_owned())
-    };
-    let attribute = |name: String| Attribute::new(name).map_err(|e| e.to_string());
+    at_most_items("values in a response", &raw.values, bound)?;
+    at_most_items("answers in a response", &raw.answers, bound)?;
+    at_most_items("withheld entries in a response", &raw.withheld, bound)?;
     Ok(DataResponse {
-        request_id: MessageId::from_slice(&raw.request_id)
-            .ok_or_else(|| "request_id must be 16 bytes".to_owned())?,
-        source: OperatorId::new(raw.source).map_err(|e| e.to_string())?,
+        request_id: message_id_field(&raw.request_id, "request_id")?,
+        source: operator_id_field(raw.source, "source")?,
         values: raw
             .values
             .into_iter()
             .map(|v| {
-                if v.value_json.len() > limits::ATTRIBUTE_VALUE_BYTES_MAX {
-                    return Err("a value exceeds the size limit".to_owned());
-                }
+                at_most_bytes(
+                    "released value",
+                    &v.value_json,
+                    limits::ATTRIBUTE_VALUE_BYTES_MAX,
+                )?;
                 Ok(Released {
-                    value: serde_json::from_str(&v.value_json)
-                        .map_err(|e| format!("value is not JSON: {e}"))?,
-                    consent_id: consent(&v.consent_id)?,
+                    value: serde_json::from_str(&v.value_json).map_err(|e| {
+                        DecodeError::NotJson {
+                            field: "value",
+                            reason: e.to_string(),
+                        }
+                    })?,
+                    consent_id: consent_id_field(&v.consent_id, "consent_id")?,
                     retrieved_at_ms: v.retrieved_at_ms,
-                    attribute: attribute(v.attribute)?,
+                    attribute: Attribute::new(v.attribute)?,
                 })
             })
-            .collect::<Result<_, String>>()?,
+            .collect::<Result<_, DecodeError>>()?,
         answers: raw
             .answers
             .into_iter()
             .map(|a| {
+                let predicate = a.predicate.ok_or(DecodeError::Missing {
+                    message: "answer",
+                    field: "predicate",
+                })?;
                 Ok(Answer {
-                    predicate: predicate_from_pb(a.predicate.ok_or("answer without predicate")?)?,
+                    predicate: predicate_from_pb(predicate)?,
                     holds: a.holds,
-                    consent_id: consent(&a.consent_id)?,
+                    consent_id: consent_id_field(&a.consent_id, "consent_id")?,
                 })
             })
-            .collect::<Result<_, String>>()?,
+            .collect::<Result<_, DecodeError>>()?,
         withheld: raw
             .withheld
             .into_iter()
             .map(|w| {
-                if w.code.len() > 64 || w.reason.len() > limits::TEXT_FIELD_BYTES_MAX {
-                    return Err("withheld entry text too long".to_owned());
-                }
+                at_most_bytes("withheld code", &w.code, 64)?;
+                at_most_bytes("withheld reason", &w.reason, limits::TEXT_FIELD_BYTES_MAX)?;
                 Ok(Withheld {
-                    attribute: attribute(w.attribute)?,
+                    attribute: Attribute::new(w.attribute)?,
                     code: w.code,
                     reason: w.reason,
                     predicate: w.predicate,
                 })
             })
-            .collect::<Result<_, String>>()?,
+            .collect::<Result<_, DecodeError>>()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks that a decoder refuses its input with exactly `expected` as the message.
+    fn check<T: std::fmt::Debug>(got: Result<T, DecodeError>, expected: &str) {
+        match got {
+            Err(e) => assert_eq!(e.to_string(), expected),
+            Ok(value) => panic!("decoded to {value:?}, wanted {expected:?}"),
+        }
+    }
+
+    /// Each refusal names the field and carries the value and limit it broke.
+    #[test]
+    fn decode_errors_name_the_field_and_the_limit() {
+        let max = limits::MEMO_TEXT_BYTES_MAX;
+        let memo = pb::Memo {
+            subject: String::new(),
+            text: "x".repeat(max + 1),
+        };
+        check(
+            memo_from_pb(memo),
+            &format!(
+                "memo text is {} bytes, more than the {max} allowed",
+                max + 1
+            ),
+        );
+        // The rest of the text is prost's own.
+        let refused = decode_signed_envelope(&[0xff])
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert!(
+            matches!(&refused, Err(text) if text.starts_with("signed envelope does not decode: ")),
+            "{refused:?}"
+        );
+        let empty = pb::Envelope::default().encode_to_vec();
+        check(
+            decode_envelope(&empty),
+            "message_id must be 16 bytes, got 0",
+        );
+        let no_payload = pb::Envelope {
+            message_id: vec![1; 16],
+            sender: "fi.helsinki".into(),
+            recipient: "se.stockholm".into(),
+            ..pb::Envelope::default()
+        };
+        check(
+            decode_envelope(&no_payload.encode_to_vec()),
+            "envelope has no payload (or one this node does not know)",
+        );
+        let max = limits::REQUEST_ATTRIBUTES_MAX;
+        let request = pb::DataRequest {
+            attributes: vec!["a.b".into(); max + 1],
+            ..pb::DataRequest::default()
+        };
+        check(
+            data_request_from_pb(request),
+            &format!(
+                "{} attributes and predicates in a request, more than the {max} allowed",
+                max + 1
+            ),
+        );
+        let predicate = pb::Predicate {
+            attribute: "income.gross_monthly".into(),
+            op: "~".into(),
+            value_json: "1".into(),
+        };
+        check(
+            predicate_from_pb(predicate),
+            "predicate operator \"~\" is not one of < <= > >= == != contains",
+        );
+        check(
+            consent_log_from_pb(pb::ConsentRecordUpdate::default()),
+            &format!(
+                "0 events in a consent log, 1 to {} allowed",
+                limits::CONSENT_EVENTS_MAX
+            ),
+        );
+    }
 }

@@ -17,7 +17,7 @@ use tracing::{debug, info, info_span, warn, Instrument as _};
 
 use super::{Error, Node};
 use crate::clock::{now_ms, random_id_bytes};
-use crate::core::delivery::{self, Expected};
+use crate::core::delivery::{self, Expected, ReceiptError};
 use crate::core::envelope::{Payload, Rejection};
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::outbox::{Backoff, Scheduler};
@@ -104,6 +104,35 @@ impl CallError {
     pub fn is_refused_with(&self, code: Code) -> bool {
         matches!(self, CallError::Peer(PeerError::Refused { code: c, .. }) if *c == code)
     }
+}
+
+/// Why one delivery attempt failed; kept as the outbox entry's
+/// `last_error` (`ListOutbox` shows it) and retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AttemptError {
+    /// The outbox could not be read or updated.
+    #[error("storage failure: {0}")]
+    Store(#[from] store::Error),
+    /// Nothing goes out under an expired trust list.
+    #[error("{0}")]
+    TrustListExpired(String),
+    /// The recipient left the trust list since the message was sent.
+    #[error("{0} is no longer in the trust list")]
+    NotAMember(OperatorId),
+    /// No transport reached the recipient, or it refused the envelope.
+    #[error("{error}{hint}")]
+    Peer {
+        /// What the transports said.
+        error: PeerError,
+        /// The likely cause on this side (this operator suspended), or empty.
+        hint: String,
+    },
+    /// The receipt does not acknowledge this message.
+    #[error(transparent)]
+    Receipt(#[from] ReceiptError),
+    /// No answer within the delivery deadline (ms).
+    #[error("no answer within {0} ms")]
+    Timeout(u64),
 }
 
 /// A newly stored outgoing message, announced to the delivery loop.
@@ -236,8 +265,8 @@ impl Node {
     }
 
     /// One delivery attempt: send the stored bytes, check the receipt, mark delivered.
-    async fn deliver_once(self: Arc<Self>, id: MessageId) -> Result<(), String> {
-        let outgoing = self.store.outgoing(&id).map_err(|e| e.to_string())?;
+    async fn deliver_once(self: Arc<Self>, id: MessageId) -> Result<(), AttemptError> {
+        let outgoing = self.store.outgoing(&id)?;
         let Some(outgoing) = outgoing else {
             // Gone with the erasure of the citizen it was about: nothing to send.
             debug!(message_id = %id, "no longer in the outbox (its subject was erased)");
@@ -249,32 +278,34 @@ impl Node {
         let trust = self.trust();
         if !trust.is_current(now_ms()) {
             // Kept in the outbox, retried with backoff once a newer list is in force.
-            return Err(trust_expired_message(&trust));
+            return Err(AttemptError::TrustListExpired(trust_expired_message(
+                &trust,
+            )));
         }
         let member = trust
             .member(&outgoing.recipient)
-            .ok_or_else(|| format!("{} is no longer in the trust list", outgoing.recipient))?;
+            .ok_or_else(|| AttemptError::NotAMember(outgoing.recipient.clone()))?;
         let receipt = self
             .outbox
             .peers
             .deliver(member, outgoing.envelope.clone())
             .await
-            .map_err(|error: PeerError| {
-                let error = error.to_string();
+            .map_err(|error| AttemptError::Peer {
+                error,
                 // Over TLS a peer refuses a suspended member at the handshake,
                 // before any reason can travel back: name the likely cause.
-                match trust.member(self.operator_id()).map(|m| m.status) {
-                    Some(MemberStatus::Active) => error,
+                hint: match trust.member(self.operator_id()).map(|m| m.status) {
+                    Some(MemberStatus::Active) => String::new(),
                     Some(status) => format!(
-                        "{error} (this operator is {} in trust list version {}, so peers refuse it)",
+                        " (this operator is {} in trust list version {}, so peers refuse it)",
                         status.as_str(),
                         trust.version()
                     ),
                     None => format!(
-                        "{error} (this operator is not in trust list version {})",
+                        " (this operator is not in trust list version {})",
                         trust.version()
                     ),
-                }
+                },
             })?;
         let expected = Expected {
             message_id: id,
@@ -288,16 +319,13 @@ impl Node {
             &receipt,
             &expected,
             now_ms(),
-        )
-        .map_err(|e| e.to_string())?;
-        self.store
-            .update_outgoing(&id, |o| {
-                o.state = OutgoingState::Delivered;
-                o.attempts = o.attempts.saturating_add(1);
-                o.receipt = Some(receipt.clone());
-                o.last_error = None;
-            })
-            .map_err(|e| e.to_string())?;
+        )?;
+        self.store.update_outgoing(&id, |o| {
+            o.state = OutgoingState::Delivered;
+            o.attempts = o.attempts.saturating_add(1);
+            o.receipt = Some(receipt.clone());
+            o.last_error = None;
+        })?;
         info!(message_id = %id, recipient = %outgoing.recipient, "delivered; receipt verified");
         self.reconcile_trust_version(&outgoing.recipient, verified.envelope().trust_list_version);
         Ok(())
@@ -324,7 +352,7 @@ pub(crate) struct DeliveryLoop {
     shared: Arc<Node>,
     scheduler: Scheduler,
     enqueued: mpsc::Receiver<Enqueued>,
-    attempts: JoinSet<(MessageId, Result<(), String>)>,
+    attempts: JoinSet<(MessageId, Result<(), AttemptError>)>,
 }
 
 impl DeliveryLoop {
@@ -382,10 +410,7 @@ impl DeliveryLoop {
                         let outcome =
                             match tokio::time::timeout(timeout, shared.deliver_once(id)).await {
                                 Ok(outcome) => outcome,
-                                Err(_) => Err(format!(
-                                    "no answer within {} ms",
-                                    limits::DELIVERY_TIMEOUT_MS
-                                )),
+                                Err(_) => Err(AttemptError::Timeout(limits::DELIVERY_TIMEOUT_MS)),
                             };
                         (id, outcome)
                     }
@@ -410,7 +435,7 @@ impl DeliveryLoop {
                             debug!(message_id = %id, attempts, %error, "delivery attempt failed; will retry");
                             self.shared.store.update_outgoing(&id, |o| {
                                 o.attempts = attempts;
-                                o.last_error = Some(error.clone());
+                                o.last_error = Some(error.to_string());
                             })?;
                         }
                         Err(e) => warn!(error = %e, "delivery task failed"),

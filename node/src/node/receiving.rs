@@ -19,6 +19,7 @@ use crate::core::envelope::{Envelope, Payload, Verifier};
 use crate::core::ids::{MessageId, OperatorId};
 use crate::core::receive::{self, Action, FlushFor, Reception, Refusal};
 use crate::core::trust::VerifiedTrustList;
+use crate::limits;
 use crate::store;
 use crate::transport::Inbound;
 
@@ -259,14 +260,13 @@ fn notice_refusal(envelope: &Envelope, error: consent::ConsentError) -> Refusal 
 /// Deletes replay-table entries whose messages have expired (plus the clock
 /// skew), in bounded batches, once a minute.
 pub(crate) async fn prune_loop(shared: Arc<Node>, cancel: CancellationToken) -> Result<(), Error> {
-    const BATCH: usize = 10_000;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = tokio::time::sleep(Duration::from_millis(limits::PRUNE_INTERVAL_MS)) => {}
         }
         let before = now_ms().saturating_sub(shared.config.envelope_limits.clock_skew_ms_max);
-        let pruned = shared.store.prune_seen(before, BATCH)?;
+        let pruned = shared.store.prune_seen(before, limits::PRUNE_BATCH_MAX)?;
         if pruned > 0 {
             debug!(pruned, "pruned expired message ids from the replay window");
         }

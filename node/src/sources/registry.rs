@@ -55,24 +55,14 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
-use super::ngsi_ld::{Entity, Form, Mapping, Multiplicity};
+use super::ngsi_ld::entity::{Entity, Form, Mapping, Multiplicity};
 use super::{BoxFuture, DataSource, SourceError, Values};
 use crate::core::consent::{Attribute, NameError, SubjectId};
 use crate::limits;
+pub use crate::limits::REGISTRY_ENTITIES_MAX as ENTITIES_MAX;
+pub use crate::limits::REGISTRY_FILE_BYTES_MAX as FILE_BYTES_MAX;
+pub use crate::limits::REGISTRY_SUBJECTS_MAX as SUBJECTS_MAX;
 use crate::store::{at_rest, SubjectHash, Vault};
-
-/// Largest file a load accepts, in bytes.
-///
-/// 64 MiB holds a register of about a million subjects with a few small
-/// values each. Parsing holds the whole file as JSON values, a few times its
-/// size in memory, once, while loading.
-pub const FILE_BYTES_MAX: usize = 64 * 1024 * 1024;
-
-/// Most subjects one file may hold: a national-scale register per file.
-pub const SUBJECTS_MAX: usize = 1_000_000;
-
-/// Most entities one NGSI-LD file may hold.
-pub const ENTITIES_MAX: usize = 1_000_000;
 
 /// Bytes a sealed value adds to its JSON (`nonce ‖ ciphertext ‖ tag`: a
 /// 24-byte XChaCha20 nonce and a 16-byte Poly1305 tag), so that a subject's

@@ -49,8 +49,7 @@ use crate::core::ids::OperatorId;
 use crate::counters::Counters;
 use crate::limits;
 
-/// Room for protobuf framing around the envelope bytes.
-const FRAMING_BYTES: usize = 64;
+use crate::limits::FRAMING_BYTES;
 
 struct PeerService {
     /// The driver, which verifies and applies what arrives.

@@ -62,8 +62,7 @@ pub const IDENTIFY_PROTOCOL_VERSION: &str = "/mim4/1.0.0";
 /// The Kademlia protocol of the federation (not the public IPFS DHT).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/mim4/kad/1.0.0");
 
-/// Room for protobuf framing around the envelope bytes in a `PeerRequest`.
-const FRAMING_BYTES: usize = 64;
+use crate::limits::FRAMING_BYTES;
 
 /// Reads the trust list in force.
 pub(crate) type TrustSource = Arc<dyn Fn() -> Arc<VerifiedTrustList> + Send + Sync>;

@@ -55,7 +55,7 @@ pub fn verify_event(
     signed: &SignedEvent,
     trust: &VerifiedTrustList,
 ) -> Result<ConsentEvent, TransitionError> {
-    let event = wire::decode_consent_event(&signed.body).map_err(TransitionError::Malformed)?;
+    let event = wire::decode_consent_event(&signed.body)?;
     let bad = |reason: String| TransitionError::BadSignature {
         seq: event.seq,
         reason,

@@ -7,6 +7,7 @@ use super::event::{Actor, ConsentEvent, EventKind};
 use super::names::{ConsentId, SubjectId};
 use super::terms::{ConsentTerms, TermsError};
 use crate::core::ids::OperatorId;
+use crate::core::wire;
 // The bound of a log is in `crate::limits`, with its reason.
 use crate::limits::CONSENT_EVENTS_MAX;
 
@@ -149,7 +150,7 @@ pub enum TransitionError {
     },
     /// An event does not decode.
     #[error("event does not decode: {0}")]
-    Malformed(String),
+    Malformed(#[from] wire::DecodeError),
 }
 
 /// A consent or arrangement: the fold of its events.
