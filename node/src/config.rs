@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -337,22 +338,14 @@ impl Config {
     }
 
     /// Validates configuration text; `path` names the file in errors and
-    /// anchors relative paths.
+    /// anchors relative paths. The sections are checked in file order
+    /// (top-level keys, `[listen]`, `[limits]`, `[transport]`), and the first
+    /// error found is returned.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let line_of = |offset: usize| -> Option<usize> {
-            (offset > 0 || text.starts_with(|c: char| !c.is_whitespace()))
-                .then(|| text[..offset.min(text.len())].matches('\n').count() + 1)
-        };
-        let error =
-            |span: Option<std::ops::Range<usize>>, key: &str, message: String| ConfigError {
-                file: path.to_owned(),
-                line: span.filter(|s| s.end > 0).and_then(|s| line_of(s.start)),
-                key: Some(key.to_owned()),
-                message,
-            };
+        let at = Locator { text, path };
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
             file: path.to_owned(),
-            line: e.span().and_then(|s| line_of(s.start)),
+            line: e.span().and_then(|s| at.line_of(s.start)),
             key: None,
             message: e.message().to_owned(),
         })?;
@@ -360,185 +353,15 @@ impl Config {
         let resolve = |p: &Spanned<String>| base.join(p.get_ref());
 
         let operator_id = OperatorId::new(raw.operator_id.get_ref().clone())
-            .map_err(|e| error(Some(raw.operator_id.span()), "operator_id", e.to_string()))?;
-        let mut governance_keys = Vec::new();
-        for text in raw.governance_keys.get_ref() {
-            let key = PublicKey::from_hex(text).map_err(|e| {
-                error(
-                    Some(raw.governance_keys.span()),
-                    "governance_keys",
-                    format!("{e} (expected 64 hex digits, as `mim4-node governance init` prints)"),
-                )
-            })?;
-            governance_keys.push(key);
-        }
-        if governance_keys.is_empty() {
-            return Err(error(
-                Some(raw.governance_keys.span()),
-                "governance_keys",
-                "no governance key: add the federation's governance public key(s) (hex), \
-                 which your federation publishes, so the node can verify the trust list"
-                    .into(),
-            ));
-        }
-        let threshold = *raw.governance_threshold.get_ref();
-        if threshold == 0 || threshold as usize > governance_keys.len() {
-            return Err(error(
-                Some(raw.governance_threshold.span()),
-                "governance_threshold",
-                format!(
-                    "must be between 1 and the number of governance keys ({})",
-                    governance_keys.len()
-                ),
-            ));
-        }
-        let addr = |value: &Spanned<String>, key: &str| -> Result<SocketAddr, ConfigError> {
-            value.get_ref().parse().map_err(|e| {
-                error(
-                    Some(value.span()),
-                    key,
-                    format!("{e}: expected host:port such as 127.0.0.1:7401"),
-                )
-            })
-        };
-        let peer_listen = addr(&raw.listen.peer, "listen.peer")?;
-        let api_listen = addr(&raw.listen.api, "listen.api")?;
-        if !api_listen.ip().is_loopback() && !raw.listen.api_remote {
-            return Err(error(
-                Some(raw.listen.api.span()),
-                "listen.api",
-                format!(
-                    "{api_listen} is not a loopback address: the API is plaintext gRPC \
-                     (credentials and personal data in clear), for clients on this host; \
-                     bind it to 127.0.0.1 or ::1 and put a TLS proxy in front for remote \
-                     clients, or set `api_remote = true` under [listen] to accept the risk"
-                ),
-            ));
-        }
-        if peer_listen == api_listen && peer_listen.port() != 0 {
-            return Err(error(
-                Some(raw.listen.api.span()),
-                "listen.api",
-                "the API and peer servers need different ports".into(),
-            ));
-        }
-
-        let mut envelope_limits = EnvelopeLimits::default();
-        let mut message_lifetime_ms = limits::MESSAGE_LIFETIME_MS_DEFAULT;
-        if let Some(v) = &raw.limits.message_bytes_max {
-            let value = *v.get_ref();
-            if !(1024..=limits::MESSAGE_BYTES_MAX as u64).contains(&value) {
-                return Err(error(
-                    Some(v.span()),
-                    "limits.message_bytes_max",
-                    format!("must be between 1024 and {}", limits::MESSAGE_BYTES_MAX),
-                ));
-            }
-            envelope_limits.message_bytes_max = usize::try_from(value).unwrap_or(usize::MAX);
-        }
-        if let Some(v) = &raw.limits.clock_skew_ms_max {
-            let value = *v.get_ref();
-            if value > 10 * 60 * 1000 {
-                return Err(error(
-                    Some(v.span()),
-                    "limits.clock_skew_ms_max",
-                    "must be at most 600000 (10 minutes)".into(),
-                ));
-            }
-            envelope_limits.clock_skew_ms_max = value;
-        }
-        if let Some(v) = &raw.limits.message_lifetime_ms {
-            let value = *v.get_ref();
-            if !(1_000..=limits::MESSAGE_LIFETIME_MS_MAX).contains(&value) {
-                return Err(error(
-                    Some(v.span()),
-                    "limits.message_lifetime_ms",
-                    format!(
-                        "must be between 1000 and {}",
-                        limits::MESSAGE_LIFETIME_MS_MAX
-                    ),
-                ));
-            }
-            message_lifetime_ms = value;
-        }
-        let mut tuned = Limits::default();
-        let rates = [
-            (
-                &raw.limits.peer_requests_per_second,
-                "limits.peer_requests_per_second",
-                &mut tuned.peer_rate.per_second,
-            ),
-            (
-                &raw.limits.peer_request_burst,
-                "limits.peer_request_burst",
-                &mut tuned.peer_rate.burst,
-            ),
-            (
-                &raw.limits.api_requests_per_second,
-                "limits.api_requests_per_second",
-                &mut tuned.api_rate.per_second,
-            ),
-            (
-                &raw.limits.api_request_burst,
-                "limits.api_request_burst",
-                &mut tuned.api_rate.burst,
-            ),
-        ];
-        for (value, key, target) in rates {
-            if let Some(v) = value {
-                if *v.get_ref() == 0 {
-                    return Err(error(Some(v.span()), key, "must be at least 1".into()));
-                }
-                *target = *v.get_ref();
-            }
-        }
-        if let Some(v) = &raw.limits.trust_refresh_interval_ms {
-            let value = *v.get_ref();
-            let range =
-                limits::TRUST_REFRESH_INTERVAL_MS_MIN..=limits::TRUST_REFRESH_INTERVAL_MS_MAX;
-            if !range.contains(&value) {
-                return Err(error(
-                    Some(v.span()),
-                    "limits.trust_refresh_interval_ms",
-                    format!(
-                        "must be between {} and {} (revocations must reach every node within a minute)",
-                        range.start(),
-                        range.end()
-                    ),
-                ));
-            }
-            tuned.trust_refresh_interval_ms = value;
-        }
-        let mut p2p_listen = Vec::new();
-        for text in &raw.transport.p2p_listen {
-            let addr: libp2p::Multiaddr = text.get_ref().parse().map_err(|e| {
-                error(
-                    Some(text.span()),
-                    "transport.p2p_listen",
-                    format!(
-                        "{e}: expected a multiaddr such as /ip4/127.0.0.1/tcp/7403 or \
-                         /ip4/127.0.0.1/udp/7403/quic-v1"
-                    ),
-                )
-            })?;
-            p2p_listen.push(addr);
-        }
-        let prefer = match &raw.transport.prefer {
-            None => TransportKind::Grpc,
-            Some(v) => match v.get_ref().as_str() {
-                "grpc" => TransportKind::Grpc,
-                "libp2p" => TransportKind::Libp2p,
-                other => {
-                    return Err(error(
-                        Some(v.span()),
-                        "transport.prefer",
-                        format!("{other:?} is not a transport: use \"grpc\" or \"libp2p\""),
-                    ))
-                }
-            },
-        };
+            .map_err(|e| at.error(Some(raw.operator_id.span()), "operator_id", e.to_string()))?;
+        let (governance_keys, threshold) = raw.governance(&at)?;
+        let (peer_listen, api_listen) = raw.listen.addrs(&at)?;
+        let (envelope_limits, message_lifetime_ms) = raw.limits.envelope(&at)?;
+        let tuned = raw.limits.tuned(&at)?;
+        let p2p_listen = raw.transport.p2p_listen(&at)?;
+        let prefer = raw.transport.prefer(&at)?;
         if raw.rulebook_version.is_empty() || raw.rulebook_version.len() > 64 {
-            return Err(error(
+            return Err(at.error(
                 None,
                 "rulebook_version",
                 "must be 1 to 64 characters".into(),
@@ -570,7 +393,252 @@ impl Config {
     }
 }
 
+/// The text being parsed and its file, to turn a key's span into a
+/// [`ConfigError`] that names the file, the line and the key.
+struct Locator<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Locator<'_> {
+    /// The 1-based line of a byte offset; `None` for offset 0 in a text that
+    /// starts with whitespace (a defaulted key's empty span points there).
+    fn line_of(&self, offset: usize) -> Option<usize> {
+        let text = self.text;
+        (offset > 0 || text.starts_with(|c: char| !c.is_whitespace()))
+            .then(|| text[..offset.min(text.len())].matches('\n').count() + 1)
+    }
+
+    /// An error about `key`, at the line of `span` unless the span is empty
+    /// at the start (a defaulted key, which has no line).
+    fn error(&self, span: Option<Range<usize>>, key: &str, message: String) -> ConfigError {
+        ConfigError {
+            file: self.path.to_owned(),
+            line: span
+                .filter(|s| s.end > 0)
+                .and_then(|s| self.line_of(s.start)),
+            key: Some(key.to_owned()),
+            message,
+        }
+    }
+}
+
+impl RawConfig {
+    /// `governance_keys` and `governance_threshold`: at least one valid key,
+    /// and a threshold between 1 and the number of keys.
+    fn governance(&self, at: &Locator<'_>) -> Result<(Vec<PublicKey>, u32), ConfigError> {
+        let mut governance_keys = Vec::new();
+        for text in self.governance_keys.get_ref() {
+            let key = PublicKey::from_hex(text).map_err(|e| {
+                at.error(
+                    Some(self.governance_keys.span()),
+                    "governance_keys",
+                    format!("{e} (expected 64 hex digits, as `mim4-node governance init` prints)"),
+                )
+            })?;
+            governance_keys.push(key);
+        }
+        if governance_keys.is_empty() {
+            return Err(at.error(
+                Some(self.governance_keys.span()),
+                "governance_keys",
+                "no governance key: add the federation's governance public key(s) (hex), \
+                 which your federation publishes, so the node can verify the trust list"
+                    .into(),
+            ));
+        }
+        let threshold = *self.governance_threshold.get_ref();
+        if threshold == 0 || threshold as usize > governance_keys.len() {
+            return Err(at.error(
+                Some(self.governance_threshold.span()),
+                "governance_threshold",
+                format!(
+                    "must be between 1 and the number of governance keys ({})",
+                    governance_keys.len()
+                ),
+            ));
+        }
+        Ok((governance_keys, threshold))
+    }
+}
+
+impl RawListen {
+    /// `[listen]`: the peer and API addresses (the API on loopback unless
+    /// `api_remote`), on different ports.
+    fn addrs(&self, at: &Locator<'_>) -> Result<(SocketAddr, SocketAddr), ConfigError> {
+        let addr = |value: &Spanned<String>, key: &str| -> Result<SocketAddr, ConfigError> {
+            value.get_ref().parse().map_err(|e| {
+                at.error(
+                    Some(value.span()),
+                    key,
+                    format!("{e}: expected host:port such as 127.0.0.1:7401"),
+                )
+            })
+        };
+        let peer_listen = addr(&self.peer, "listen.peer")?;
+        let api_listen = addr(&self.api, "listen.api")?;
+        if !api_listen.ip().is_loopback() && !self.api_remote {
+            return Err(at.error(
+                Some(self.api.span()),
+                "listen.api",
+                format!(
+                    "{api_listen} is not a loopback address: the API is plaintext gRPC \
+                     (credentials and personal data in clear), for clients on this host; \
+                     bind it to 127.0.0.1 or ::1 and put a TLS proxy in front for remote \
+                     clients, or set `api_remote = true` under [listen] to accept the risk"
+                ),
+            ));
+        }
+        if peer_listen == api_listen && peer_listen.port() != 0 {
+            return Err(at.error(
+                Some(self.api.span()),
+                "listen.api",
+                "the API and peer servers need different ports".into(),
+            ));
+        }
+        Ok((peer_listen, api_listen))
+    }
+}
+
+impl RawLimits {
+    /// `[limits]` on envelopes: their size, the clock skew and the lifetime of
+    /// messages this node sends.
+    fn envelope(&self, at: &Locator<'_>) -> Result<(EnvelopeLimits, u64), ConfigError> {
+        let mut envelope_limits = EnvelopeLimits::default();
+        let mut message_lifetime_ms = limits::MESSAGE_LIFETIME_MS_DEFAULT;
+        if let Some(v) = &self.message_bytes_max {
+            let value = *v.get_ref();
+            if !(1024..=limits::MESSAGE_BYTES_MAX as u64).contains(&value) {
+                return Err(at.error(
+                    Some(v.span()),
+                    "limits.message_bytes_max",
+                    format!("must be between 1024 and {}", limits::MESSAGE_BYTES_MAX),
+                ));
+            }
+            envelope_limits.message_bytes_max = usize::try_from(value).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = &self.clock_skew_ms_max {
+            let value = *v.get_ref();
+            if value > 10 * 60 * 1000 {
+                return Err(at.error(
+                    Some(v.span()),
+                    "limits.clock_skew_ms_max",
+                    "must be at most 600000 (10 minutes)".into(),
+                ));
+            }
+            envelope_limits.clock_skew_ms_max = value;
+        }
+        if let Some(v) = &self.message_lifetime_ms {
+            let value = *v.get_ref();
+            if !(1_000..=limits::MESSAGE_LIFETIME_MS_MAX).contains(&value) {
+                return Err(at.error(
+                    Some(v.span()),
+                    "limits.message_lifetime_ms",
+                    format!(
+                        "must be between 1000 and {}",
+                        limits::MESSAGE_LIFETIME_MS_MAX
+                    ),
+                ));
+            }
+            message_lifetime_ms = value;
+        }
+        Ok((envelope_limits, message_lifetime_ms))
+    }
+
+    /// `[limits]` rates (each at least 1) and the trust-list refresh interval
+    /// (within its bounds); the rest of [`Limits`] keeps its defaults.
+    fn tuned(&self, at: &Locator<'_>) -> Result<Limits, ConfigError> {
+        let mut tuned = Limits::default();
+        let rates = [
+            (
+                &self.peer_requests_per_second,
+                "limits.peer_requests_per_second",
+                &mut tuned.peer_rate.per_second,
+            ),
+            (
+                &self.peer_request_burst,
+                "limits.peer_request_burst",
+                &mut tuned.peer_rate.burst,
+            ),
+            (
+                &self.api_requests_per_second,
+                "limits.api_requests_per_second",
+                &mut tuned.api_rate.per_second,
+            ),
+            (
+                &self.api_request_burst,
+                "limits.api_request_burst",
+                &mut tuned.api_rate.burst,
+            ),
+        ];
+        for (value, key, target) in rates {
+            if let Some(v) = value {
+                if *v.get_ref() == 0 {
+                    return Err(at.error(Some(v.span()), key, "must be at least 1".into()));
+                }
+                *target = *v.get_ref();
+            }
+        }
+        if let Some(v) = &self.trust_refresh_interval_ms {
+            let value = *v.get_ref();
+            let range =
+                limits::TRUST_REFRESH_INTERVAL_MS_MIN..=limits::TRUST_REFRESH_INTERVAL_MS_MAX;
+            if !range.contains(&value) {
+                return Err(at.error(
+                    Some(v.span()),
+                    "limits.trust_refresh_interval_ms",
+                    format!(
+                        "must be between {} and {} (revocations must reach every node within a minute)",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+            }
+            tuned.trust_refresh_interval_ms = value;
+        }
+        Ok(tuned)
+    }
+}
+
+impl RawTransport {
+    /// `[transport] p2p_listen`: each a multiaddr.
+    fn p2p_listen(&self, at: &Locator<'_>) -> Result<Vec<libp2p::Multiaddr>, ConfigError> {
+        let mut p2p_listen = Vec::new();
+        for text in &self.p2p_listen {
+            let addr: libp2p::Multiaddr = text.get_ref().parse().map_err(|e| {
+                at.error(
+                    Some(text.span()),
+                    "transport.p2p_listen",
+                    format!(
+                        "{e}: expected a multiaddr such as /ip4/127.0.0.1/tcp/7403 or \
+                         /ip4/127.0.0.1/udp/7403/quic-v1"
+                    ),
+                )
+            })?;
+            p2p_listen.push(addr);
+        }
+        Ok(p2p_listen)
+    }
+
+    /// `[transport] prefer`: `grpc` (the default) or `libp2p`.
+    fn prefer(&self, at: &Locator<'_>) -> Result<TransportKind, ConfigError> {
+        let Some(v) = &self.prefer else {
+            return Ok(TransportKind::Grpc);
+        };
+        match v.get_ref().as_str() {
+            "grpc" => Ok(TransportKind::Grpc),
+            "libp2p" => Ok(TransportKind::Libp2p),
+            other => Err(at.error(
+                Some(v.span()),
+                "transport.prefer",
+                format!("{other:?} is not a transport: use \"grpc\" or \"libp2p\""),
+            )),
+        }
+    }
+}
+
 /// The commented `node.toml` that `mim4-node init` writes.
+// Long because it is one string literal, the file itself, kept whole so it reads as `init` writes it.
 pub fn template(
     operator_id: &OperatorId,
     peer_listen: SocketAddr,

@@ -209,79 +209,15 @@ impl Draft {
         issued_at_ms: u64,
         valid_until_ms: u64,
     ) -> Result<TrustList, Error> {
-        let bad = |what: String| Error::Invalid(what);
         let governance_keys = self
             .governance_keys
             .iter()
             .map(|k| {
                 PublicKey::from_hex(k)
                     .map(|public_key| GovernanceKey { public_key })
-                    .map_err(|e| bad(format!("governance key {k}: {e}")))
+                    .map_err(|e| Error::Invalid(format!("governance key {k}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut members = Vec::with_capacity(self.members.len());
-        for m in &self.members {
-            let operator_id =
-                OperatorId::new(m.operator_id.clone()).map_err(|e| bad(e.to_string()))?;
-            let roles = m
-                .roles
-                .iter()
-                .map(|r| {
-                    Role::parse(r).ok_or_else(|| {
-                        bad(format!(
-                            "{operator_id}: role {r:?} is not operator, source or consumer"
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if m.grpc_endpoint.is_empty() && m.p2p_addrs.is_empty() {
-                return Err(bad(format!(
-                    "{operator_id}: lists neither a gRPC endpoint nor a libp2p address; \
-                     peers could not reach it"
-                )));
-            }
-            if !m.grpc_endpoint.is_empty() {
-                crate::transport::grpc::parse_endpoint(&m.grpc_endpoint)
-                    .map_err(|e| bad(format!("{operator_id}: {e}")))?;
-            }
-            let status = match m.status.as_str() {
-                "active" => MemberStatus::Active,
-                "suspended" => MemberStatus::Suspended,
-                "revoked" => MemberStatus::Revoked,
-                other => {
-                    return Err(bad(format!(
-                        "{operator_id}: status {other:?} is not active, suspended or revoked"
-                    )))
-                }
-            };
-            let keys = m
-                .keys
-                .iter()
-                .map(|k| {
-                    Ok(MemberKey {
-                        public_key: PublicKey::from_hex(&k.public_key)
-                            .map_err(|e| bad(format!("{operator_id} key: {e}")))?,
-                        not_before_ms: k.not_before_ms,
-                        not_after_ms: k.not_after_ms,
-                    })
-                })
-                .collect::<Result<Vec<_>, Error>>()?;
-            for addr in &m.p2p_addrs {
-                crate::transport::p2p::check_listed_addr(addr, keys.iter().map(|k| &k.public_key))
-                    .map_err(|e| bad(format!("{operator_id}: {e}")))?;
-            }
-            members.push(Member {
-                operator_id,
-                name: m.name.clone(),
-                country: m.country.clone(),
-                roles,
-                keys,
-                grpc_endpoint: m.grpc_endpoint.clone(),
-                p2p_addrs: m.p2p_addrs.clone(),
-                status,
-                sectors: m.sectors.clone(),
-            });
-        }
         let list = TrustList {
             federation_id: self.federation_id.clone(),
             version,
@@ -290,50 +226,25 @@ impl Draft {
             rulebook_version: self.rulebook_version.clone(),
             governance_keys,
             threshold: self.threshold,
-            members,
+            members: self
+                .members
+                .iter()
+                .map(DraftMember::to_member)
+                .collect::<Result<_, _>>()?,
             attributes: self
                 .attributes
                 .iter()
-                .map(|a| {
-                    Ok(CatalogueAttribute {
-                        name: Attribute::new(a.name.clone()).map_err(|e| bad(e.to_string()))?,
-                        value_type: ValueType::parse(&a.value_type).ok_or_else(|| {
-                            bad(format!(
-                                "attribute {}: unknown type {:?}",
-                                a.name, a.value_type
-                            ))
-                        })?,
-                        unit: a.unit.clone(),
-                        sensitivity: a.sensitivity.clone(),
-                        description: a.description.clone(),
-                        sources: a
-                            .sources
-                            .iter()
-                            .map(|s| OperatorId::new(s.clone()).map_err(|e| bad(e.to_string())))
-                            .collect::<Result<_, _>>()?,
-                    })
-                })
-                .collect::<Result<_, Error>>()?,
+                .map(DraftAttribute::to_catalogue_attribute)
+                .collect::<Result<_, _>>()?,
             services: self
                 .services
                 .iter()
-                .map(|s| {
-                    Ok(ServiceEntry {
-                        service_id: ServiceId::new(s.service_id.clone())
-                            .map_err(|e| bad(e.to_string()))?,
-                        name: s.name.clone(),
-                        purposes: s
-                            .purposes
-                            .iter()
-                            .map(|p| Purpose::new(p.clone()).map_err(|e| bad(e.to_string())))
-                            .collect::<Result<_, _>>()?,
-                    })
-                })
-                .collect::<Result<_, Error>>()?,
+                .map(DraftService::to_service_entry)
+                .collect::<Result<_, _>>()?,
         };
         // Round-trip through the wire decoder so a draft that signs is a list that verifies.
         crate::core::wire::decode_trust_list(&crate::core::wire::encode_trust_list(&list))
-            .map_err(|e| bad(e.to_string()))
+            .map_err(|e| Error::Invalid(e.to_string()))
     }
 
     /// Signs the next version with `keys`, bumping the draft's version.
@@ -347,6 +258,119 @@ impl Draft {
         let list = self.to_trust_list(version, now_ms, now_ms.saturating_add(valid_for_ms))?;
         self.version = version;
         Ok(list.sign(keys))
+    }
+}
+
+impl DraftMember {
+    /// The trust list's member: a valid id, known roles and status, a way to
+    /// reach it (each address valid, its libp2p addresses naming its keys).
+    fn to_member(&self) -> Result<Member, Error> {
+        let operator_id =
+            OperatorId::new(self.operator_id.clone()).map_err(|e| Error::Invalid(e.to_string()))?;
+        let roles = self
+            .roles
+            .iter()
+            .map(|r| {
+                Role::parse(r).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{operator_id}: role {r:?} is not operator, source or consumer"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.check_endpoints(&operator_id)?;
+        let status = match self.status.as_str() {
+            "active" => MemberStatus::Active,
+            "suspended" => MemberStatus::Suspended,
+            "revoked" => MemberStatus::Revoked,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "{operator_id}: status {other:?} is not active, suspended or revoked"
+                )))
+            }
+        };
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| {
+                Ok(MemberKey {
+                    public_key: PublicKey::from_hex(&k.public_key)
+                        .map_err(|e| Error::Invalid(format!("{operator_id} key: {e}")))?,
+                    not_before_ms: k.not_before_ms,
+                    not_after_ms: k.not_after_ms,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        for addr in &self.p2p_addrs {
+            crate::transport::p2p::check_listed_addr(addr, keys.iter().map(|k| &k.public_key))
+                .map_err(|e| Error::Invalid(format!("{operator_id}: {e}")))?;
+        }
+        Ok(Member {
+            operator_id,
+            name: self.name.clone(),
+            country: self.country.clone(),
+            roles,
+            keys,
+            grpc_endpoint: self.grpc_endpoint.clone(),
+            p2p_addrs: self.p2p_addrs.clone(),
+            status,
+            sectors: self.sectors.clone(),
+        })
+    }
+
+    /// Peers can reach the member: it lists a gRPC endpoint or a libp2p
+    /// address, and its gRPC endpoint, if any, parses.
+    fn check_endpoints(&self, operator_id: &OperatorId) -> Result<(), Error> {
+        if self.grpc_endpoint.is_empty() && self.p2p_addrs.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{operator_id}: lists neither a gRPC endpoint nor a libp2p address; \
+                 peers could not reach it"
+            )));
+        }
+        if !self.grpc_endpoint.is_empty() {
+            crate::transport::grpc::parse_endpoint(&self.grpc_endpoint)
+                .map_err(|e| Error::Invalid(format!("{operator_id}: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+impl DraftAttribute {
+    /// The catalogue entry: a valid name, a known type, valid source ids.
+    fn to_catalogue_attribute(&self) -> Result<CatalogueAttribute, Error> {
+        Ok(CatalogueAttribute {
+            name: Attribute::new(self.name.clone()).map_err(|e| Error::Invalid(e.to_string()))?,
+            value_type: ValueType::parse(&self.value_type).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "attribute {}: unknown type {:?}",
+                    self.name, self.value_type
+                ))
+            })?,
+            unit: self.unit.clone(),
+            sensitivity: self.sensitivity.clone(),
+            description: self.description.clone(),
+            sources: self
+                .sources
+                .iter()
+                .map(|s| OperatorId::new(s.clone()).map_err(|e| Error::Invalid(e.to_string())))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl DraftService {
+    /// The registry entry: a valid service id and valid purposes.
+    fn to_service_entry(&self) -> Result<ServiceEntry, Error> {
+        Ok(ServiceEntry {
+            service_id: ServiceId::new(self.service_id.clone())
+                .map_err(|e| Error::Invalid(e.to_string()))?,
+            name: self.name.clone(),
+            purposes: self
+                .purposes
+                .iter()
+                .map(|p| Purpose::new(p.clone()).map_err(|e| Error::Invalid(e.to_string())))
+                .collect::<Result<_, _>>()?,
+        })
     }
 }
 
