@@ -92,6 +92,12 @@ const CRATE_ENV_PREFIXES: &[&str] = &[
 /// `cargo build -p mim4-node` of the `mim4-node` binary with the profile of
 /// `target_profile_dir`; with `broken`, that feature's binary instead.
 fn build(target_profile_dir: &Path, broken: bool) -> anyhow::Result<()> {
+    // Tests of one process start nodes in parallel: one nested build at a
+    // time, so none of them execs a binary that another's build is linking.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
