@@ -243,6 +243,10 @@ pub struct Verifier<'a> {
 
 impl Verifier<'_> {
     /// Runs every check (see the module docs) on a received `SignedEnvelope`.
+    ///
+    /// Long (about 80 lines) on purpose: the checks are a security argument
+    /// whose order matters (size before decoding, membership before the
+    /// signature, the signature before anything is trusted), read top to bottom.
     pub fn verify(&self, bytes: &[u8], now_ms: u64) -> Result<VerifiedEnvelope, Rejection> {
         if bytes.len() > self.limits.message_bytes_max {
             return Err(Rejection::anonymous(RejectReason::Oversized {

@@ -253,6 +253,9 @@ pub fn memo_from_pb(memo: pb::Memo) -> Result<Memo, DecodeError> {
 }
 
 /// Decodes and validates an envelope body.
+///
+/// Long (about 80 lines) as a flat list of the header fields and payload
+/// kinds, each converted once; splitting it would scatter the one mapping.
 pub fn decode_envelope(body: &[u8]) -> Result<Envelope, DecodeError> {
     use pb::envelope::Payload as P;
     let raw = pb::Envelope::decode(body).map_err(|source| DecodeError::Protobuf {
@@ -855,6 +858,9 @@ pub fn terms_to_pb(terms: &ConsentTerms) -> pb::ConsentTerms {
 }
 
 /// Validates consent terms from the wire or the local API.
+///
+/// Long (about 90 lines) as a flat list of the terms' fields, each checked
+/// once against its bound, in the order of the message.
 pub fn terms_from_pb(raw: pb::ConsentTerms) -> Result<ConsentTerms, TermsError> {
     let invalid = |field: &'static str, value: &str, rule: &'static str| {
         TermsError::Name(crate::core::consent::NameError {

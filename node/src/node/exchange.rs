@@ -179,6 +179,9 @@ impl Node {
     /// under one deadline, verifies each signed answer, and stores what was
     /// received with the consent it came under. A repeated request id is
     /// answered from the stored outcome.
+    ///
+    /// About 80 lines: the steps of one request (validate, look up, group by
+    /// source, ask, store) read in order; each step is a call.
     pub async fn request_data(
         self: &Arc<Self>,
         request: DataRequest,

@@ -482,70 +482,7 @@ impl Registry {
             });
         }
 
-        // Subject → its entities as (entity id, index, mapped values).
-        type Found = Vec<(String, usize, Vec<(Attribute, Value)>)>;
-        let mut by_subject: BTreeMap<SubjectId, Found> = BTreeMap::new();
-        let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
-        let mut skipped = 0;
-        for (index, raw) in entities.iter().enumerate() {
-            let at = |id: Option<&str>| Location::Entity {
-                index,
-                id: id.map(truncated),
-            };
-            let entity = Entity::parse(raw).map_err(|reason| LoadError::Entity {
-                at: at(None),
-                reason: reason.to_owned(),
-            })?;
-            let here = at(Some(entity.id));
-            if let Some(first) = ids.insert(entity.id, index) {
-                return Err(LoadError::DuplicateEntity { at: here, first });
-            }
-            if !entity.has_type(mapping.entity_type()) {
-                skipped += 1;
-                continue;
-            }
-            let subject = mapping
-                .subject_of(&entity, Form::Detect)
-                .map_err(|reason| LoadError::Entity {
-                    at: here.clone(),
-                    reason,
-                })?;
-            let subject = SubjectId::new(subject).map_err(|source| LoadError::Subject {
-                at: here.clone(),
-                source,
-            })?;
-            let mut values = Vec::new();
-            for (attribute, name) in mapping.attributes() {
-                let value =
-                    entity
-                        .value(name, Form::Detect)
-                        .map_err(|reason| LoadError::Entity {
-                            at: here.clone(),
-                            reason,
-                        })?;
-                match value {
-                    None => {}
-                    Some(Value::Null) => {
-                        return Err(LoadError::NullValue {
-                            at: here,
-                            attribute: attribute.clone(),
-                        })
-                    }
-                    Some(value) => values.push((attribute.clone(), value)),
-                }
-            }
-            if mapping.multiplicity() == Multiplicity::One {
-                if let Some((_, first, _)) = by_subject.get(&subject).and_then(|f| f.first()) {
-                    return Err(LoadError::DuplicateSubject {
-                        at: here,
-                        subject,
-                        first: *first,
-                    });
-                }
-            }
-            let found = by_subject.entry(subject).or_default();
-            found.push((entity.id.to_owned(), index, values));
-        }
+        let (by_subject, skipped) = entities_by_subject(entities, mapping)?;
         if by_subject.len() > bounds.subjects_max {
             return Err(LoadError::TooManySubjects {
                 count: by_subject.len(),
@@ -553,35 +490,7 @@ impl Registry {
             });
         }
 
-        let mut pending = Pending::new();
-        for (subject, mut found) in by_subject {
-            // Entity id order, so that arrays do not depend on file order.
-            found.sort_by(|a, b| a.0.cmp(&b.0));
-            let at = Location::Entity {
-                index: found.first().map_or(0, |f| f.1),
-                id: found.first().map(|f| truncated(&f.0)),
-            };
-            let mut values = BTreeMap::new();
-            match mapping.multiplicity() {
-                Multiplicity::One => {
-                    for (attribute, value) in found.into_iter().flat_map(|f| f.2) {
-                        let bytes = encode_value(&at, &attribute, &value, bounds)?;
-                        values.insert(attribute, bytes);
-                    }
-                }
-                Multiplicity::Many => {
-                    let mut arrays: BTreeMap<Attribute, Vec<Value>> = BTreeMap::new();
-                    for (attribute, value) in found.into_iter().flat_map(|f| f.2) {
-                        arrays.entry(attribute).or_default().push(value);
-                    }
-                    for (attribute, array) in arrays {
-                        let bytes = encode_value(&at, &attribute, &Value::Array(array), bounds)?;
-                        values.insert(attribute, bytes);
-                    }
-                }
-            }
-            pending.insert(subject, (at, values));
-        }
+        let pending = pending_of(by_subject, mapping.multiplicity(), bounds)?;
         let covered: BTreeSet<Attribute> = mapping.attributes().keys().cloned().collect();
         self.write(pending, &covered, skipped, bounds)
     }
@@ -736,6 +645,130 @@ impl DataSource for Registry {
             String::from_utf8_lossy(&self.tree.name())
         )
     }
+}
+
+/// A subject's entities in an NGSI-LD file: (entity id, index in the file, mapped values).
+type Found = Vec<(String, usize, Vec<(Attribute, Value)>)>;
+
+/// The file's entities of the mapped type, grouped by subject, and how many
+/// entities of other types were skipped. Refuses a duplicate entity id, an
+/// entity without its subject key, a null value, and (for one entity per
+/// subject) a second entity of a subject.
+fn entities_by_subject(
+    entities: &[Value],
+    mapping: &Mapping,
+) -> Result<(BTreeMap<SubjectId, Found>, usize), LoadError> {
+    let mut by_subject: BTreeMap<SubjectId, Found> = BTreeMap::new();
+    let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut skipped = 0;
+    for (index, raw) in entities.iter().enumerate() {
+        let at = |id: Option<&str>| Location::Entity {
+            index,
+            id: id.map(truncated),
+        };
+        let entity = Entity::parse(raw).map_err(|reason| LoadError::Entity {
+            at: at(None),
+            reason: reason.to_owned(),
+        })?;
+        let here = at(Some(entity.id));
+        if let Some(first) = ids.insert(entity.id, index) {
+            return Err(LoadError::DuplicateEntity { at: here, first });
+        }
+        if !entity.has_type(mapping.entity_type()) {
+            skipped += 1;
+            continue;
+        }
+        let subject = mapping
+            .subject_of(&entity, Form::Detect)
+            .map_err(|reason| LoadError::Entity {
+                at: here.clone(),
+                reason,
+            })?;
+        let subject = SubjectId::new(subject).map_err(|source| LoadError::Subject {
+            at: here.clone(),
+            source,
+        })?;
+        let values = mapped_values(&entity, mapping, &here)?;
+        if mapping.multiplicity() == Multiplicity::One {
+            if let Some((_, first, _)) = by_subject.get(&subject).and_then(|f| f.first()) {
+                return Err(LoadError::DuplicateSubject {
+                    at: here,
+                    subject,
+                    first: *first,
+                });
+            }
+        }
+        let found = by_subject.entry(subject).or_default();
+        found.push((entity.id.to_owned(), index, values));
+    }
+    Ok((by_subject, skipped))
+}
+
+/// The mapped attributes `entity` holds; a null value is refused.
+fn mapped_values(
+    entity: &Entity<'_>,
+    mapping: &Mapping,
+    here: &Location,
+) -> Result<Vec<(Attribute, Value)>, LoadError> {
+    let mut values = Vec::new();
+    for (attribute, name) in mapping.attributes() {
+        let value = entity
+            .value(name, Form::Detect)
+            .map_err(|reason| LoadError::Entity {
+                at: here.clone(),
+                reason,
+            })?;
+        match value {
+            None => {}
+            Some(Value::Null) => {
+                return Err(LoadError::NullValue {
+                    at: here.clone(),
+                    attribute: attribute.clone(),
+                })
+            }
+            Some(value) => values.push((attribute.clone(), value)),
+        }
+    }
+    Ok(values)
+}
+
+/// Each subject's values to write: one entity's values as they are, or (many
+/// entities per subject) each attribute as an array in entity id order.
+fn pending_of(
+    by_subject: BTreeMap<SubjectId, Found>,
+    multiplicity: Multiplicity,
+    bounds: &Bounds,
+) -> Result<Pending, LoadError> {
+    let mut pending = Pending::new();
+    for (subject, mut found) in by_subject {
+        // Entity id order, so that arrays do not depend on file order.
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        let at = Location::Entity {
+            index: found.first().map_or(0, |f| f.1),
+            id: found.first().map(|f| truncated(&f.0)),
+        };
+        let mut values = BTreeMap::new();
+        match multiplicity {
+            Multiplicity::One => {
+                for (attribute, value) in found.into_iter().flat_map(|f| f.2) {
+                    let bytes = encode_value(&at, &attribute, &value, bounds)?;
+                    values.insert(attribute, bytes);
+                }
+            }
+            Multiplicity::Many => {
+                let mut arrays: BTreeMap<Attribute, Vec<Value>> = BTreeMap::new();
+                for (attribute, value) in found.into_iter().flat_map(|f| f.2) {
+                    arrays.entry(attribute).or_default().push(value);
+                }
+                for (attribute, array) in arrays {
+                    let bytes = encode_value(&at, &attribute, &Value::Array(array), bounds)?;
+                    values.insert(attribute, bytes);
+                }
+            }
+        }
+        pending.insert(subject, (at, values));
+    }
+    Ok(pending)
 }
 
 #[cfg(test)]
