@@ -237,7 +237,7 @@ echo "summary: $out/ci-share.json"
 
 status=0
 if [[ ${#failed[@]} -gt 0 ]]; then
-    echo "FAILED: ${failed[*]}" >&2
+    printf 'FAILED: %s\n' "${failed[@]}" >&2
     status=1
 fi
 if [[ $over == true ]]; then

@@ -157,7 +157,7 @@ async fn wait_delivered_outlasts_a_receiver_that_was_down() {
 
 /// With a consent granted, a data request with an idempotency key is answered
 /// once: the same key again gets the stored answer (same request id, same
-/// value, same moment of reading), a new key a new request.
+/// value, same moment of reading), a new key a new reading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_an_idempotency_key_is_answered_once() {
     let (_dir, nodes) = two_nodes().await;
@@ -170,25 +170,27 @@ async fn a_request_with_an_idempotency_key_is_answered_once() {
     let consent = service.request_consent(terms).await.unwrap();
     citizen_app.grant(consent, PARENT, None).await.unwrap();
 
-    let ask = |key: [u8; 16]| {
+    let request = || {
         service
             .request(PARENT)
             .service(SERVICE)
             .purpose(PURPOSE)
             .attributes(["income.gross_monthly"])
-            .idempotency_key(key)
-            .send()
     };
-    // The grant travels to the register through the outbox: retry while denied.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        match ask([1; 16]).await {
+    // The grant travels to the register through the outbox: ask without a key
+    // until it has arrived (a keyed request that was denied stays denied: its
+    // answer is stored too).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match request().send().await {
             Err(RequestError::Denied(_)) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            other => break other.unwrap(),
+            other => break other.map(drop).unwrap(),
         }
-    };
+    }
+    let ask = |key: [u8; 16]| request().idempotency_key(key).send();
+    let first = ask([1; 16]).await.unwrap();
     let value = first.value("income.gross_monthly").unwrap();
     assert_eq!(value.value, serde_json::json!(2100));
     assert_eq!(value.source, REGISTER);
