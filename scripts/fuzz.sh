@@ -18,6 +18,11 @@ root=$PWD
 
 seconds="${1:-60}"
 [ $# -gt 0 ] && shift
+# libFuzzer reads -max_total_time=0 as "no limit": a run must be bounded.
+if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
+  echo "fuzz.sh: SECONDS must be a positive whole number, not '$seconds'" >&2
+  exit 2
+fi
 target_root="${CARGO_TARGET_DIR:-$root/target}"
 build_dir="$target_root/fuzz"
 summary="${FUZZ_SUMMARY:-$target_root/fuzz-summary.json}"
