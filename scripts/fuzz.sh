@@ -9,21 +9,31 @@
 # Stable Rust works with the default FUZZ_SANITIZER=none; on nightly,
 # FUZZ_SANITIZER=address adds AddressSanitizer. The summary goes to
 # $FUZZ_SUMMARY, by default target/fuzz-summary.json (under CARGO_TARGET_DIR
-# when set), next to the build in target/fuzz. Exits non-zero if a target crashed.
+# when set), next to the build in target/fuzz; it is removed first, so it is
+# always this run's. Exits non-zero if a target crashed or did not run (no
+# executions counted). CI (.ci/run) runs every target for 15 s this way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
 seconds="${1:-60}"
 [ $# -gt 0 ] && shift
+# libFuzzer reads -max_total_time=0 as "no limit": a run must be bounded.
+if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
+  echo "fuzz.sh: SECONDS must be a positive whole number, not '$seconds'" >&2
+  exit 2
+fi
 target_root="${CARGO_TARGET_DIR:-$root/target}"
 build_dir="$target_root/fuzz"
 summary="${FUZZ_SUMMARY:-$target_root/fuzz-summary.json}"
 sanitizer="${FUZZ_SANITIZER:-none}"
 
+rm -f "$summary"
+
 if ! cargo fuzz --help >/dev/null 2>&1; then
   echo "installing cargo-fuzz (first run on this machine) ..."
-  cargo install cargo-fuzz --locked --quiet
+  # A pinned version, its own lock file; a debug build: it only drives cargo and libFuzzer.
+  cargo install cargo-fuzz --locked --version 0.13.2 --debug --quiet
 fi
 
 cd fuzz
@@ -65,6 +75,10 @@ for target in "${targets[@]}"; do
     crashed=true
     failed=1
     echo "  CRASH in $target (exit $status); log: $log"
+  elif [ -z "$execs" ] || [ "$execs" -eq 0 ]; then
+    # A target that ran nothing has not passed.
+    failed=1
+    echo "  $target did not run (no executions counted); log: $log"
   fi
   artifact_list=$(printf '%s\n' "$artifacts" | awk 'NF { printf "%s\"fuzz/%s\"", (n++ ? ", " : ""), $0 }')
   echo "  $target: ${execs:-?} executions in ${fuzzed:-?} s (${elapsed} s with the build)"

@@ -14,8 +14,11 @@
 # output in reliability/logs/). Exits non-zero if any test failed, or if the
 # suites took more than MIM4_RELIABILITY_SECONDS_MAX (600 s, issue 6: "their
 # share of CI stays under 10 minutes"). A suite that skipped itself (the
-# partition test without network namespaces) says so in the table; set
-# MIM4_REQUIRE_NETNS=1 to make it fail instead.
+# partition test without network namespaces) says so in the table and in a
+# NOT TESTED line; with MIM4_REQUIRE_NETNS=1 (CI sets it) that is a failure,
+# both in the tests themselves and here. It also fails if a node process
+# (mim4-node, mim4-node-broken or mim4-testnet from this target folder) that
+# was not running before it is still running at the end; those are killed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Integration tests start several nodes each; two test threads keep a 2-core machine responsive.
@@ -28,6 +31,29 @@ fi
 
 out="${CARGO_TARGET_DIR:-target}/reliability"
 mkdir -p "$out/logs"
+# A summary is from this run or absent, never a previous run's.
+rm -f "$out/ci-share.json"
+require_netns=false
+[[ ${MIM4_REQUIRE_NETNS:-} == 1 ]] && require_netns=true
+
+# The processes of this target folder's node and testnet binaries, as
+# "pid exe" lines (a rebuilt binary's old processes show " (deleted)").
+bin_dir=$(cd "$(dirname "$out")" && pwd)
+node_processes() {
+    local exe_link exe
+    for exe_link in /proc/[0-9]*/exe; do
+        exe=$(readlink "$exe_link" 2>/dev/null) || continue
+        case "${exe% (deleted)}" in
+        "$bin_dir"/*/mim4-node | "$bin_dir"/*/mim4-node-broken | "$bin_dir"/*/mim4-testnet)
+            exe_link=${exe_link#/proc/}
+            echo "${exe_link%/exe} $exe"
+            ;;
+        esac
+    done | sort
+}
+listing=$(mktemp -d)
+trap 'rm -rf "$listing"' EXIT
+node_processes >"$listing/nodes-before"
 seconds_max="${MIM4_RELIABILITY_SECONDS_MAX:-600}"
 
 # The reliability suites, one line each:
@@ -70,8 +96,6 @@ build_seconds=$((SECONDS - started))
 # Every test exactly once: the tests each suite runs are exactly those the
 # workspace run skips for it, and no test is skipped for two suites.
 printf '\n==> check: every test runs exactly once\n'
-listing=$(mktemp -d)
-trap 'rm -rf "$listing"' EXIT
 cargo test --workspace --locked -q -- --list --format terse 2>/dev/null | names >"$listing/all"
 skips=()
 : >"$listing/claimed"
@@ -157,6 +181,42 @@ done
 
 over=false
 [[ $total -gt $seconds_max ]] && over=true
+
+printf '\n==> reliability suites (seconds of test time; the build is not counted)\n'
+printf '%-18s %6s   %s\n' suite seconds status
+for row in "${rows[@]}"; do echo "$row"; done
+printf '%-18s %6d   (limit %d s)\n' total "$total" "$seconds_max"
+printf 'build %d s, rest of the workspace %d s, all %d s\n' \
+    "$build_seconds" "$workspace_seconds" $((SECONDS - started))
+for skipped in "${skipped_notes[@]}"; do
+    if [[ $require_netns == true ]]; then
+        printf '\n!!! NOT TESTED: %s\n!!! (MIM4_REQUIRE_NETNS=1: a failure)\n' "$skipped" >&2
+        failed+=("NOT TESTED with MIM4_REQUIRE_NETNS=1: $skipped")
+    else
+        printf '\n!!! NOT TESTED: %s\n!!! (MIM4_REQUIRE_NETNS=1 makes this a failure)\n' "$skipped" >&2
+    fi
+done
+
+# No node process of this run is left: a test that failed or forgot its
+# guard would leave one running (nodes run in their own process group). Those
+# that are stopping get 10 s.
+leftover=()
+for _ in $(seq 50); do
+    node_processes >"$listing/nodes-after"
+    mapfile -t leftover < <(comm -13 "$listing/nodes-before" "$listing/nodes-after")
+    [[ ${#leftover[@]} -eq 0 ]] && break
+    sleep 0.2
+done
+if [[ ${#leftover[@]} -gt 0 ]]; then
+    echo "node processes of this run still running (now killed):" >&2
+    for line in "${leftover[@]}"; do
+        pid=${line%% *}
+        printf '  %s %s\n' "$line" "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    failed+=("${#leftover[@]} node process(es) left running")
+fi
+
 {
     echo "{"
     echo "  \"build_seconds\": $build_seconds,"
@@ -173,20 +233,11 @@ over=false
     echo "  ]"
     echo "}"
 } >"$out/ci-share.json"
-
-printf '\n==> reliability suites (seconds of test time; the build is not counted)\n'
-printf '%-18s %6s   %s\n' suite seconds status
-for row in "${rows[@]}"; do echo "$row"; done
-printf '%-18s %6d   (limit %d s)\n' total "$total" "$seconds_max"
-printf 'build %d s, rest of the workspace %d s, all %d s; summary: %s\n' \
-    "$build_seconds" "$workspace_seconds" $((SECONDS - started)) "$out/ci-share.json"
-for skipped in "${skipped_notes[@]}"; do
-    printf '\n!!! NOT TESTED: %s\n!!! (MIM4_REQUIRE_NETNS=1 makes this a failure)\n' "$skipped" >&2
-done
+echo "summary: $out/ci-share.json"
 
 status=0
 if [[ ${#failed[@]} -gt 0 ]]; then
-    echo "FAILED: ${failed[*]}" >&2
+    printf 'FAILED: %s\n' "${failed[@]}" >&2
     status=1
 fi
 if [[ $over == true ]]; then

@@ -16,6 +16,8 @@ use mim4_node::core::consent::export::sign_jws;
 use mim4_node::core::envelope::{Envelope, Memo, Payload, PROTOCOL_VERSION};
 use mim4_node::core::ids::MessageId;
 use mim4_node::core::wire;
+use mim4_proto::v1 as pb;
+use prost::Message as _;
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -43,11 +45,19 @@ fn main() {
         }),
     };
     write("envelope", "memo-body", &wire::encode_envelope(&memo));
-    write(
-        "envelope",
-        "memo-sealed",
-        &memo.seal(&world.sender.key).bytes,
-    );
+    let sealed = memo.seal(&world.sender.key).bytes;
+    write("envelope", "memo-sealed", &sealed);
+    // The same sealed memo as a libp2p `/mim4/envelope/1` frame: a 4-byte
+    // big-endian length, then the `PeerRequest` (the codec's `write_request`).
+    let request = pb::PeerRequest {
+        kind: Some(pb::peer_request::Kind::Deliver(pb::DeliverRequest {
+            envelope: sealed.clone(),
+        })),
+    }
+    .encode_to_vec();
+    let mut frame = u32::try_from(request.len()).unwrap().to_be_bytes().to_vec();
+    frame.extend_from_slice(&request);
+    write("p2p_frame", "deliver-memo", &frame);
     let update = Envelope {
         payload: Payload::TrustListUpdate(world.trust.signed().clone()),
         ..memo.clone()

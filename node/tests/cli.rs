@@ -865,14 +865,16 @@ fn secret_keys_never_reach_output_or_logs() {
 
     // The node itself, logging everything until it has started and a moment more.
     let log = d.join("node.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mim4-node"))
-        .args(["run", "--config", "hel/node.toml"])
-        .current_dir(d)
-        .env("RUST_LOG", "trace")
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(d.join("node.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_mim4-node"))
+            .args(["run", "--config", "hel/node.toml"])
+            .current_dir(d)
+            .env("RUST_LOG", "trace")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(d.join("node.err")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let read_all = || {
         let mut text = String::new();
@@ -893,15 +895,15 @@ fn secret_keys_never_reach_output_or_logs() {
             read_all()
         );
         assert!(
-            child.try_wait().unwrap().is_none(),
+            child.0.try_wait().unwrap().is_none(),
             "the node exited:\n{}",
             read_all()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
     let logged = read_all();
     assert!(logged.lines().count() > 20, "trace logging is on: {logged}");
     eprintln!(
@@ -931,5 +933,16 @@ fn secret_keys_never_reach_output_or_logs() {
         }
         // Control: the scan does find what is there (the public keys).
         assert!(seen.contains("fi.helsinki"));
+    }
+}
+
+/// A node process that is killed (SIGKILL) and reaped when dropped, so that a
+/// failed assertion while it runs does not leave it behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

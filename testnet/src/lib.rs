@@ -16,6 +16,7 @@
 //! - [`netns`]: a private network of namespaces, for partitions between operators.
 //! - [`partition`]: `mim4-testnet partition`, a 30 s cut and a SIGSTOP pause under traffic, checked offline.
 //! - [`node_binary`]: finds (or builds) the `mim4-node` binary.
+//! - [`StopOnDrop`], [`DownOnDrop`]: stop a test's nodes on every way out, a panic included.
 #![warn(missing_docs)]
 
 pub mod bench;
@@ -35,3 +36,4 @@ pub use federation::{
     Federation, OperatorSpec, OperatorState, Placement, Transport, Transports, CATALOGUE,
     DEFAULT_OPERATORS, SERVICE_PURPOSES,
 };
+pub use guard::{DownOnDrop, StopOnDrop};

@@ -138,13 +138,16 @@ fn down_after_a_killed_chaos_run_removes_its_nodes_and_namespaces() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut tool = std::process::Command::new(env!("CARGO_BIN_EXE_mim4-testnet"))
+    let tool = std::process::Command::new(env!("CARGO_BIN_EXE_mim4-testnet"))
         .arg("--dir")
         .arg(dir.path().join("chaos"))
         .args(["chaos", "--duration", "120s", "--seed", "7"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // If an assertion fails before `down` below: kill the tool, stop its nodes.
+    let mut guard = mim4_testnet::DownOnDrop::with_tool(dir.path().join("chaos"), tool);
+    let tool = guard.tool().unwrap();
     let tool_pid = tool.id();
     // Wait until every node of the three operators runs in its namespace.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);

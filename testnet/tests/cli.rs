@@ -40,6 +40,8 @@ fn pid_alive(pid: u64) -> bool {
 fn up_status_demo_down_leaves_no_process_behind() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path().join("net");
+    // `down` on every way out, a failed assertion included.
+    let _down = mim4_testnet::DownOnDrop::new(&dir);
 
     let up = testnet(&dir, &["up", "--operators", "3"]);
     assert!(up.status.success());

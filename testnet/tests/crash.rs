@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use mim4_node::store::OutgoingState;
 use mim4_testnet::checker::{self, Ledger};
-use mim4_testnet::{node_binary, Federation, Transports, DEFAULT_OPERATORS};
+use mim4_testnet::{node_binary, Federation, StopOnDrop, Transports, DEFAULT_OPERATORS};
 
 /// Three nodes; every pair exchanges memos while two senders stream to the
 /// receiver, which is killed with SIGKILL mid-stream and restarted. In the
@@ -41,8 +41,10 @@ async fn receiver_killed_mid_stream(transports: Transports) {
     const PER_SENDER: usize = 60;
     let dir = tempfile::tempdir().unwrap();
     let node_bin = node_binary::find(None).unwrap();
-    let mut federation =
-        Federation::create_over(dir.path(), &DEFAULT_OPERATORS[..3], node_bin, transports).unwrap();
+    // Stops the nodes on a failed assertion too: they run in their own process group.
+    let mut federation = StopOnDrop::new(
+        Federation::create_over(dir.path(), &DEFAULT_OPERATORS[..3], node_bin, transports).unwrap(),
+    );
     federation.start_all().unwrap();
     let ids: Vec<String> = federation
         .operators()

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use mim4_testnet::DownOnDrop;
+
 fn testnet(dir: &Path, args: &[&str]) -> Output {
     let output = Command::new(env!("CARGO_BIN_EXE_mim4-testnet"))
         .arg("--dir")
@@ -56,6 +58,8 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
 fn built_in_scenarios_pass_and_a_wrong_expectation_fails_at_its_step() {
     let dir = tempfile::tempdir().unwrap();
     let net = dir.path().join("net");
+    // `down` on every way out, a failed assertion included.
+    let _down = DownOnDrop::new(&net);
     assert!(testnet(&net, &["up", "--operators", "8"]).status.success());
 
     for (scenario, steps) in [("daycare", 9), ("job-seeker", 9), ("skills", 5)] {
@@ -130,7 +134,7 @@ fn down_after_the_tool_was_killed_leaves_no_orphan() {
     for (round, delay_ms) in [300u64, 1_500, 4_000].into_iter().enumerate() {
         let net = dir.path().join(format!("net{round}"));
         let needle = net.to_str().unwrap().to_owned();
-        let mut tool = Command::new(env!("CARGO_BIN_EXE_mim4-testnet"))
+        let tool = Command::new(env!("CARGO_BIN_EXE_mim4-testnet"))
             .arg("--dir")
             .arg(&net)
             .args(["up", "--operators", "3"])
@@ -138,6 +142,9 @@ fn down_after_the_tool_was_killed_leaves_no_orphan() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // Kills the tool and stops its nodes if an assertion below fails.
+        let mut guard = DownOnDrop::with_tool(&net, tool);
+        let tool = guard.tool().unwrap();
         // Wait until at least one node exists (or the tool finished), then a bit more.
         let deadline = Instant::now() + Duration::from_secs(120);
         while processes_mentioning(&format!("{needle}/")).is_empty()
@@ -174,6 +181,7 @@ fn built_in_scenarios_pass_over_libp2p_and_a_mixed_federation() {
     for transport in ["libp2p", "mixed"] {
         let dir = tempfile::tempdir().unwrap();
         let net = dir.path().join("net");
+        let _down = DownOnDrop::new(&net);
         let up = testnet(&net, &["up", "--operators", "8", "--transport", transport]);
         assert!(up.status.success(), "up --transport {transport}");
         for scenario in ["daycare", "job-seeker", "skills"] {

