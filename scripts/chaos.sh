@@ -18,15 +18,7 @@ if [[ ${1:-} =~ ^[0-9.]+(ms|s|m|min)?$ ]]; then
     duration=$1
     shift
 fi
-profile=()
-args=()
-for arg in "$@"; do
-    case "$arg" in
-        --release) profile=(--release) ;;
-        *) args+=("$arg") ;;
-    esac
-done
-out="${CARGO_TARGET_DIR:-target}/reliability"
-mkdir -p "$out"
+# shellcheck source=scripts/suite-args.sh
+source scripts/suite-args.sh "$@"
 exec cargo run --locked -q "${profile[@]}" -p mim4-testnet -- \
     chaos --duration "$duration" --json "$out/chaos.json" "${args[@]}"

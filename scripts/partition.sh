@@ -23,15 +23,7 @@ if is_duration "${1:-}"; then
     pause=$1
     shift
 fi
-profile=()
-args=()
-for arg in "$@"; do
-    case "$arg" in
-        --release) profile=(--release) ;;
-        *) args+=("$arg") ;;
-    esac
-done
-out="${CARGO_TARGET_DIR:-target}/reliability"
-mkdir -p "$out"
+# shellcheck source=scripts/suite-args.sh
+source scripts/suite-args.sh "$@"
 exec cargo run --locked -q "${profile[@]}" -p mim4-testnet -- \
     partition --cut "$cut" --pause "$pause" --json "$out/partition.json" "${args[@]}"

@@ -37,17 +37,12 @@ use crate::rate_limit::KeyedLimiter;
 /// only on a plaintext gRPC port; the driver refuses an envelope signed by
 /// anyone else.
 pub trait Inbound: Send + Sync + 'static {
-    /// A notice: verified, applied once, recorded and flushed; the encoded
-    /// signed receipt, or why not.
-    fn deliver(
+    /// A notice ([`Operation::Deliver`]: verified, applied once, recorded and
+    /// flushed; the encoded signed receipt) or a call ([`Operation::Call`]:
+    /// verified and answered; the encoded signed answer), or why not.
+    fn handle(
         self: Arc<Self>,
-        envelope: Vec<u8>,
-        peer: Option<OperatorId>,
-    ) -> BoxFuture<Vec<u8>, Refusal>;
-
-    /// A call: verified and answered; the encoded signed answer, or why not.
-    fn call(
-        self: Arc<Self>,
+        operation: Operation,
         envelope: Vec<u8>,
         peer: Option<OperatorId>,
     ) -> BoxFuture<Vec<u8>, Refusal>;
@@ -241,8 +236,8 @@ pub fn busy(in_flight: usize) -> Verdict {
 }
 
 /// The two operations that carry an envelope.
-#[derive(Clone, Copy, Debug)]
-enum Operation {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
     /// A notice, answered by a receipt.
     Deliver,
     /// A request, answered by an envelope.

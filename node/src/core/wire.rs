@@ -196,30 +196,32 @@ pub enum DecodeError {
     TrustList(#[from] TrustListError),
 }
 
-// ---------------------------------------------------------------------------
-// Envelopes
-// ---------------------------------------------------------------------------
+/// A fixed-length id in `field`: `len` bytes that `parse` accepts.
+fn id_field<T>(
+    bytes: &[u8],
+    field: &'static str,
+    len: usize,
+    parse: fn(&[u8]) -> Option<T>,
+) -> Result<T, DecodeError> {
+    parse(bytes).ok_or(DecodeError::Length {
+        field,
+        expected: len,
+        got: bytes.len(),
+    })
+}
 
 pub(super) fn message_id_field(
     bytes: &[u8],
     field: &'static str,
 ) -> Result<MessageId, DecodeError> {
-    MessageId::from_slice(bytes).ok_or(DecodeError::Length {
-        field,
-        expected: MessageId::LEN,
-        got: bytes.len(),
-    })
+    id_field(bytes, field, MessageId::LEN, MessageId::from_slice)
 }
 
 pub(super) fn consent_id_field(
     bytes: &[u8],
     field: &'static str,
 ) -> Result<ConsentId, DecodeError> {
-    ConsentId::from_slice(bytes).ok_or(DecodeError::Length {
-        field,
-        expected: ConsentId::LEN,
-        got: bytes.len(),
-    })
+    id_field(bytes, field, ConsentId::LEN, ConsentId::from_slice)
 }
 
 pub(super) fn operator_id_field(
@@ -229,20 +231,29 @@ pub(super) fn operator_id_field(
     OperatorId::new(id).map_err(|source| DecodeError::OperatorId { field, source })
 }
 
+/// Refuses `count` over `max` with the error `over` makes of the field, the
+/// count and the bound.
+fn at_most(
+    field: &'static str,
+    count: usize,
+    max: usize,
+    over: fn(&'static str, usize, usize) -> DecodeError,
+) -> Result<(), DecodeError> {
+    if count > max {
+        return Err(over(field, count, max));
+    }
+    Ok(())
+}
+
 /// Refuses a text longer than `max` bytes.
 pub(super) fn at_most_bytes(
     field: &'static str,
     text: &str,
     max: usize,
 ) -> Result<(), DecodeError> {
-    if text.len() > max {
-        return Err(DecodeError::TooLong {
-            field,
-            size: text.len(),
-            max,
-        });
-    }
-    Ok(())
+    at_most(field, text.len(), max, |field, size, max| {
+        DecodeError::TooLong { field, size, max }
+    })
 }
 
 /// Refuses a list of more than `max` items.
@@ -251,14 +262,18 @@ pub(super) fn at_most_items<T>(
     items: &[T],
     max: usize,
 ) -> Result<(), DecodeError> {
-    if items.len() > max {
-        return Err(DecodeError::TooMany {
-            field,
-            count: items.len(),
-            max,
-        });
-    }
-    Ok(())
+    at_most(field, items.len(), max, |field, count, max| {
+        DecodeError::TooMany { field, count, max }
+    })
+}
+
+/// The value of a message field that must be set.
+pub(super) fn required<T>(
+    value: Option<T>,
+    message: &'static str,
+    field: &'static str,
+) -> Result<T, DecodeError> {
+    value.ok_or(DecodeError::Missing { message, field })
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::core::receive::{self, Action, FlushFor, Reception, Refusal};
 use crate::core::trust::VerifiedTrustList;
 use crate::limits;
 use crate::store;
-use crate::transport::Inbound;
+use crate::transport::{Inbound, Operation};
 
 impl From<store::Error> for Refusal {
     fn from(error: store::Error) -> Self {
@@ -30,20 +30,18 @@ impl From<store::Error> for Refusal {
 }
 
 impl Inbound for Node {
-    fn deliver(
+    fn handle(
         self: Arc<Self>,
+        operation: Operation,
         envelope: Vec<u8>,
         peer: Option<OperatorId>,
     ) -> BoxFuture<Vec<u8>, Refusal> {
-        Box::pin(async move { self.receive(&envelope, peer.as_ref()).await })
-    }
-
-    fn call(
-        self: Arc<Self>,
-        envelope: Vec<u8>,
-        peer: Option<OperatorId>,
-    ) -> BoxFuture<Vec<u8>, Refusal> {
-        Box::pin(async move { self.answer_call(&envelope, peer.as_ref()).await })
+        Box::pin(async move {
+            match operation {
+                Operation::Deliver => self.receive(&envelope, peer.as_ref()).await,
+                Operation::Call => self.answer_call(&envelope, peer.as_ref()).await,
+            }
+        })
     }
 
     fn trust(&self) -> Arc<VerifiedTrustList> {

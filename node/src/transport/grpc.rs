@@ -43,7 +43,7 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{debug, warn};
 
 use super::tls::{self, PeerIdentity, PeerTls};
-use super::{Admission, Inbound, PeerError, RateKey, Reason, Refusal};
+use super::{Admission, Inbound, Operation, PeerError, RateKey, Reason, Refusal};
 use crate::clock::now_ms;
 use crate::core::ids::OperatorId;
 use crate::counters::Counters;
@@ -113,15 +113,22 @@ impl PeerService {
         Err(refused)
     }
 
-    /// The envelope bytes of an admitted request, and the member it came from.
-    async fn envelope<T>(
+    /// Admits a request carrying an envelope (`bytes` takes it out), hands
+    /// it to the driver as `operation`, and wraps its answer with `response`.
+    async fn serve<T, R>(
         &self,
         request: Request<T>,
         bytes: impl FnOnce(T) -> Vec<u8>,
-    ) -> Result<(Vec<u8>, Option<OperatorId>), Status> {
+        operation: Operation,
+        response: impl FnOnce(Vec<u8>) -> R,
+    ) -> Result<Response<R>, Status> {
         let peer = self.peer(&request)?;
         let request = self.admit(request, peer.as_ref()).await?;
-        Ok((bytes(request.into_inner()), peer))
+        let bytes = bytes(request.into_inner());
+        let answer = self.inbound.clone().handle(operation, bytes, peer).await;
+        answer
+            .map(|answer| Response::new(response(answer)))
+            .map_err(refusal_status)
     }
 
     fn check_rate<T>(&self, request: &Request<T>, peer: Option<&OperatorId>) -> Result<(), Status> {
@@ -145,22 +152,18 @@ impl OperatorPeer for PeerService {
         &self,
         request: Request<pb::DeliverRequest>,
     ) -> Result<Response<pb::DeliverResponse>, Status> {
-        let (bytes, peer) = self.envelope(request, |r| r.envelope).await?;
-        let receipt = self.inbound.clone().deliver(bytes, peer).await;
-        receipt
-            .map(|receipt| Response::new(pb::DeliverResponse { receipt }))
-            .map_err(refusal_status)
+        let receipt = |receipt| pb::DeliverResponse { receipt };
+        self.serve(request, |r| r.envelope, Operation::Deliver, receipt)
+            .await
     }
 
     async fn call(
         &self,
         request: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallResponse>, Status> {
-        let (bytes, peer) = self.envelope(request, |r| r.envelope).await?;
-        let answer = self.inbound.clone().call(bytes, peer).await;
-        answer
-            .map(|envelope| Response::new(pb::CallResponse { envelope }))
-            .map_err(refusal_status)
+        let answer = |envelope| pb::CallResponse { envelope };
+        self.serve(request, |r| r.envelope, Operation::Call, answer)
+            .await
     }
 
     async fn fetch_trust_list(

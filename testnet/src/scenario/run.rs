@@ -243,6 +243,24 @@ impl Runner<'_> {
         self.client(operator, name).await
     }
 
+    /// Remembers the consents of a step under `name` (its `save`), if any.
+    fn save(
+        &mut self,
+        name: Option<&String>,
+        ids: Vec<ConsentId>,
+        grantors: Vec<String>,
+        home: String,
+    ) {
+        if let Some(name) = name {
+            let saved = Saved {
+                ids,
+                grantors,
+                home,
+            };
+            self.saved.insert(name.clone(), saved);
+        }
+    }
+
     fn citizen(&self, name: &str) -> &Citizen {
         // Names were checked at parse time.
         &self.scenario.citizens[name]
@@ -369,16 +387,7 @@ impl Runner<'_> {
                     ));
                     ids.push(id);
                 }
-                if let Some(name) = save {
-                    self.saved.insert(
-                        name.clone(),
-                        Saved {
-                            ids,
-                            grantors: grantor_ids,
-                            home: subject.home,
-                        },
-                    );
-                }
+                self.save(save.as_ref(), ids, grantor_ids, subject.home);
                 Ok(lines.join("\n"))
             }
             Action::Arrangement {
@@ -421,16 +430,8 @@ impl Runner<'_> {
                     ));
                     ids.push(id);
                 }
-                if let Some(name) = save {
-                    self.saved.insert(
-                        name.clone(),
-                        Saved {
-                            ids,
-                            grantors: vec![subject.id.clone()],
-                            home: subject.home,
-                        },
-                    );
-                }
+                let grantors = vec![subject.id.clone()];
+                self.save(save.as_ref(), ids, grantors, subject.home);
                 Ok(lines.join("\n"))
             }
             Action::Withdraw { consent, by } => {

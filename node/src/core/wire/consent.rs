@@ -218,23 +218,21 @@ pub fn decode_consent_event(body: &[u8]) -> Result<ConsentEvent, DecodeError> {
         message: "consent event",
         source,
     })?;
-    let kind = match raw.kind {
-        None => {
-            return Err(DecodeError::MissingOneof {
-                message: "consent event",
-                field: "kind",
-            })
-        }
-        Some(K::Requested(terms)) => EventKind::Requested(terms_from_pb(terms)?),
-        Some(K::Granted(actor)) => EventKind::Granted(actor_from_pb(actor)?),
-        Some(K::Refused(actor)) => EventKind::Refused(actor_from_pb(actor)?),
-        Some(K::Narrowed(terms)) => EventKind::Narrowed(terms_from_pb(terms)?),
-        Some(K::Withdrawn(actor)) => EventKind::Withdrawn(actor_from_pb(actor)?),
-        Some(K::Invalidated(reason)) => {
+    let missing = DecodeError::MissingOneof {
+        message: "consent event",
+        field: "kind",
+    };
+    let kind = match raw.kind.ok_or(missing)? {
+        K::Requested(terms) => EventKind::Requested(terms_from_pb(terms)?),
+        K::Granted(actor) => EventKind::Granted(actor_from_pb(actor)?),
+        K::Refused(actor) => EventKind::Refused(actor_from_pb(actor)?),
+        K::Narrowed(terms) => EventKind::Narrowed(terms_from_pb(terms)?),
+        K::Withdrawn(actor) => EventKind::Withdrawn(actor_from_pb(actor)?),
+        K::Invalidated(reason) => {
             at_most_bytes("invalidation reason", &reason, limits::TEXT_FIELD_BYTES_MAX)?;
             EventKind::Invalidated { reason }
         }
-        Some(K::Expired(_)) => EventKind::Expired,
+        K::Expired(_) => EventKind::Expired,
     };
     Ok(ConsentEvent {
         consent_id: consent_id_field(&raw.consent_id, "consent event consent_id")?,

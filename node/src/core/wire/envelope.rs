@@ -11,7 +11,7 @@ use crate::limits;
 use super::{
     at_most_bytes, consent_id_field, consent_log_from_pb, consent_log_to_pb, data_request_from_pb,
     data_request_to_pb, data_response_from_pb, data_response_to_pb, message_id_field,
-    operator_id_field, signed_trust_list_from_pb, signed_trust_list_to_pb, terms_from_pb,
+    operator_id_field, required, signed_trust_list_from_pb, signed_trust_list_to_pb, terms_from_pb,
     terms_to_pb, DecodeError,
 };
 
@@ -106,15 +106,13 @@ pub fn decode_envelope(body: &[u8]) -> Result<Envelope, DecodeError> {
         &raw.rulebook_version,
         limits::TEXT_FIELD_BYTES_MAX,
     )?;
-    let payload = match raw.payload {
-        None => {
-            return Err(DecodeError::MissingOneof {
-                message: "envelope",
-                field: "payload",
-            })
-        }
-        Some(P::Memo(memo)) => Payload::Memo(memo_from_pb(memo)?),
-        Some(P::Receipt(receipt)) => {
+    let missing = DecodeError::MissingOneof {
+        message: "envelope",
+        field: "payload",
+    };
+    let payload = match raw.payload.ok_or(missing)? {
+        P::Memo(memo) => Payload::Memo(memo_from_pb(memo)?),
+        P::Receipt(receipt) => {
             if receipt.outcome != pb::ReceiptOutcome::Applied as i32 {
                 return Err(DecodeError::UnknownEnum {
                     field: "receipt outcome",
@@ -133,30 +131,22 @@ pub fn decode_envelope(body: &[u8]) -> Result<Envelope, DecodeError> {
                 applied_at_ms: receipt.applied_at_ms,
             })
         }
-        Some(P::TrustListUpdate(update)) => {
-            let list = update.trust_list.ok_or(DecodeError::Missing {
-                message: "trust_list_update",
-                field: "trust list",
-            })?;
+        P::TrustListUpdate(update) => {
+            let list = required(update.trust_list, "trust_list_update", "trust list")?;
             Payload::TrustListUpdate(signed_trust_list_from_pb(list)?)
         }
-        Some(P::ConsentOffer(offer)) => {
-            let terms = offer.terms.ok_or(DecodeError::Missing {
-                message: "consent_offer",
-                field: "terms",
-            })?;
+        P::ConsentOffer(offer) => {
+            let terms = required(offer.terms, "consent_offer", "terms")?;
             Payload::ConsentOffer(terms_from_pb(terms)?)
         }
-        Some(P::ConsentRecord(log)) => Payload::ConsentRecord(consent_log_from_pb(log)?),
-        Some(P::ConsentStatusQuery(query)) => Payload::ConsentStatusQuery(consent_id_field(
+        P::ConsentRecord(log) => Payload::ConsentRecord(consent_log_from_pb(log)?),
+        P::ConsentStatusQuery(query) => Payload::ConsentStatusQuery(consent_id_field(
             &query.consent_id,
             "consent_status_query.consent_id",
         )?),
-        Some(P::ConsentStatusAnswer(log)) => {
-            Payload::ConsentStatusAnswer(consent_log_from_pb(log)?)
-        }
-        Some(P::DataRequest(request)) => Payload::DataRequest(data_request_from_pb(request)?),
-        Some(P::DataResponse(response)) => Payload::DataResponse(data_response_from_pb(response)?),
+        P::ConsentStatusAnswer(log) => Payload::ConsentStatusAnswer(consent_log_from_pb(log)?),
+        P::DataRequest(request) => Payload::DataRequest(data_request_from_pb(request)?),
+        P::DataResponse(response) => Payload::DataResponse(data_response_from_pb(response)?),
     };
     Ok(Envelope {
         protocol_version: raw.protocol_version,

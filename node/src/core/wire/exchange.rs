@@ -7,7 +7,7 @@ use crate::core::exchange::{Answer, DataRequest, DataResponse, Op, Predicate, Re
 use crate::limits;
 
 use super::{
-    at_most_bytes, at_most_items, consent_id_field, message_id_field, operator_id_field,
+    at_most_bytes, at_most_items, consent_id_field, message_id_field, operator_id_field, required,
     DecodeError,
 };
 
@@ -153,10 +153,7 @@ pub fn data_response_from_pb(raw: pb::DataResponse) -> Result<DataResponse, Deco
             .answers
             .into_iter()
             .map(|a| {
-                let predicate = a.predicate.ok_or(DecodeError::Missing {
-                    message: "answer",
-                    field: "predicate",
-                })?;
+                let predicate = required(a.predicate, "answer", "predicate")?;
                 Ok(Answer {
                     predicate: predicate_from_pb(predicate)?,
                     holds: a.holds,

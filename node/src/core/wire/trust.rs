@@ -26,10 +26,7 @@ pub fn encode_trust_list(list: &TrustList) -> Vec<u8> {
         governance_keys: list
             .governance_keys
             .iter()
-            .map(|g| pb::GovernanceKey {
-                key_id: g.public_key.key_id().to_string(),
-                public_key: g.public_key.to_bytes().to_vec(),
-            })
+            .map(governance_key_to_pb)
             .collect(),
         threshold: list.threshold,
         members: list.members.iter().map(member_to_pb).collect(),
@@ -58,6 +55,16 @@ pub fn encode_trust_list(list: &TrustList) -> Vec<u8> {
     raw.encode_to_vec()
 }
 
+fn governance_key_to_pb(key: &GovernanceKey) -> pb::GovernanceKey {
+    let (key_id, public_key) = key_to_pb(&key.public_key);
+    pb::GovernanceKey { key_id, public_key }
+}
+
+/// A key as the wire carries it: its id and its 32 bytes.
+fn key_to_pb(key: &PublicKey) -> (String, Vec<u8>) {
+    (key.key_id().to_string(), key.to_bytes().to_vec())
+}
+
 pub(super) fn member_to_pb(member: &Member) -> pb::Member {
     pb::Member {
         operator_id: member.operator_id.to_string(),
@@ -67,11 +74,16 @@ pub(super) fn member_to_pb(member: &Member) -> pb::Member {
         keys: member
             .keys
             .iter()
-            .map(|k| pb::MemberKey {
-                key_id: k.public_key.key_id().to_string(),
-                public_key: k.public_key.to_bytes().to_vec(),
-                not_before_ms: k.not_before_ms,
-                not_after_ms: k.not_after_ms.unwrap_or(0),
+            .map(|k| {
+                let (key_id, public_key) = key_to_pb(&k.public_key);
+                let not_after_ms = k.not_after_ms.unwrap_or(0);
+                let not_before_ms = k.not_before_ms;
+                pb::MemberKey {
+                    key_id,
+                    public_key,
+                    not_before_ms,
+                    not_after_ms,
+                }
             })
             .collect(),
         grpc_endpoint: member.grpc_endpoint.clone(),

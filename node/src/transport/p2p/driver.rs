@@ -31,6 +31,7 @@ use crate::clock::now_ms;
 use crate::core::ids::OperatorId;
 use crate::core::trust::{Member, MemberStatus};
 use crate::limits;
+use crate::transport::Operation;
 use crate::transport::{self, verdict, PeerError, Reason, Verdict};
 
 /// The swarm task: owns the swarm, carries out [`Command`]s and serves requests.
@@ -118,18 +119,14 @@ async fn answer(
 ) -> pb::PeerResponse {
     use pb::peer_request::Kind as Req;
     use pb::peer_response::Kind as Resp;
-    let kind = match request.kind {
-        Some(Req::Deliver(d)) => match inbound.clone().deliver(d.envelope, Some(member)).await {
-            Ok(receipt) => Resp::Deliver(pb::DeliverResponse { receipt }),
-            Err(refused) => return from_verdict(verdict(refused)),
-        },
-        Some(Req::Call(c)) => match inbound.clone().call(c.envelope, Some(member)).await {
-            Ok(envelope) => Resp::Call(pb::CallResponse { envelope }),
-            Err(refused) => return from_verdict(verdict(refused)),
-        },
-        Some(Req::FetchTrustList(_)) => Resp::FetchTrustList(pb::FetchTrustListResponse {
-            trust_list: inbound.trust().signed().encode(),
-        }),
+    let (operation, envelope) = match request.kind {
+        Some(Req::Deliver(d)) => (Operation::Deliver, d.envelope),
+        Some(Req::Call(c)) => (Operation::Call, c.envelope),
+        Some(Req::FetchTrustList(_)) => {
+            let trust_list = inbound.trust().signed().encode();
+            let kind = Resp::FetchTrustList(pb::FetchTrustListResponse { trust_list });
+            return pb::PeerResponse { kind: Some(kind) };
+        }
         None => {
             return refusal(
                 tonic::Code::InvalidArgument,
@@ -138,6 +135,13 @@ async fn answer(
                 None,
             )
         }
+    };
+    let kind = match inbound.handle(operation, envelope, Some(member)).await {
+        Ok(receipt) if operation == Operation::Deliver => {
+            Resp::Deliver(pb::DeliverResponse { receipt })
+        }
+        Ok(envelope) => Resp::Call(pb::CallResponse { envelope }),
+        Err(refused) => return from_verdict(verdict(refused)),
     };
     pb::PeerResponse { kind: Some(kind) }
 }
@@ -656,27 +660,19 @@ impl Driver {
         admission
             .take_token(&transport::RateKey::Member(member.clone()))
             .map_err(from_verdict)?;
+        let refuse =
+            |code, reason, message| Err(from_verdict(admission.refuse(code, reason, message)));
         let request = match request {
             Inbound::Request(request) => request,
             Inbound::Oversized { len, max } => {
                 warn!(%member, len, max, "libp2p frame refused: oversized");
                 let message = format!("frame of {len} bytes exceeds the limit of {max}; not read");
-                let code = tonic::Code::ResourceExhausted;
-                return Err(from_verdict(admission.refuse(
-                    code,
-                    Reason::Oversized,
-                    message,
-                )));
+                return refuse(tonic::Code::ResourceExhausted, Reason::Oversized, message);
             }
             Inbound::Malformed(e) => {
                 warn!(%member, error = %e, "libp2p request refused: malformed");
                 let message = format!("not a PeerRequest: {e}");
-                let code = tonic::Code::InvalidArgument;
-                return Err(from_verdict(admission.refuse(
-                    code,
-                    Reason::Malformed,
-                    message,
-                )));
+                return refuse(tonic::Code::InvalidArgument, Reason::Malformed, message);
             }
         };
         if self.serving.len() >= shared.in_flight_max {
