@@ -732,6 +732,18 @@ impl Federation {
         Ok(stopped)
     }
 
+    /// Whether the operator's node has exited. A node this tool started is
+    /// asked through its `Child` handle: `/proc/PID/cmdline` reads empty for
+    /// a moment while the process is still in `execve` (the kernel sets the
+    /// new arguments after it lets the parent go on), so a look at `/proc`
+    /// right after the start may not see the node it just started.
+    fn has_exited(&mut self, id: &str) -> bool {
+        match self.children.get_mut(id) {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => !self.is_running(id),
+        }
+    }
+
     fn reap(&mut self, id: &str) {
         if let Some(child) = self.children.get_mut(id) {
             if let Ok(Some(_)) = child.try_wait() {
@@ -755,7 +767,7 @@ impl Federation {
                     return Ok(());
                 }
             }
-            if !self.is_running(id) {
+            if self.has_exited(id) {
                 self.reap(id);
                 let log = self.operator(id)?.log_path();
                 bail!(
