@@ -84,45 +84,37 @@ fn top_module(src: &Path, file: &Path) -> Option<String> {
 /// The crate's top-level modules `text` refers to.
 fn references(text: &str, top_level_file: bool) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
+    let mut add = |text: &str| {
+        let name: String = text
+            .trim()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() {
+            found.insert(name);
+        }
+    };
     for line in text.lines() {
         let code = line.split("//").next().unwrap_or("");
-        let mut rest = code;
-        while let Some(at) = rest.find("crate::") {
-            rest = &rest[at + "crate::".len()..];
-            if let Some(group) = rest.strip_prefix('{') {
-                // `crate::{a, b::c}` on one line.
-                let inner = group.split('}').next().unwrap_or("");
-                for item in inner.split(',') {
-                    let name: String = item
-                        .trim()
-                        .chars()
-                        .take_while(|c| c.is_alphanumeric() || *c == '_')
-                        .collect();
-                    if !name.is_empty() {
-                        found.insert(name);
-                    }
-                }
-            } else {
-                let name: String = rest
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() {
-                    found.insert(name);
-                }
-            }
-        }
-        if top_level_file {
-            // In a top-level module's own file, `super::x` is `crate::x`.
+        // In a top-level module's own file, `super::x` is `crate::x`.
+        let prefixes: &[&str] = if top_level_file {
+            &["crate::", "super::"]
+        } else {
+            &["crate::"]
+        };
+        for prefix in prefixes {
             let mut rest = code;
-            while let Some(at) = rest.find("super::") {
-                rest = &rest[at + "super::".len()..];
-                let name: String = rest
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() {
-                    found.insert(name);
+            while let Some(at) = rest.find(prefix) {
+                rest = &rest[at + prefix.len()..];
+                match rest.strip_prefix('{') {
+                    // `crate::{a, b::c}` on one line.
+                    Some(group) => group
+                        .split('}')
+                        .next()
+                        .unwrap_or("")
+                        .split(',')
+                        .for_each(&mut add),
+                    None => add(rest),
                 }
             }
         }

@@ -240,14 +240,13 @@ impl Reception {
     ) -> Result<Self, Refusal> {
         let verified = verifier.verify(bytes, now_ms).map_err(Refusal::rejected)?;
         check_sent_by_peer(verified.envelope(), peer)?;
-        let effect = decide_effect(verified.envelope(), verifier.trust, now_ms);
         let receipt = context.receipt(receipt_id, &verified, now_ms);
         Ok(Self {
             verified,
             now_ms,
             receipt,
             raced: false,
-            effect,
+            effect: Ok(Effect::None),
             stage: Stage::LookUp,
         })
     }
@@ -295,8 +294,9 @@ impl Reception {
     }
 
     /// The replay table's entry for this id: the applied record and its
-    /// stored receipt, if the id was applied before.
-    pub fn handle_prior(&mut self, prior: Option<(Applied, Vec<u8>)>) {
+    /// stored receipt, if the id was applied before; `trust` is the list in
+    /// force, against which a trust-list update is checked.
+    pub fn handle_prior(&mut self, prior: Option<(Applied, Vec<u8>)>, trust: &VerifiedTrustList) {
         let applied = prior.as_ref().map(|(applied, _)| applied);
         if let Err(reason) = delivery::check_replay(&self.verified, applied) {
             let receipt = matches!(reason, RejectReason::Replayed { .. })
@@ -319,6 +319,9 @@ impl Reception {
             self.stage = Stage::Answer(Err(Refusal::Store(gone)));
             return;
         }
+        // Decided only for a message not applied before: checking a trust
+        // list costs its governance signatures, which a replay need not pay.
+        self.effect = decide_effect(self.verified.envelope(), trust, self.now_ms);
         self.stage = match &self.effect {
             Err(reason) => Stage::Answer(Err(self.unusable(reason.clone()))),
             Ok(Effect::Consent) => Stage::Apply,

@@ -106,7 +106,7 @@ impl Node {
         let envelope = reception.envelope();
         let span = info_span!("receive", message_id = %envelope.message_id, sender = %envelope.sender, kind = envelope.payload.kind());
         let (sender, version) = (envelope.sender.clone(), envelope.trust_list_version);
-        let answer = self.perform(&mut reception, bytes).await;
+        let answer = self.perform(&mut reception, bytes, &trust).await;
         let _entered = span.enter();
         match &answer {
             Ok(_) => {
@@ -123,10 +123,13 @@ impl Node {
         self: &Arc<Self>,
         reception: &mut Reception,
         bytes: &[u8],
+        trust: &VerifiedTrustList,
     ) -> Result<Vec<u8>, Refusal> {
         while let Some(action) = reception.poll() {
             match action {
-                Action::LookUpPrior(id) => reception.handle_prior(self.store.applied(&id)?),
+                Action::LookUpPrior(id) => {
+                    reception.handle_prior(self.store.applied(&id)?, trust);
+                }
                 Action::ApplyConsent => {
                     let envelope = reception.envelope();
                     let applied = self

@@ -53,6 +53,14 @@ pub(crate) struct TrustKeeper {
     tasks: Mutex<Option<JoinSet<()>>>,
 }
 
+/// The list in `list`, also after a writer panicked (a list is replaced whole).
+fn read(list: &RwLock<Arc<VerifiedTrustList>>) -> Arc<VerifiedTrustList> {
+    match list.read() {
+        Ok(guard) => guard.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
 impl TrustKeeper {
     /// Keeps `list` in force until a newer one replaces it.
     pub(crate) fn new(list: VerifiedTrustList) -> Self {
@@ -66,19 +74,13 @@ impl TrustKeeper {
 
     /// The list in force, also after a writer panicked (a list is replaced whole).
     pub(super) fn current(&self) -> Arc<VerifiedTrustList> {
-        match self.list.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        read(&self.list)
     }
 
     /// A reader of the list in force, for the transports' verifiers.
     pub(crate) fn source(&self) -> TrustSource {
         let list = self.list.clone();
-        Arc::new(move || match list.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        })
+        Arc::new(move || read(&list))
     }
 
     /// Puts `newer` in force unless the list in force is as new: a refresh

@@ -1253,7 +1253,7 @@ impl<'a> Sim<'a> {
                 Action::LookUpPrior(id) => {
                     let prior = self.nodes[node].store.current.seen.get(&id);
                     let prior = prior.map(|seen| (seen.applied.clone(), seen.receipt.clone()));
-                    receiving.reception.handle_prior(prior);
+                    receiving.reception.handle_prior(prior, self.trust);
                 }
                 Action::ApplyConsent | Action::InstallTrust(_) => {
                     self.violation("a memo asked for a consent or trust-list effect".to_owned());
